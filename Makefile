@@ -1,0 +1,41 @@
+# The two commands the README promises:
+#   make demo   train a small GPT on Python's own source for a few minutes, print a sample
+#   make test   the whole test suite on TensorFlow, JAX and PyTorch, plus the docs build
+# Both create or refresh .venv themselves (pinned by constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+BACKEND ?= tensorflow
+BACKENDS ?= tensorflow jax torch
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-backend docs bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[tensorflow,jax,torch,hub,dev,docs]"
+	touch $@
+
+demo: $(VENV)/.installed
+	KERAS_BACKEND=$(BACKEND) $(PY) recipes/pretrain.py $(ARGS)
+
+test: $(VENV)/.installed
+	set -e; for b in $(BACKENDS); do \
+		echo "=== pytest on $$b"; \
+		KERAS_BACKEND=$$b $(PY) -m pytest -q -m "not cross_backend" tests; \
+	done
+	echo "=== cross-backend parity"; $(PY) -m pytest -q -m cross_backend tests
+	$(MAKE) docs
+
+test-backend: $(VENV)/.installed
+	KERAS_BACKEND=$(BACKEND) $(PY) -m pytest -q -m "not cross_backend" tests
+
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/train.py
+
+clean:
+	rm -rf $(VENV) site

@@ -1,0 +1,56 @@
+"""The few questions whose answer depends on the Keras backend.
+
+Everything else in keras_gpt is written with `keras.ops` only; code that must
+ask the backend directly lives here, in small functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+
+def is_concrete(x) -> bool:
+    """True when `x` holds values now (eager), False while tracing or building.
+
+    Value checks (e.g. token ids in range) can only run on concrete tensors.
+    """
+    if keras.backend.is_keras_tensor(x):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "torch":
+        import torch
+
+        return not torch.compiler.is_compiling()
+    return True
+
+
+def has_accelerator() -> bool:
+    """True when the backend runs on a GPU or TPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+#: A backend tensor (`tf.Tensor`, `jax.Array`, `torch.Tensor`) or a NumPy array.
+Tensor = Any

@@ -1,0 +1,372 @@
+"""The GPT model: embeddings → transformer blocks → final LayerNorm → logits."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gpt.backend import Tensor, is_concrete
+from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
+from keras_gpt.layers import PortableDropout, TokenAndPositionEmbedding, TransformerBlock
+from keras_gpt.losses import causal_lm_loss
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt")
+class GPT(keras.Model):
+    """A GPT-2 style decoder-only transformer.
+
+    `model(token_ids)` returns next-token logits `(batch, seq, vocabulary_size)`.
+    Inputs are an int tensor of token ids, or a dict with `"token_ids"` and an
+    optional `"padding_mask"` (1 for real tokens). Compiled without a loss, the
+    model trains on sparse cross-entropy from logits, ignoring padded positions
+    (see `compute_loss`).
+
+    Weights are initialised as in GPT-2 (N(0, 0.02), the two residual output
+    projections of each block scaled by 1/√(2·num_layers), zero biases, unit
+    LayerNorm scales) from NumPy generators: the same `seed` gives bit-identical
+    initial weights on TensorFlow, JAX and PyTorch, and dropout masks are the
+    same on all three too.
+
+    Args:
+        vocabulary_size: number of token ids.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads per block.
+        hidden_dim: model width; divisible by `num_heads`.
+        intermediate_dim: MLP width; defaults to 4·hidden_dim.
+        max_sequence_length: longest sequence (size of the position table).
+        dropout: dropout on embeddings, attention probabilities and residuals.
+        layer_norm_epsilon: LayerNorm epsilon (GPT-2: 1e-5).
+        activation: `"gelu_approximate"`, `"gelu"` or `"relu"`.
+        position_embedding: `"learned"` or `"sinusoidal"`.
+        tie_embeddings: project to logits with the token embedding matrix
+            (logits = h · Eᵀ) instead of a separate output kernel.
+        attention_implementation: `"auto"`, `"fused"` or `"plain"`; see
+            `CausalSelfAttention`.
+        seed: integer seed for weights and dropout; `None` picks one (and
+            records it in the config).
+        dtype: Keras dtype policy, e.g. `"float32"` or `"mixed_bfloat16"`.
+
+    Example:
+    >>> model = GPT(vocabulary_size=256, num_layers=2, num_heads=2,
+    ...             hidden_dim=32, max_sequence_length=64, seed=0)
+    >>> logits = model(np.zeros((1, 8), "int32"))        # (1, 8, 256)
+    >>> model.compile(optimizer="adamw")
+    >>> model.fit(x=tokens[:, :-1], y=tokens[:, 1:], epochs=1)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        num_layers: int,
+        num_heads: int,
+        hidden_dim: int,
+        intermediate_dim: int | None = None,
+        max_sequence_length: int = 1024,
+        dropout: float = 0.0,
+        layer_norm_epsilon: float = 1e-5,
+        activation: str = "gelu_approximate",
+        position_embedding: str = "learned",
+        tie_embeddings: bool = True,
+        attention_implementation: str = "auto",
+        seed: int | None = None,
+        dtype: str | keras.DTypePolicy | None = None,
+        **kwargs,
+    ):
+        super().__init__(dtype=dtype, **kwargs)
+        for name, value in (
+            ("vocabulary_size", vocabulary_size),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("hidden_dim", hidden_dim),
+            ("max_sequence_length", max_sequence_length),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by "
+                f"`num_heads` ({num_heads})."
+            )
+        self.vocabulary_size = int(vocabulary_size)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.hidden_dim = int(hidden_dim)
+        self.intermediate_dim = int(intermediate_dim or 4 * hidden_dim)
+        self.max_sequence_length = int(max_sequence_length)
+        self.dropout = float(dropout)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.activation = activation
+        self.position_embedding = position_embedding
+        self.tie_embeddings = bool(tie_embeddings)
+        self.attention_implementation = attention_implementation
+        self.seed = fresh_seed() if seed is None else int(seed)
+
+        policy = self.dtype_policy
+        init_stddev = 0.02
+        self.embeddings = TokenAndPositionEmbedding(
+            self.vocabulary_size,
+            self.max_sequence_length,
+            self.hidden_dim,
+            position_embedding=position_embedding,
+            init_stddev=init_stddev,
+            seed=derive_seed(self.seed, 0),
+            dtype=policy,
+            name="embeddings",
+        )
+        self.embeddings_dropout = PortableDropout(
+            self.dropout, seed=derive_seed(self.seed, 1), dtype=policy,
+            name="embeddings_dropout",
+        )
+        self.blocks = [
+            TransformerBlock(
+                self.num_heads,
+                self.hidden_dim,
+                intermediate_dim=self.intermediate_dim,
+                dropout=self.dropout,
+                activation=activation,
+                layer_norm_epsilon=self.layer_norm_epsilon,
+                attention_implementation=attention_implementation,
+                init_stddev=init_stddev,
+                residual_init_stddev=init_stddev / math.sqrt(2 * self.num_layers),
+                seed=derive_seed(self.seed, 2, i),
+                dtype=policy,
+                name=f"block_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="final_norm"
+        )
+        self.lm_head = None
+        if not self.tie_embeddings:
+            self.lm_head = keras.layers.Dense(
+                self.vocabulary_size,
+                use_bias=False,
+                kernel_initializer=SeededNormal(init_stddev, derive_seed(self.seed, 3)),
+                dtype=policy,
+                name="lm_head",
+            )
+        self.build()
+
+    def build(self, input_shape=None):
+        hidden_shape = (None, None, self.hidden_dim)
+        self.embeddings.build((None, None))
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        if self.lm_head is not None:
+            self.lm_head.build(hidden_shape)
+        self.built = True
+
+    # -- forward -------------------------------------------------------------
+
+    def call(
+        self,
+        inputs: Tensor | dict[str, Tensor],
+        padding_mask: Tensor | None = None,
+        training: bool | None = None,
+    ) -> Tensor:
+        """Logits (batch, seq, vocabulary_size) for `inputs`.
+
+        Args:
+            inputs: int token ids (batch, seq), or a dict with `"token_ids"` and
+                optionally `"padding_mask"`.
+            padding_mask: optional (batch, seq), 1/True for real tokens.
+            training: enables dropout.
+        """
+        token_ids, padding_mask = self._unpack_inputs(inputs, padding_mask)
+        x = self.embeddings(token_ids)
+        x = self.embeddings_dropout(x, training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, training=training)
+        return self._logits(x)
+
+    def call_with_cache(
+        self,
+        token_ids: Tensor,
+        cache: list[Tensor],
+        cache_index: int | Tensor,
+        padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One decoding step over a key/value cache (inference only, no dropout).
+
+        Args:
+            token_ids: int (batch, seq) ids placed at positions
+                cache_index + [0, seq).
+            cache: list with one (batch, 2, cache_length, num_heads, head_dim)
+                tensor per block, as made by `init_cache`.
+            cache_index: int scalar, where `token_ids[:, 0]` goes in the cache.
+            padding_mask: optional (batch, cache_length), 1 for real positions.
+
+        Returns:
+            `(logits, cache)`: logits (batch, seq, vocabulary_size) and the
+            cache with this step's keys and values written in.
+        """
+        token_ids, padding_mask = self._unpack_inputs(token_ids, padding_mask)
+        x = self.embeddings(token_ids, start_index=cache_index)
+        new_cache = []
+        for block, block_cache in zip(self.blocks, cache):
+            x, block_cache = block(
+                x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index
+            )
+            new_cache.append(block_cache)
+        return self._logits(x), new_cache
+
+    def init_cache(
+        self, batch_size: int, cache_length: int, dtype: str | None = None
+    ) -> list[Tensor]:
+        """An all-zero key/value cache for `call_with_cache`.
+
+        Args:
+            batch_size: number of sequences.
+            cache_length: positions to hold; at most `max_sequence_length`.
+            dtype: cache dtype; defaults to the model's compute dtype.
+        """
+        if cache_length > self.max_sequence_length:
+            raise ValueError(
+                f"`cache_length` ({cache_length}) exceeds the model's "
+                f"`max_sequence_length` ({self.max_sequence_length})."
+            )
+        head_dim = self.hidden_dim // self.num_heads
+        shape = (batch_size, 2, cache_length, self.num_heads, head_dim)
+        dtype = dtype or self.compute_dtype
+        return [ops.zeros(shape, dtype=dtype) for _ in range(self.num_layers)]
+
+    def generate(
+        self,
+        prompt_ids: Tensor,
+        max_new_tokens: int,
+        sampler: str = "greedy",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_token_ids: list[int] | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Continues `prompt_ids` (batch, length) by `max_new_tokens` tokens.
+
+        Args:
+            prompt_ids: int array (batch, length) or (length,).
+            max_new_tokens: tokens to add; length + max_new_tokens must fit in
+                `max_sequence_length`.
+            sampler: `"greedy"`, `"temperature"`, `"top_k"` or `"top_p"`.
+            temperature: divides the logits before sampling (0 = greedy).
+            top_k: sample among the k most likely tokens.
+            top_p: sample among the smallest set of tokens with mass ≥ p.
+            stop_token_ids: a row stops after producing one of these; later
+                positions are 0.
+            seed: seed for sampling.
+
+        Returns:
+            int32 NumPy array (batch, length + max_new_tokens).
+        """
+        from keras_gpt.generation import generate
+
+        return generate(self, prompt_ids, max_new_tokens, sampler=sampler,
+                        temperature=temperature, top_k=top_k, top_p=top_p,
+                        stop_token_ids=stop_token_ids, seed=seed)
+
+    def _logits(self, x):
+        x = self.final_norm(x)
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return self.embeddings.project(x)
+
+    def _unpack_inputs(self, inputs, padding_mask):
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"token_ids", "padding_mask"}
+            if unknown or "token_ids" not in inputs:
+                raise ValueError(
+                    "GPT inputs as a dict need the key 'token_ids' and optionally "
+                    f"'padding_mask'; got keys {sorted(inputs)}."
+                )
+            padding_mask = inputs.get("padding_mask", padding_mask)
+            inputs = inputs["token_ids"]
+        self._validate_token_ids(inputs)
+        return inputs, padding_mask
+
+    def _validate_token_ids(self, token_ids):
+        dtype = keras.backend.standardize_dtype(token_ids.dtype)
+        if "int" not in dtype:
+            raise ValueError(
+                f"`token_ids` must be integers, got dtype {dtype}. "
+                "Convert with e.g. `np.asarray(ids, 'int32')`."
+            )
+        if len(token_ids.shape) != 2:
+            raise ValueError(
+                f"`token_ids` must have shape (batch, seq), got {tuple(token_ids.shape)}."
+            )
+        length = token_ids.shape[1]
+        if length is not None and length > self.max_sequence_length:
+            raise ValueError(
+                f"Sequence length {length} exceeds the model's "
+                f"`max_sequence_length` ({self.max_sequence_length})."
+            )
+        if is_concrete(token_ids) and length:
+            low = int(ops.convert_to_numpy(ops.min(token_ids)))
+            high = int(ops.convert_to_numpy(ops.max(token_ids)))
+            if low < 0 or high >= self.vocabulary_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"Token id {bad} is outside [0, {self.vocabulary_size}) "
+                    "(the model's `vocabulary_size`)."
+                )
+
+    # -- training --------------------------------------------------------------
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Without a compiled `loss`: mean token cross-entropy over unmasked tokens.
+
+        The weights are the `padding_mask` of `x` times any `sample_weight`;
+        see `keras_gpt.causal_lm_loss`.
+        """
+        if self._compile_loss is not None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        loss = causal_lm_loss(y, y_pred, self._token_weights(x, sample_weight))
+        for extra in self.losses:
+            loss = loss + ops.cast(extra, loss.dtype)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(
+            x, y, y_pred, sample_weight=self._token_weights(x, sample_weight)
+        )
+
+    @staticmethod
+    def _token_weights(x, sample_weight):
+        """Per-token weights: the padding mask times any sample weights."""
+        mask = x.get("padding_mask") if isinstance(x, dict) else None
+        if mask is None:
+            return sample_weight
+        mask = ops.cast(mask, "float32")
+        if sample_weight is None:
+            return mask
+        weights = ops.cast(sample_weight, "float32")
+        if len(weights.shape) == 1:
+            weights = ops.expand_dims(weights, -1)
+        return mask * weights
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "max_sequence_length": self.max_sequence_length,
+            "dropout": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "activation": self.activation,
+            "position_embedding": self.position_embedding,
+            "tie_embeddings": self.tie_embeddings,
+            "attention_implementation": self.attention_implementation,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GPT":
+        return cls(**config)

@@ -1,0 +1,101 @@
+"""Dropout whose masks are identical on TensorFlow, JAX and PyTorch."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_gpt.initializers import fresh_seed
+
+# Two primes below 2**15 with p % 3 == 2, so x -> x**3 is a bijection mod p and
+# every intermediate product stays below 2**31: the hash runs in int32 with no
+# overflow, which every backend computes the same way.
+_P1 = 32717
+_P2 = 32693
+_ROUNDS = 4
+
+
+HASH_RANGE = _P1 * _P2
+
+
+def hash_ints(shape, seed: int, counter):
+    """Uniform int32 values in [0, HASH_RANGE) from a counter-based hash.
+
+    Element i of the flattened `shape` is hashed from the pair
+    (i mod P1, i mod P2), which is unique for the first P1*P2 (about 1.07e9)
+    elements, keyed by `seed` and `counter`. Each round is a bijection on the
+    pair, so distinct elements never collide.
+
+    Args:
+        shape: output shape (static or dynamic dimensions).
+        seed: integer key (the layer's seed).
+        counter: int32 scalar tensor, advanced once per call.
+    """
+    size = 1
+    for dim in shape:
+        size = size * dim
+    index = ops.arange(0, size, dtype="int32")
+    counter = ops.cast(counter, "int32")
+    key1 = (counter % _P1 + seed % _P1) % _P1
+    key2 = ((counter // _P1) % _P2 + (seed // _P1) % _P2) % _P2
+    a = index % _P1
+    b = index % _P2
+    for r in range(_ROUNDS):
+        a = ((a * a % _P1) * a % _P1 + b % _P1 + key1 + r) % _P1
+        b = ((b * b % _P2) * b % _P2 + a % _P2 + key2 + r) % _P2
+    return ops.reshape(a * _P2 + b, shape)
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt")
+class PortableDropout(keras.layers.Layer):
+    """Inverted dropout with the same mask on every backend.
+
+    Keras' `Dropout` draws its mask from the backend's own generator, so the
+    same seed gives different masks on TensorFlow, JAX and PyTorch. This layer
+    hashes (seed, call counter, element index) with int32 `keras.ops`, so its
+    masks, and therefore training with dropout, match across backends. The
+    counter is a non-trainable variable: it is saved with the model and a
+    resumed run continues the same sequence of masks.
+
+    Args:
+        rate: fraction of the inputs to drop, in [0, 1).
+        seed: integer seed; `None` picks one at random.
+
+    Example:
+    >>> layer = PortableDropout(0.1, seed=0)
+    >>> y = layer(keras.ops.ones((2, 8)), training=True)
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1), got {rate}.")
+        self.rate = float(rate)
+        self.seed = fresh_seed() if seed is None else int(seed)
+        self.counter = self.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="counter",
+        )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        # Compare integers, not floats: a float division rounds differently
+        # across backends and would flip elements at the threshold.
+        threshold = int(round(self.rate * HASH_RANGE))
+        keep = hash_ints(ops.shape(inputs), self.seed, self.counter) >= threshold
+        # Advance only after the mask is drawn: on TensorFlow and PyTorch the
+        # variable is read lazily, so reading it after `assign` sees the new value.
+        self.counter.assign(self.counter + 1)
+        scale = ops.cast(1.0 / (1.0 - self.rate), inputs.dtype)
+        return ops.where(keep, inputs * scale, ops.zeros_like(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}

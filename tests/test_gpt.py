@@ -1,0 +1,243 @@
+"""Behaviour of the GPT model on the current backend."""
+
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, to_numpy
+
+import keras_gpt
+from keras_gpt import GPT, Perplexity, causal_lm_loss
+
+
+def test_logits_shape(tiny_model, token_batch):
+    logits = tiny_model(token_batch[:, :12])
+    assert tuple(logits.shape) == (4, 12, TINY["vocabulary_size"])
+
+
+def test_same_seed_same_weights_different_seed_different():
+    a, b, c = GPT(**TINY), GPT(**TINY), GPT(**{**TINY, "seed": 1})
+    for wa, wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(to_numpy(wa), to_numpy(wb))
+    kernels = [(to_numpy(wa), to_numpy(wc)) for wa, wc in zip(a.weights, c.weights)
+               if wa.name == "kernel"]
+    assert all(np.abs(x - y).max() > 0 for x, y in kernels)
+
+
+def test_gpt2_initialisation():
+    config = dict(vocabulary_size=300, num_layers=4, num_heads=4, hidden_dim=64,
+                  max_sequence_length=128, seed=0)
+    model = GPT(**config)
+    residual_std = 0.02 / math.sqrt(2 * config["num_layers"])
+    for weight in model.weights:
+        value = to_numpy(weight)
+        path = weight.path
+        if weight.name == "bias" or (weight.name == "beta"):
+            assert not value.any(), path
+        elif weight.name == "gamma":
+            assert (value == 1).all(), path
+        elif weight.name in ("kernel", "token_embeddings", "position_embeddings"):
+            expected = residual_std if ("attention/output" in path or "mlp_out" in path) else 0.02
+            assert abs(value.std() - expected) < 0.1 * expected, path
+            assert abs(value.mean()) < 0.1 * expected, path
+
+
+def test_seed_none_is_recorded_and_reproducible():
+    model = GPT(**{**TINY, "seed": None})
+    assert isinstance(model.get_config()["seed"], int)
+    clone = GPT.from_config(model.get_config())
+    for wa, wb in zip(model.weights, clone.weights):
+        np.testing.assert_array_equal(to_numpy(wa), to_numpy(wb))
+
+
+def test_is_causal_end_to_end(tiny_model, token_batch):
+    x = token_batch[:, :12]
+    y = to_numpy(tiny_model(x))
+    x2 = x.copy()
+    x2[:, 8:] = (x2[:, 8:] + 1) % TINY["vocabulary_size"]
+    y2 = to_numpy(tiny_model(x2))
+    np.testing.assert_allclose(y[:, :8], y2[:, :8], atol=1e-5)
+
+
+def test_dict_inputs_and_padding_mask(tiny_model, token_batch):
+    x = token_batch[:, :12]
+    mask = np.ones_like(x)
+    plain = to_numpy(tiny_model(x))
+    as_dict = to_numpy(tiny_model({"token_ids": x, "padding_mask": mask}))
+    np.testing.assert_allclose(plain, as_dict, atol=1e-5)
+
+
+def test_cache_path_matches_full_forward(tiny_model, token_batch):
+    x = token_batch[:, :10]
+    full = to_numpy(tiny_model(x))
+    cache = tiny_model.init_cache(batch_size=4, cache_length=12)
+    logits, cache = tiny_model.call_with_cache(x[:, :7], cache, 0)
+    steps = [to_numpy(logits)]
+    for i in range(7, 10):
+        logits, cache = tiny_model.call_with_cache(x[:, i : i + 1], cache, i)
+        steps.append(to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_untied_head_and_sinusoidal_positions(token_batch):
+    model = GPT(**TINY, tie_embeddings=False, position_embedding="sinusoidal")
+    names = [w.path for w in model.weights]
+    assert any("lm_head" in n for n in names)
+    assert not any("position_embeddings" in n for n in names)
+    assert tuple(model(token_batch[:, :12]).shape) == (4, 12, TINY["vocabulary_size"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"hidden_dim": 15}, "divisible"),
+        ({"num_layers": 0}, "num_layers"),
+    ],
+)
+def test_bad_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GPT(**{**TINY, **kwargs})
+
+
+def test_bad_input_errors(tiny_model):
+    with pytest.raises(ValueError, match="exceeds"):
+        tiny_model(np.zeros((1, 13), "int32"))
+    with pytest.raises(ValueError, match="integers"):
+        tiny_model(np.zeros((1, 4), "float32"))
+    with pytest.raises(ValueError, match="Token id 50 is outside"):
+        tiny_model(np.array([[1, 50]], "int32"))
+    with pytest.raises(ValueError, match="Token id -1 is outside"):
+        tiny_model(np.array([[-1, 2]], "int32"))
+    with pytest.raises(ValueError, match=r"\(batch, seq\)"):
+        tiny_model(np.zeros((4,), "int32"))
+    with pytest.raises(ValueError, match="token_ids"):
+        tiny_model({"ids": np.zeros((1, 4), "int32")})
+    with pytest.raises(ValueError, match="cache_length"):
+        tiny_model.init_cache(1, 13)
+
+
+def fit_losses(model, data, **fit_kwargs):
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3), metrics=[Perplexity()])
+    return model.fit(**fit_kwargs, epochs=1, verbose=0).history
+
+
+def repeating_data(n=32, length=13):
+    # Each row counts upward: perfectly learnable.
+    start = np.random.default_rng(0).integers(0, 50, (n, 1))
+    return ((start + np.arange(length)) % 50).astype("int32")
+
+
+def test_fit_on_arrays_reduces_loss():
+    model = GPT(**TINY)
+    data = repeating_data()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    before = model.evaluate(data[:, :-1], data[:, 1:], verbose=0)
+    model.fit(data[:, :-1], data[:, 1:], batch_size=8, epochs=5, verbose=0)
+    after = model.evaluate(data[:, :-1], data[:, 1:], verbose=0)
+    assert after < 0.7 * before
+
+
+def test_fit_on_tf_data_and_pydataset():
+    import tensorflow as tf
+
+    data = repeating_data()
+    ds = tf.data.Dataset.from_tensor_slices((data[:, :-1], data[:, 1:])).batch(8)
+    history = fit_losses(GPT(**TINY), data, x=ds)
+    assert np.isfinite(history["loss"][0])
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            rows = data[8 * i : 8 * (i + 1)]
+            return rows[:, :-1], rows[:, 1:]
+
+    history = fit_losses(GPT(**TINY), data, x=Batches())
+    assert np.isfinite(history["loss"][0])
+
+
+def test_perplexity_is_exp_of_loss(tiny_model):
+    data = repeating_data(8)
+    tiny_model.compile(optimizer="adamw", metrics=[Perplexity()])
+    loss, ppl = tiny_model.evaluate(data[:, :-1], data[:, 1:], batch_size=8, verbose=0)
+    assert ppl == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_padding_mask_loss_matches_hand_computation(tiny_model):
+    data = repeating_data(4)
+    x, y = data[:, :-1], data[:, 1:]
+    mask = np.ones_like(x)
+    mask[0, 6:] = 0
+    mask[2, 3:] = 0
+    logits = to_numpy(tiny_model(x)).astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    token_nll = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
+    expected = (token_nll * mask).sum() / mask.sum()
+
+    tiny_model.compile(optimizer="adamw")
+    got = tiny_model.evaluate({"token_ids": x, "padding_mask": mask}, y, batch_size=4, verbose=0)
+    assert got == pytest.approx(expected, rel=1e-5)
+    # Masked positions are ignored: changing their labels changes nothing.
+    y2 = y.copy()
+    y2[0, 6:] = 0
+    got2 = tiny_model.evaluate({"token_ids": x, "padding_mask": mask}, y2, batch_size=4, verbose=0)
+    assert got2 == pytest.approx(got, rel=1e-6)
+    direct = float(to_numpy(causal_lm_loss(y, tiny_model(x), mask)))
+    assert direct == pytest.approx(expected, rel=1e-5)
+
+
+def test_explicit_loss_is_respected(tiny_model):
+    data = repeating_data(8)
+    tiny_model.compile(
+        optimizer="adamw",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
+    )
+    total = tiny_model.evaluate(data[:, :-1], data[:, 1:], batch_size=8, verbose=0)
+    default = GPT(**TINY)  # same seed, same weights; compiled without a loss
+    default.compile(optimizer="adamw")
+    mean = default.evaluate(data[:, :-1], data[:, 1:], batch_size=8, verbose=0)
+    assert total == pytest.approx(mean * data[:, 1:].size, rel=1e-4)
+
+
+def test_save_and_load_round_trip(tmp_path, tiny_model, token_batch):
+    path = os.path.join(tmp_path, "model.keras")
+    tiny_model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, GPT)
+    assert loaded.get_config() == tiny_model.get_config()
+    np.testing.assert_array_equal(
+        to_numpy(loaded(token_batch[:, :12])), to_numpy(tiny_model(token_batch[:, :12]))
+    )
+
+
+def test_mixed_bfloat16_trains():
+    model = GPT(**TINY, dtype="mixed_bfloat16")
+    assert model.compute_dtype == "bfloat16"
+    assert all(w.dtype in ("float32", "int32") for w in model.weights)
+    data = repeating_data(16)
+    history = fit_losses(model, data, x=data[:, :-1], y=data[:, 1:], batch_size=8)
+    assert np.isfinite(history["loss"][0])
+
+
+def test_dropout_is_deterministic_per_seed():
+    data = repeating_data(16)
+    runs = []
+    for _ in range(2):
+        model = GPT(**TINY, dropout=0.2)
+        history = fit_losses(model, data, x=data[:, :-1], y=data[:, 1:], batch_size=8,
+                             shuffle=False)
+        runs.append((history["loss"][0], to_numpy(model.weights[0])))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    eval_model = GPT(**TINY, dropout=0.2)
+    x = data[:2, :-1]
+    np.testing.assert_array_equal(to_numpy(eval_model(x)), to_numpy(eval_model(x)))
+
+
+def test_public_api():
+    assert keras_gpt.GPT is GPT
+    assert set(keras_gpt.layers.__all__) >= {"CausalSelfAttention", "TransformerBlock",
+                                             "TokenAndPositionEmbedding"}
