@@ -1,5 +1,15 @@
-"""Tokenizers: text ↔ token ids."""
+"""Tokenizers: text ↔ token ids.
 
+All share one small interface (`keras_gpt.tokenizers.Tokenizer`):
+`vocabulary_size`, `encode`, `decode`, `encode_batch`, `decode_batch`,
+`token_to_id`, `save(directory)`, and `load_tokenizer(directory)` reads back
+whichever kind was saved.
+"""
+
+from keras_gpt.tokenizers.byte_pair_tokenizer import BytePairTokenizer, bytes_to_unicode
 from keras_gpt.tokenizers.byte_tokenizer import ByteTokenizer
+from keras_gpt.tokenizers.char_tokenizer import CharTokenizer
+from keras_gpt.tokenizers.tokenizer import Tokenizer, load_tokenizer, split_text
 
-__all__ = ["ByteTokenizer"]
+__all__ = ["BytePairTokenizer", "ByteTokenizer", "CharTokenizer", "Tokenizer", "bytes_to_unicode",
+           "load_tokenizer", "split_text"]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 
-class ByteTokenizer:
+from keras_gpt.tokenizers.tokenizer import Tokenizer, _as_id_list, _special_pattern, _split_special
+
+
+class ByteTokenizer(Tokenizer):
     """Maps text to its UTF-8 bytes (ids 0-255); special tokens follow at 256+.
 
     Needs no training and no files, and round-trips any Unicode string.
@@ -23,42 +27,44 @@ class ByteTokenizer:
     """
 
     def __init__(self, special_tokens: Sequence[str] = ("<|endoftext|>",)):
+        if isinstance(special_tokens, str):
+            raise ValueError(f"special_tokens must be a list of strings, got {special_tokens!r}.")
+        if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens:
+            raise ValueError(f"special_tokens must be distinct non-empty strings, got {special_tokens!r}.")
         self.special_tokens = list(special_tokens)
         self._special_ids = {t: 256 + i for i, t in enumerate(self.special_tokens)}
+        self._pattern = _special_pattern(self.special_tokens)
 
     @property
     def vocabulary_size(self) -> int:
         return 256 + len(self.special_tokens)
 
     def token_to_id(self, token: str) -> int:
-        """The id of a special token."""
+        """The id of a special token.
+
+        Args:
+            token: one of `special_tokens`.
+        """
         if token not in self._special_ids:
             raise KeyError(f"{token!r} is not a special token of this tokenizer.")
         return self._special_ids[token]
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
-        rest = text
-        while rest:
-            hits = [(rest.find(t), t) for t in self.special_tokens if t in rest]
-            if not hits:
-                ids.extend(rest.encode("utf-8"))
-                break
-            index, token = min(hits)
-            ids.extend(rest[:index].encode("utf-8"))
-            ids.append(self._special_ids[token])
-            rest = rest[index + len(token):]
+        for i, part in enumerate(_split_special(text, self._pattern)):
+            if i % 2:
+                ids.append(self._special_ids[part])
+            else:
+                ids.extend(part.encode("utf-8"))
         return ids
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         pieces, buffer = [], bytearray()
-        for i in ids:
-            i = int(i)
-            if i < 256:
+        for i in _as_id_list(ids):
+            if 0 <= i < 256:
                 buffer.append(i)
                 continue
-            if i >= self.vocabulary_size:
-                raise ValueError(f"Token id {i} is outside [0, {self.vocabulary_size}).")
+            self._check_id(i)
             pieces.append(buffer.decode("utf-8", errors="replace"))
             buffer = bytearray()
             pieces.append(self.special_tokens[i - 256])

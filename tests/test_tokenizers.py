@@ -1,0 +1,283 @@
+"""Tokenizers: round trips, saving, and ids equal to Hugging Face `tokenizers` and KerasHub."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_gpt.tokenizers import (
+    BytePairTokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    split_text,
+)
+
+# The repository's sibling ../shared/data (never copied into the repository).
+SHAKESPEARE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+HOSTILE = [
+    "",
+    "emoji 🤖👩‍👩‍👧‍👦🏳️‍🌈 and flags 🇫🇷",
+    "combining e\u0301 a\u0308\u0308\u0308 Z\u0336\u0335a\u0334",
+    "CJK 中文字符 日本語のテキスト 한국어 and ＦＵＬＬ１２３",
+    "long whitespace" + " " * 300 + "\t" * 40 + "\n" * 30 + " \r\n \u00a0\u3000\u2028\u2029\u0085 end",
+    "control \x01\x07\x08\x1b[31m\x7f\x1c\x1f\x0b\x0c characters",
+    "special<|endoftext|>inside<|endoftext|><|endoftext|> text <|endoftext|>",
+    "<|endoftext|> starts, partial <|endoftext| and <|endoftext|>",
+    "contractions I'm you'll they'RE don't 's 't",
+    "numbers 3.14159 1,000,000 ١٢٣ ⅫⅦ",
+    "right-to-left العربية עברית mixed",
+    "   leading and trailing   ",
+    "\uffff\U0010ffff\ufeff\u200b\u200d zero-width and noncharacters",
+]
+NUL_TEXT = "a NUL \x00 inside \x00\x00 text"
+
+
+def shakespeare() -> str:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} is not here")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def bpe_dir(tmp_path_factory) -> pathlib.Path:
+    """A small BPE (vocabulary 400) trained on a slice of tinyshakespeare, saved."""
+    tokenizer = BytePairTokenizer.train([shakespeare()[:100_000]], vocabulary_size=400)
+    directory = tmp_path_factory.mktemp("bpe")
+    tokenizer.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def bpe(bpe_dir) -> BytePairTokenizer:
+    return BytePairTokenizer.from_files(bpe_dir / "vocab.json", bpe_dir / "merges.txt")
+
+
+def random_unicode(seed: int, length: int) -> str:
+    """Random code points from all planes, surrogates excluded (they are not text)."""
+    points = np.random.default_rng(seed).integers(0, 0x110000, length)
+    points = points[(points < 0xD800) | (points > 0xDFFF)]
+    return "".join(map(chr, points))
+
+
+# --- training and file layout ---------------------------------------------------------
+
+def test_trained_vocabulary_has_gpt2_layout(bpe, bpe_dir):
+    vocabulary = json.loads((bpe_dir / "vocab.json").read_text(encoding="utf-8"))
+    merges = (bpe_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges[0] == "#version: 0.2"
+    assert bpe.vocabulary_size == len(vocabulary) == 400
+    # 256 byte tokens in byte order, one token per merge, <|endoftext|> last (as GPT-2).
+    assert len(merges) - 1 == 400 - 256 - 1
+    assert bpe.encode("".join(map(chr, range(33, 127)))) != []
+    assert [bpe.decode([i]).encode("utf-8") for i in range(ord("!"), ord("~") + 1)] == [
+        bytes([b]) for b in range(ord("!"), ord("~") + 1)]
+    assert vocabulary["<|endoftext|>"] == 399
+    assert bpe.special_tokens == ["<|endoftext|>"]
+    assert bpe.token_to_id("Ġ") == ord(" ")
+
+
+def test_train_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="vocabulary_size=100"):
+        BytePairTokenizer.train(["some text"], vocabulary_size=100)
+    with pytest.raises(ValueError, match="single string"):
+        BytePairTokenizer.train("a single string is not a list of texts", vocabulary_size=300)
+
+
+# --- references ------------------------------------------------------------------------
+
+def hf_reference(bpe_dir):
+    """Hugging Face's own GPT-2 style byte-level BPE built from the same files."""
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    reference = ByteLevelBPETokenizer.from_file(
+        str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt"), add_prefix_space=False)
+    reference.add_special_tokens(["<|endoftext|>"])
+    return reference
+
+
+def test_ids_equal_hugging_face_on_shakespeare(bpe, bpe_dir):
+    text = shakespeare()[:300_000]  # a quarter of it: Hugging Face takes ~1 s per 1 MB here
+    reference = hf_reference(bpe_dir)
+    # One call (our encoder splits the text and runs the pieces in parallel).
+    assert bpe.encode(text) == reference.encode(text).ids
+    lines = text.splitlines(keepends=True)[:2000]
+    assert bpe.encode_batch(lines) == [e.ids for e in reference.encode_batch(lines)]
+
+
+def test_ids_equal_hugging_face_on_hostile_text(bpe, bpe_dir):
+    reference = hf_reference(bpe_dir)
+    texts = HOSTILE + [NUL_TEXT, random_unicode(0, 3000), "".join(HOSTILE) * 50]
+    for text in texts:
+        assert bpe.encode(text) == reference.encode(text).ids, repr(text[:40])
+
+
+def test_ids_equal_keras_hub(bpe, bpe_dir):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tokenizer is backend-independent; KerasHub's GPT-2 path needs "
+                    "TensorFlow, so the comparison runs in the TensorFlow pass")
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow_text")
+    keras_hub = pytest.importorskip("keras_hub")
+    # KerasHub's TensorFlow path implements GPT-2's split regex; its default
+    # Python path uses Llama 3's regex (it splits "go'st" as "go", "'", "st").
+    reference = keras_hub.tokenizers.BytePairTokenizer(
+        str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt"),
+        unsplittable_tokens=["<|endoftext|>"], _allow_python_workflow=False)
+    # KerasHub's graph tokenizer is slow (~5 KB/s here): a slice of the corpus.
+    texts = shakespeare()[:6000].split("\n\n") + HOSTILE + [random_unicode(1, 500)]
+    ours = bpe.encode_batch(texts)
+    theirs = [np.asarray(row).tolist() for row in reference.tokenize(texts)]
+    for text, a, b in zip(texts, ours, theirs):
+        assert a == b, repr(text[:40])
+    # Measured on keras-hub 0.32: its TensorFlow path drops everything from a
+    # NUL character on, so NUL text is compared with Hugging Face only (above).
+
+
+# --- round trips -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["bpe", "byte", "char"])
+def test_decode_encode_round_trips_any_text(kind, bpe):
+    texts = HOSTILE + [NUL_TEXT, random_unicode(2, 2000), shakespeare()[:50_000]]
+    if kind == "bpe":
+        tokenizer = bpe
+    elif kind == "byte":
+        tokenizer = ByteTokenizer()
+    else:
+        tokenizer = CharTokenizer.from_text(texts, special_tokens=["<|endoftext|>"])
+    for text in texts:
+        assert tokenizer.decode(tokenizer.encode(text)) == text, repr(text[:40])
+    assert tokenizer.decode_batch(tokenizer.encode_batch(texts)) == texts
+
+
+def test_decode_accepts_arrays_and_tensors(bpe):
+    ids = bpe.encode("To be, or not to be")
+    for form in (np.array(ids, "int32"), keras.ops.convert_to_tensor(np.array(ids, "int32"))):
+        assert bpe.decode(form) == "To be, or not to be"
+    assert bpe.decode_batch(np.array([ids, ids])) == ["To be, or not to be"] * 2
+
+
+def test_special_tokens(bpe):
+    eot = bpe.token_to_id("<|endoftext|>")
+    ids = bpe.encode("a<|endoftext|>b")
+    assert ids.count(eot) == 1 and ids == bpe.encode("a") + [eot] + bpe.encode("b")
+    # A special token missing from the vocabulary gets the next id.
+    chat = BytePairTokenizer(bpe.vocabulary, bpe.merges, ["<|endoftext|>", "<|im start|>"])
+    assert chat.vocabulary_size == bpe.vocabulary_size + 1
+    start = chat.token_to_id("<|im start|>")
+    text = "x<|im start|>user hi" * 20_000  # long: exercises the parallel path
+    ids = chat.encode(text)
+    assert ids.count(start) == 20_000
+    assert chat.decode(ids) == text
+
+
+def test_invalid_utf8_decodes_to_replacement_character():
+    tokenizer = ByteTokenizer()
+    assert tokenizer.decode([104, 0xE4, 105]) == "h\ufffdi"
+
+
+def test_errors_name_the_bad_value(bpe):
+    with pytest.raises(ValueError, match="400"):
+        bpe.decode([1, 400])
+    with pytest.raises(ValueError, match="-1"):
+        ByteTokenizer().decode([-1])
+    with pytest.raises(ValueError, match="int"):
+        bpe.encode(123)
+    with pytest.raises(ValueError, match="D800"):
+        bpe.encode("lone \ud800 surrogate")
+    with pytest.raises(ValueError, match="'z'"):
+        CharTokenizer("abc").encode("abz")
+    with pytest.raises(ValueError, match="not in this tokenizer"):
+        bpe.token_to_id("<|nope|>")
+    with pytest.raises(ValueError, match="single string"):
+        bpe.encode_batch("not a list")
+
+
+# --- character and byte tokenizers --------------------------------------------------------
+
+def test_char_tokenizer_matches_nanogpt_shakespeare_char():
+    text = shakespeare()
+    tokenizer = CharTokenizer.from_text(text)
+    chars = sorted(set(text))  # nanoGPT's data/shakespeare_char/prepare.py
+    assert tokenizer.vocabulary_size == len(chars) == 65
+    assert tokenizer.encode("hii there") == [chars.index(c) for c in "hii there"]
+    assert tokenizer.encode(text[:1000]) == [chars.index(c) for c in text[:1000]]
+
+
+def test_byte_tokenizer_ids():
+    tokenizer = ByteTokenizer(special_tokens=["<|endoftext|>", "<|pad|>"])
+    assert tokenizer.encode("hé<|pad|>") == [104, 195, 169, 257]
+    assert tokenizer.vocabulary_size == 258
+
+
+# --- saving and loading --------------------------------------------------------------------
+
+def test_save_and_load_every_kind(tmp_path, bpe):
+    tokenizers = {
+        "bpe": bpe,
+        "byte": ByteTokenizer(special_tokens=["<|endoftext|>", "<|pad|>"]),
+        "char": CharTokenizer.from_text("hello world", special_tokens=["<|endoftext|>"]),
+    }
+    text = "hello world<|endoftext|>hello"
+    for name, tokenizer in tokenizers.items():
+        tokenizer.save(tmp_path / name)
+        loaded = load_tokenizer(tmp_path / name)
+        assert type(loaded) is type(tokenizer)
+        assert loaded.vocabulary_size == tokenizer.vocabulary_size
+        assert loaded.special_tokens == tokenizer.special_tokens
+        assert loaded.encode(text) == tokenizer.encode(text)
+
+
+def test_loads_openai_and_keras_hub_layouts(tmp_path, bpe_dir, bpe):
+    layouts = {"openai": ("encoder.json", "vocab.bpe"), "keras_hub": ("vocabulary.json", "merges.txt"),
+               "hugging_face": ("vocab.json", "merges.txt")}
+    text = shakespeare()[:5000] + "<|endoftext|>"
+    for name, (vocabulary_name, merges_name) in layouts.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        shutil.copy(bpe_dir / "vocab.json", directory / vocabulary_name)
+        shutil.copy(bpe_dir / "merges.txt", directory / merges_name)
+        assert load_tokenizer(directory).encode(text) == bpe.encode(text), name
+        assert BytePairTokenizer.from_files(directory / vocabulary_name,
+                                            directory / merges_name).encode(text) == bpe.encode(text)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="No tokenizer"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match="No such file"):
+        BytePairTokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+
+
+# --- safe splitting -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("max_chars", [2, 7, 100])
+def test_split_text_pieces_encode_like_the_whole(bpe, bpe_dir, max_chars):
+    reference = hf_reference(bpe_dir)
+    reference.add_special_tokens(["<|im start|>"])
+    texts = [shakespeare()[:20_000], "".join(HOSTILE), random_unicode(3, 2000),
+             "x<|im start|>user hi" * 50]
+    chat = BytePairTokenizer(bpe.vocabulary, bpe.merges, ["<|endoftext|>", "<|im start|>"])
+    for text in texts:
+        pieces = split_text(text, max_chars, chat.special_tokens)
+        assert "".join(pieces) == text
+        assert sum(chat.encode_batch(pieces), []) == reference.encode(text).ids
+
+
+def test_import_needs_neither_tokenizers_nor_tensorflow():
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        pytest.skip("checked in the JAX and PyTorch passes")
+    code = ("import sys, keras_gpt, keras_gpt.tokenizers, keras_gpt.data; "
+            "print(sorted(m for m in ('tokenizers', 'tensorflow') if m in sys.modules))")
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
