@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ from keras_gpt.backend import Tensor, is_concrete
 from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
 from keras_gpt.layers import PortableDropout, TokenAndPositionEmbedding, TransformerBlock
 from keras_gpt.losses import causal_lm_loss
+from keras_gpt.samplers import Sampler
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt")
@@ -237,37 +239,80 @@ class GPT(keras.Model):
 
     def generate(
         self,
-        prompt_ids: Tensor,
+        prompt_ids: Tensor | list[list[int]],
         max_new_tokens: int,
-        sampler: str = "greedy",
+        sampler: str | Sampler = "greedy",
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
         stop_token_ids: list[int] | None = None,
         seed: int | None = None,
-    ) -> np.ndarray:
-        """Continues `prompt_ids` (batch, length) by `max_new_tokens` tokens.
+        padding_mask: Tensor | None = None,
+        pad_token_id: int = 0,
+        return_lengths: bool = False,
+        callback: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Continues each prompt by up to `max_new_tokens` tokens.
+
+        The prompt is run once (prefill), then one token per step is decoded
+        from a fixed-size key/value cache inside a loop compiled for the
+        backend (see `keras_gpt.generation`). Compiled programs are cached per
+        batch size and power-of-two cache length: repeated calls with similar
+        shapes do not recompile.
 
         Args:
-            prompt_ids: int array (batch, length) or (length,).
-            max_new_tokens: tokens to add; length + max_new_tokens must fit in
-                `max_sequence_length`.
-            sampler: `"greedy"`, `"temperature"`, `"top_k"` or `"top_p"`.
+            prompt_ids: the prompts: an int array `(batch, length)` or
+                `(length,)`, or a list of lists of ids whose lengths may differ
+                (ragged). A padded array may come with `padding_mask`.
+            max_new_tokens: tokens to add to each row; the longest prompt +
+                `max_new_tokens` must fit in `max_sequence_length`.
+            sampler: `"greedy"` (most likely token), `"temperature"` (sample
+                from all tokens), `"top_k"`, `"top_p"`, or a
+                `keras_gpt.samplers.Sampler` instance.
             temperature: divides the logits before sampling (0 = greedy).
-            top_k: sample among the k most likely tokens.
-            top_p: sample among the smallest set of tokens with mass ≥ p.
-            stop_token_ids: a row stops after producing one of these; later
-                positions are 0.
-            seed: seed for sampling.
+            top_k: with `"top_k"` (or `"top_p"`): sample among the k most likely
+                tokens.
+            top_p: with `"top_p"`: sample among the smallest set of most likely
+                tokens whose probability mass reaches p.
+            stop_token_ids: a row stops right after generating one of these ids
+                (the stop token is kept); its later positions hold `pad_token_id`.
+            seed: sampling seed: the same seed gives the same tokens on a
+                backend (and, with the hash-based sampler noise, usually the
+                same tokens on every backend). `None` draws one.
+            padding_mask: with a `(batch, length)` array: 1/True marks each
+                row's real prompt tokens (left or right padding).
+            pad_token_id: id written after a row's last token.
+            return_lengths: also return each row's length (prompt + generated
+                tokens, through the stop token); row r's new tokens are
+                `ids[r, prompt_length_r:lengths[r]]`
+                (`keras_gpt.generation.new_tokens` slices them all).
+            callback: streaming: called after every decoding step as
+                `callback(token_ids, is_new)` with two `(batch,)` NumPy arrays,
+                the ids written at this step's position and which rows
+                generated a new token there (rows still inside a longer
+                prompt, or already stopped, did not). Runs a Python loop over
+                the compiled step, so it is a little slower.
 
         Returns:
-            int32 NumPy array (batch, length + max_new_tokens).
+            int32 NumPy array `(batch, longest_prompt + max_new_tokens)`: each
+            row's prompt followed by its continuation, then `pad_token_id`.
+            With `return_lengths`, a tuple `(token_ids, lengths)`.
+
+        Example:
+        >>> model = GPT(vocabulary_size=256, num_layers=2, num_heads=2,
+        ...             hidden_dim=32, max_sequence_length=64, seed=0)
+        >>> ids = model.generate(np.array([[1, 2, 3]]), max_new_tokens=5)  # (1, 8)
+        >>> ids, lengths = model.generate([[1, 2, 3], [4]], 5, sampler="top_k",
+        ...                               top_k=10, seed=0, stop_token_ids=[0],
+        ...                               return_lengths=True)
         """
         from keras_gpt.generation import generate
 
         return generate(self, prompt_ids, max_new_tokens, sampler=sampler,
                         temperature=temperature, top_k=top_k, top_p=top_p,
-                        stop_token_ids=stop_token_ids, seed=seed)
+                        stop_token_ids=stop_token_ids, seed=seed,
+                        padding_mask=padding_mask, pad_token_id=pad_token_id,
+                        return_lengths=return_lengths, callback=callback)
 
     def _logits(self, x):
         x = self.final_norm(x)
@@ -370,3 +415,51 @@ class GPT(keras.Model):
     @classmethod
     def from_config(cls, config: dict) -> "GPT":
         return cls(**config)
+
+    # -- presets (implemented in keras_gpt.presets) -----------------------------
+
+    @classmethod
+    def from_preset(cls, handle: str, **overrides) -> "GPT":
+        """Loads a model from a preset: keras_gpt, Hugging Face GPT-2 or KerasHub GPT-2.
+
+        Args:
+            handle: a registered name (`keras_gpt.presets.list()`), a local
+                directory, `"hf://owner/name"` or
+                `"kaggle://owner/model/framework/variation[/version]"`.
+            **overrides: `GPT` arguments replacing the preset's, e.g.
+                `dropout=0.1` or `dtype="mixed_bfloat16"`.
+
+        Example:
+        >>> model = GPT.from_preset("my_preset")
+        >>> model = GPT.from_preset("hf://openai-community/gpt2")
+        """
+        from keras_gpt.presets import from_preset
+
+        return from_preset(handle, **overrides)
+
+    def save_to_preset(
+        self,
+        directory: str,
+        format: str = "keras_gpt",
+        tokenizer=None,
+        data_description: str | None = None,
+        max_shard_size: float | None = 5.0,
+    ) -> None:
+        """Writes the model as a directory `GPT.from_preset` reads back.
+
+        Args:
+            directory: output directory, created if needed.
+            format: `"keras_gpt"` (config.json, model.weights.h5, tokenizer/,
+                metadata.json) or `"huggingface"` (config.json and
+                model.safetensors for `transformers.GPT2LMHeadModel`).
+            tokenizer: optional tokenizer with a `save(directory)` method.
+            data_description: training data description kept in metadata.json.
+            max_shard_size: shard the weights above this many GB.
+
+        Example:
+        >>> model.save_to_preset("my_preset", data_description="tinyshakespeare")
+        """
+        from keras_gpt.presets import save_to_preset
+
+        save_to_preset(self, directory, format=format, tokenizer=tokenizer,
+                       data_description=data_description, max_shard_size=max_shard_size)
