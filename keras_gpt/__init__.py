@@ -1,6 +1,6 @@
 """keras_gpt: one GPT in Keras 3 that trains the same on TensorFlow, JAX and PyTorch."""
 
-from keras_gpt import layers
+from keras_gpt import layers, presets
 from keras_gpt.gpt import GPT
 from keras_gpt.losses import causal_lm_loss
 from keras_gpt.metrics import Perplexity

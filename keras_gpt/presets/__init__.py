@@ -1,0 +1,33 @@
+"""Presets: named architectures, `from_preset` / `save_to_preset`, and conversion
+from Hugging Face and KerasHub GPT-2 checkpoints.
+
+Example:
+>>> for info in keras_gpt.presets.list():
+...     print(info)
+>>> model = keras_gpt.GPT.from_preset("path/to/preset")
+"""
+
+from keras_gpt.presets.errors import PresetError
+from keras_gpt.presets.handles import resolve
+from keras_gpt.presets.loading import (
+    from_preset,
+    load_tokenizer,
+    preset_format,
+    save_to_preset,
+)
+from keras_gpt.presets.registry import PresetInfo, count_parameters, get, register
+from keras_gpt.presets.registry import list_presets as list  # noqa: A001
+
+__all__ = [
+    "PresetError",
+    "PresetInfo",
+    "count_parameters",
+    "from_preset",
+    "get",
+    "list",
+    "load_tokenizer",
+    "preset_format",
+    "register",
+    "resolve",
+    "save_to_preset",
+]

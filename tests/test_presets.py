@@ -1,0 +1,196 @@
+"""keras_gpt presets: the registry, save_to_preset / from_preset, handles and their errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import TINY, to_numpy
+
+import keras_gpt
+import keras_gpt.tokenizers
+from keras_gpt import GPT
+from keras_gpt.presets import PresetError
+
+# Published parameter counts of the four GPT-2 checkpoints (transformers'
+# `num_parameters()` of GPT2LMHeadModel, tied output embedding).
+GPT2_PARAMETERS = {"gpt2_small": 124_439_808, "gpt2_medium": 354_823_168,
+                   "gpt2_large": 774_030_080, "gpt2_xl": 1_557_611_200}
+
+
+def test_registry_lists_gpt2_shapes_and_small_configs():
+    listed = {info.name: info for info in keras_gpt.presets.list()}
+    for name, count in GPT2_PARAMETERS.items():
+        assert listed[name].parameter_count == count
+        assert listed[name].has_weights and listed[name].weights.startswith("hf://")
+    small = [info for info in listed.values() if info.parameter_count < 10_000_000]
+    assert len(small) >= 3 and not any(info.has_weights for info in small)
+    assert "124M" in str(listed["gpt2_small"])
+
+
+@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False, "intermediate_dim": 40},
+                                     {"position_embedding": "sinusoidal"}])
+def test_count_parameters_matches_built_model(variant):
+    config = {**keras_gpt.presets.get("gpt_nano").config, **variant}
+    model = GPT(**config, seed=0)
+    built = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert keras_gpt.presets.count_parameters(config) == built
+
+
+def test_register_rejects_duplicates_and_incomplete_configs():
+    with pytest.raises(ValueError, match="gpt2_small"):
+        keras_gpt.presets.register("gpt2_small", keras_gpt.presets.get("gpt_nano").config)
+    with pytest.raises(ValueError, match="hidden_dim"):
+        keras_gpt.presets.register("incomplete", dict(vocabulary_size=10, num_layers=1,
+                                                      num_heads=1))
+
+
+def test_save_and_load_round_trip(tiny_model, token_batch, tmp_path):
+    x = token_batch[:, :12]
+    tiny_model.save_to_preset(str(tmp_path), data_description="random ids")
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "metadata.json", "model.weights.h5"]
+    assert keras_gpt.presets.preset_format(str(tmp_path)) == "keras_gpt"
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    assert metadata["keras_gpt_version"] == keras_gpt.__version__
+    assert metadata["parameter_count"] == keras_gpt.presets.count_parameters(TINY)
+    assert metadata["data_description"] == "random ids"
+    assert metadata["date_saved"][:2] == "20"
+    loaded = GPT.from_preset(str(tmp_path))
+    assert loaded.get_config() | {"name": None} == tiny_model.get_config() | {"name": None}
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(tiny_model(x)))
+
+
+def test_overrides_replace_the_saved_config(tiny_model, tmp_path):
+    tiny_model.save_to_preset(str(tmp_path))
+    loaded = GPT.from_preset(str(tmp_path), dropout=0.25)
+    assert loaded.dropout == 0.25
+    with pytest.raises(PresetError, match="model.weights.h5"):
+        GPT.from_preset(str(tmp_path), hidden_dim=32, num_heads=2)
+
+
+def test_large_weights_are_sharded(token_batch, tmp_path):
+    model = GPT(**TINY)
+    shard_gb = 10e3 / 1e9  # 10 kB shards: the tiny model has ~30 kB of weights
+    model.save_to_preset(str(tmp_path), max_shard_size=shard_gb)
+    shards = [n for n in os.listdir(tmp_path) if n.endswith(".weights.h5")]
+    assert "model.weights.json" in os.listdir(tmp_path) and len(shards) > 1
+    loaded = GPT.from_preset(str(tmp_path))
+    x = token_batch[:, :12]
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+    # Saving again unsharded into the same directory leaves no stale shards behind.
+    model.save_to_preset(str(tmp_path))
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".weights.json")]
+
+
+def test_truncated_weights_give_a_clear_error(tiny_model, tmp_path):
+    tiny_model.save_to_preset(str(tmp_path))
+    path = tmp_path / "model.weights.h5"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(PresetError, match=f"{tmp_path}.*model.weights.h5.*corrupt") as info:
+        GPT.from_preset(str(tmp_path))
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_bad_handles_name_the_handle(tmp_path):
+    with pytest.raises(PresetError, match="'no_such_preset'.*gpt2_small"):
+        GPT.from_preset("no_such_preset")
+    with pytest.raises(PresetError, match="does not exist"):
+        GPT.from_preset(str(tmp_path / "missing" / "dir"))
+    with pytest.raises(PresetError, match="no config.json"):
+        GPT.from_preset(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(PresetError, match="config.json"):
+        GPT.from_preset(str(tmp_path))
+    with pytest.raises(PresetError, match="'gpt_nano'.*without published weights"):
+        GPT.from_preset("gpt_nano")
+    with pytest.raises(PresetError, match="hf://owner/name"):
+        GPT.from_preset("hf://just-a-name")
+    with pytest.raises(PresetError, match="kaggle://owner/model"):
+        GPT.from_preset("kaggle://keras/gpt2")
+    with pytest.raises(ValueError, match="format"):
+        GPT(**TINY).save_to_preset(str(tmp_path / "x"), format="onnx")
+
+
+def test_unreachable_hubs_give_a_clear_error(tmp_path):
+    """hf:// offline with an empty cache, and a Kaggle model that cannot be fetched
+    (no network, or no such model): both name the handle."""
+    script = textwrap.dedent("""
+        import keras_gpt
+        for handle in ("gpt2_small", "hf://openai-community/gpt2",
+                       "kaggle://keras-gpt-test/none/keras/none/1"):
+            try:
+                keras_gpt.GPT.from_preset(handle)
+            except keras_gpt.presets.PresetError as error:
+                print("ERROR", error)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "KAGGLEHUB_CACHE": str(tmp_path / "kaggle")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 3, proc.stdout + proc.stderr[-3000:]
+    assert "'hf://openai-community/gpt2'" in errors[0] and "Hugging Face" in errors[0]
+    assert "'hf://openai-community/gpt2'" in errors[1]
+    assert "'kaggle://keras-gpt-test/none/keras/none/1'" in errors[2]
+
+
+@pytest.mark.skipif(not hasattr(keras_gpt.tokenizers, "load_tokenizer"),
+                    reason="keras_gpt.tokenizers.load_tokenizer not available yet")
+def test_tokenizer_travels_with_the_preset(tiny_model, tmp_path):
+    tokenizer = keras_gpt.tokenizers.ByteTokenizer()
+    tiny_model.save_to_preset(str(tmp_path), tokenizer=tokenizer)
+    loaded = keras_gpt.presets.load_tokenizer(str(tmp_path))
+    text = "presets: hé<|endoftext|>"
+    assert loaded.encode(text) == tokenizer.encode(text)
+
+
+def test_missing_tokenizer_is_a_clear_error(tiny_model, tmp_path):
+    tiny_model.save_to_preset(str(tmp_path))
+    with pytest.raises(PresetError, match="no tokenizer"):
+        keras_gpt.presets.load_tokenizer(str(tmp_path))
+
+
+# -- across backends ---------------------------------------------------------------
+
+_CROSS_BACKEND_WORKER = textwrap.dedent("""
+    import glob, os, sys
+    import keras, numpy as np
+    import keras_gpt
+
+    out, backend = sys.argv[1], keras.backend.backend()
+    seed = {"tensorflow": 1, "jax": 2, "torch": 3}[backend]
+    probe = np.random.default_rng(0).integers(0, 61, (2, 16)).astype("int32")
+    if not os.path.exists(os.path.join(out, backend)):
+        model = keras_gpt.GPT(vocabulary_size=61, num_layers=2, num_heads=2, hidden_dim=32,
+                              max_sequence_length=16, tie_embeddings=False, seed=seed)
+        model.save_to_preset(os.path.join(out, backend))
+        np.save(os.path.join(out, f"{backend}.npy"), keras.ops.convert_to_numpy(model(probe)))
+    for source in ("tensorflow", "jax", "torch"):
+        if source != backend and os.path.exists(os.path.join(out, source)):
+            loaded = keras_gpt.GPT.from_preset(os.path.join(out, source))
+            np.save(os.path.join(out, f"{source}_on_{backend}.npy"),
+                    keras.ops.convert_to_numpy(loaded(probe)))
+""")
+
+
+@pytest.mark.cross_backend
+def test_preset_saved_on_one_backend_loads_on_every_other(tmp_path):
+    """Logits of a loaded preset equal the saving backend's to float32 kernel
+    differences (~1e-7; bound 1e-5, as in tests/test_cross_backend.py)."""
+    # The second TensorFlow run loads what JAX and PyTorch saved after the first.
+    for backend in ("tensorflow", "jax", "torch", "tensorflow"):
+        proc = subprocess.run([sys.executable, "-c", _CROSS_BACKEND_WORKER, str(tmp_path)],
+                              env={**os.environ, "KERAS_BACKEND": backend},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{backend}:\n{proc.stderr[-4000:]}"
+    backends = ("tensorflow", "jax", "torch")
+    for source in backends:
+        saved = np.load(tmp_path / f"{source}.npy")
+        for target in backends:
+            if target != source:
+                loaded = np.load(tmp_path / f"{source}_on_{target}.npy")
+                np.testing.assert_allclose(loaded, saved, rtol=0, atol=1e-5,
+                                           err_msg=f"{source} → {target}")
