@@ -14,11 +14,11 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[tensorflow,jax,torch,hub,text,dev,docs]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[tensorflow,jax,torch,hub,text,recipes,dev,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
-	KERAS_BACKEND=$(BACKEND) $(PY) recipes/pretrain.py $(ARGS)
+	KERAS_BACKEND=$(BACKEND) $(PY) recipes/pretrain.py --config recipes/configs/demo.toml $(ARGS)
 
 test: $(VENV)/.installed
 	set -e; for b in $(BACKENDS); do \

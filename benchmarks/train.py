@@ -1,0 +1,126 @@
+"""Training throughput: keras_gpt.GPT vs KerasHub's GPT2CausalLM, same shape.
+
+Runs one subprocess per backend; inside each, the two models alternate in
+rounds of `fit` so that machine load affects both alike. Prints one JSON object.
+
+    python benchmarks/train.py                    # bench-small, all backends
+    python benchmarks/train.py --backends jax --steps 20 --rounds 3
+
+bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
+batch 8, float32, AdamW; default `compile()` settings for both models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
+             max_sequence_length=256)
+BATCH = 8
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build(kind: str, dtype: str):
+    import keras
+
+    if kind == "keras_gpt":
+        import keras_gpt
+
+        model = keras_gpt.GPT(**SHAPE, seed=0, dtype=dtype)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+        return model, lambda x: x
+    import keras_hub
+
+    backbone = keras_hub.models.GPT2Backbone(**SHAPE, intermediate_dim=4 * SHAPE["hidden_dim"],
+                                             dropout=0.0, dtype=dtype)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model, lambda x: {"token_ids": x, "padding_mask": (x >= 0).astype("int32")}
+
+
+class StepTimer:
+    def __init__(self):
+        import keras
+
+        class _Cb(keras.callbacks.Callback):
+            def on_train_batch_begin(cb, batch, logs=None):
+                cb.t = time.perf_counter()
+
+            def on_train_batch_end(cb, batch, logs=None):
+                self.times.append(time.perf_counter() - cb.t)
+
+        self.times: list[float] = []
+        self.callback = _Cb()
+
+
+def worker(args) -> dict:
+    import numpy as np
+
+    length = SHAPE["max_sequence_length"]
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, SHAPE["vocabulary_size"], (BATCH * args.steps, length + 1)).astype("int32")
+    x, y = data[:, :-1], data[:, 1:]
+    models = {}
+    for kind in ("keras_gpt", "keras_hub"):
+        start = time.perf_counter()
+        model, adapt = build(kind, args.dtype)
+        timer = StepTimer()
+        model.fit(adapt(x[:BATCH * 2]), y[:BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)
+        models[kind] = (model, adapt, timer, time.perf_counter() - start)
+    for _ in range(args.rounds):
+        for kind, (model, adapt, timer, _) in models.items():
+            model.fit(adapt(x), y, batch_size=BATCH, epochs=1, verbose=0,
+                      callbacks=[timer.callback], shuffle=False)
+    out = {}
+    for kind, (model, _, timer, warmup) in models.items():
+        step = statistics.median(timer.times)
+        out[kind] = {"tokens_per_second": BATCH * length / step, "median_step_s": step,
+                     "first_two_steps_s": warmup, "steps_timed": len(timer.times)}
+    out["speedup"] = out["keras_gpt"]["tokens_per_second"] / out["keras_hub"]["tokens_per_second"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backends", default="tensorflow,jax,torch")
+    p.add_argument("--steps", type=int, default=15, help="steps per round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)))
+        return
+    results = {"benchmark": "train bench-small", "date": time.strftime("%Y-%m-%d"),
+               "machine": f"{cpu_name()}, {os.cpu_count()} cores", "batch": BATCH,
+               "shape": SHAPE, "dtype": args.dtype, "backends": {}}
+    for backend in args.backends.split(","):
+        cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps),
+               "--rounds", str(args.rounds), "--dtype", args.dtype]
+        proc = subprocess.run(cmd, env={**os.environ, "KERAS_BACKEND": backend},
+                              capture_output=True, text=True)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        results["backends"][backend] = (json.loads(lines[-1][7:]) if lines
+                                        else {"error": proc.stderr[-2000:]})
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

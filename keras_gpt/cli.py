@@ -1,0 +1,110 @@
+"""The `keras-gpt` command: `keras-gpt pretrain | generate ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _overrides(extra: list[str]) -> dict:
+    """`--key value` pairs (and bare `--flag` for true) left over by argparse."""
+    values, i = {}, 0
+    while i < len(extra):
+        key = extra[i]
+        if not key.startswith("--"):
+            raise SystemExit(f"expected --key value, got {key!r}")
+        if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            values[key[2:]] = extra[i + 1]
+            i += 2
+        else:
+            values[key[2:]] = "true"
+            i += 1
+    return values
+
+
+def pretrain_command(argv: list[str]) -> dict:
+    from keras_gpt.pretraining import load_config, pretrain
+
+    parser = argparse.ArgumentParser(
+        prog="keras-gpt pretrain",
+        description="Pretrain a GPT. Any setting of keras_gpt.pretraining.PretrainConfig "
+                    "can be given as --key value (e.g. --max-steps 500 --dropout 0.1).",
+    )
+    parser.add_argument("--config", help="TOML file of settings")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoints if present")
+    args, extra = parser.parse_known_args(argv)
+    config = load_config(args.config, _overrides(extra))
+    return pretrain(config, resume=args.resume)
+
+
+def generate_command(argv: list[str]) -> None:
+    import numpy as np
+
+    from keras_gpt import GPT
+    from keras_gpt.presets import load_tokenizer
+
+    parser = argparse.ArgumentParser(prog="keras-gpt generate", description="Generate text.")
+    parser.add_argument("--preset", required=True, help="preset handle or directory")
+    parser.add_argument("--prompt", default="\n")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--interactive", action="store_true", help="prompt loop")
+    args = parser.parse_args(argv)
+
+    model = GPT.from_preset(args.preset)
+    tokenizer = load_tokenizer(args.preset)
+    sampler = "top_p" if args.top_p else "top_k" if args.top_k else "temperature"
+    if args.temperature == 0:
+        sampler = "greedy"
+
+    def run(prompt: str) -> None:
+        ids = tokenizer.encode(prompt) or [0]
+        room = model.max_sequence_length - len(ids)
+        if room <= 0:
+            raise SystemExit(f"the prompt has {len(ids)} tokens; the model's context is "
+                             f"{model.max_sequence_length}")
+        for n in range(args.num_samples):
+            printed = []
+
+            def stream(tokens, done):
+                piece = tokenizer.decode([int(tokens[0])])
+                printed.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+            sys.stdout.write(prompt)
+            model.generate(np.array([ids]), max_new_tokens=min(args.max_new_tokens, room),
+                           sampler=sampler, temperature=args.temperature or 1.0,
+                           top_k=args.top_k, top_p=args.top_p,
+                           seed=None if args.seed is None else args.seed + n, callback=stream)
+            sys.stdout.write("\n" + ("-" * 40 + "\n" if args.num_samples > 1 else ""))
+
+    if args.interactive:
+        while True:
+            try:
+                prompt = input("prompt> ")
+            except EOFError:
+                break
+            run(prompt)
+    else:
+        run(args.prompt)
+
+
+COMMANDS = {"pretrain": pretrain_command, "generate": generate_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: keras-gpt {{{'|'.join(COMMANDS)}}} [options]  (--help on each)")
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()
