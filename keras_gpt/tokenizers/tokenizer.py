@@ -217,10 +217,14 @@ def _inside_special(text: str, cut: int, guarded: Sequence[str]) -> bool:
 
 
 def _last_safe_cut(text: str, start: int, end: int, guarded) -> int | None:
-    cuts = [m.start() for m in _SAFE_CUT.finditer(text, start + 1, min(end + 2, len(text)))]
-    for cut in reversed(cuts):
-        if start < cut <= end and not _inside_special(text, cut, guarded):
-            return cut
+    # Most text has a cut near the end of the window: look there first.
+    for low in (max(start + 1, end - 256), start + 1):
+        cuts = [m.start() for m in _SAFE_CUT.finditer(text, low, min(end + 2, len(text)))]
+        for cut in reversed(cuts):
+            if start < cut <= end and not _inside_special(text, cut, guarded):
+                return cut
+        if low == start + 1:
+            break
     return None
 
 
