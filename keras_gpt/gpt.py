@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -14,6 +14,7 @@ from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
 from keras_gpt.layers import PortableDropout, TokenAndPositionEmbedding, TransformerBlock
 from keras_gpt.losses import causal_lm_loss
 from keras_gpt.samplers import Sampler
+from keras_gpt.tokenizers import Tokenizer
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt")
@@ -152,6 +153,7 @@ class GPT(keras.Model):
                 name="lm_head",
             )
         self.build()
+        self.lora_config = None
 
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.hidden_dim)
@@ -314,6 +316,72 @@ class GPT(keras.Model):
                         padding_mask=padding_mask, pad_token_id=pad_token_id,
                         return_lengths=return_lengths, callback=callback)
 
+    # -- LoRA ------------------------------------------------------------------
+
+    def enable_lora(
+        self,
+        rank: int,
+        alpha: float | None = None,
+        target: tuple[str, ...] = ("qkv", "attn_out", "mlp_in", "mlp_out"),
+        train_biases: bool = False,
+        train_norms: bool = False,
+    ) -> None:
+        """Adds rank-`rank` adapters to the chosen projections and freezes the rest.
+
+        Every other weight (embeddings, biases, LayerNorms unless asked) becomes
+        non-trainable; adapters start with B = 0, so logits are unchanged until
+        training. Compile (again) after calling this.
+
+        Args:
+            rank: adapter rank r.
+            alpha: scale numerator (updates are scaled by alpha/r); default r.
+            target: projections to adapt, from `"qkv"`, `"attn_out"`,
+                `"mlp_in"`, `"mlp_out"`.
+            train_biases: keep biases trainable.
+            train_norms: keep LayerNorm scales and offsets trainable.
+
+        Example:
+        >>> model.enable_lora(rank=8, target=("qkv", "attn_out"))
+        >>> model.compile(optimizer="adamw")
+        """
+        from keras_gpt import lora
+
+        lora.enable_lora(self, rank, alpha, target, train_biases, train_norms)
+
+    def merge_lora(self) -> None:
+        """Folds the adapters into the base kernels; the model becomes a plain GPT.
+
+        Logits are unchanged. After merging, every weight is trainable again and
+        the model saves, exports and loads like one that never had adapters.
+        """
+        from keras_gpt import lora
+
+        lora.merge_lora(self)
+
+    def save_lora(self, path: str) -> None:
+        """Saves only the adapters (and their settings) to a small `.npz` file.
+
+        Arrays are keyed by layer path inside the model (e.g.
+        `block_0/attention/qkv/lora_kernel_a`), so they load onto any instance
+        of the same architecture, such as a freshly loaded preset.
+
+        Args:
+            path: file name ending in `.npz`.
+        """
+        from keras_gpt import lora
+
+        lora.save_lora(self, path)
+
+    def load_lora(self, path: str) -> None:
+        """Loads adapters saved by `save_lora`, enabling LoRA first if needed.
+
+        Args:
+            path: an adapter file written by `save_lora`.
+        """
+        from keras_gpt import lora
+
+        lora.load_lora(self, path)
+
     def _logits(self, x):
         x = self.final_norm(x)
         if self.lm_head is not None:
@@ -419,7 +487,7 @@ class GPT(keras.Model):
     # -- presets (implemented in keras_gpt.presets) -----------------------------
 
     @classmethod
-    def from_preset(cls, handle: str, **overrides) -> "GPT":
+    def from_preset(cls, handle: str, **overrides: Any) -> "GPT":
         """Loads a model from a preset: keras_gpt, Hugging Face GPT-2 or KerasHub GPT-2.
 
         Args:
@@ -441,7 +509,7 @@ class GPT(keras.Model):
         self,
         directory: str,
         format: str = "keras_gpt",
-        tokenizer=None,
+        tokenizer: Tokenizer | None = None,
         data_description: str | None = None,
         max_shard_size: float | None = 5.0,
     ) -> None:
