@@ -19,6 +19,7 @@ from keras_gpt.data import (
     read_documents,
     read_metadata,
 )
+from keras_gpt.data.documents import stream_pieces
 from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer, CharTokenizer
 
 SHAKESPEARE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -75,6 +76,17 @@ def test_inputs_files_folders_globs_and_jsonl(corpus):
         corpus / "sub" / "b.md", corpus / "a.txt"]
     documents = list(read_documents(corpus))
     assert documents == [shakespeare()[:20_000], "first record\n", HOSTILE, "", HOSTILE * 30]
+
+
+def test_large_files_stream_in_bounded_pieces(tmp_path):
+    path = tmp_path / "big.txt"
+    path.write_text(shakespeare() * 2, encoding="utf-8")  # 2.2 MB
+    pieces = list(stream_pieces(path, max_chars=4096))
+    texts = [text for text, _, _ in pieces]
+    assert "".join(texts) == shakespeare() * 2
+    assert max(map(len, texts)) <= 4096  # memory per step does not grow with the file
+    assert sum(read for _, _, read in pieces) == path.stat().st_size
+    assert [ends for _, ends, _ in pieces].count(True) == 1 and pieces[-1][1]
 
 
 def test_input_errors_name_the_input(tmp_path):

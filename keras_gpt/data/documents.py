@@ -110,7 +110,7 @@ def stream_pieces(path: pathlib.Path, max_chars: int, special_tokens: Sequence[s
     buffer = ""
     with open(path, "rb") as f:
         while True:
-            raw = f.read(4 * max_chars)
+            raw = f.read(max_chars)
             try:
                 buffer += decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as error:

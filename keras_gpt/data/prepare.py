@@ -118,12 +118,12 @@ def prepare(
     bar = _Progress(total_bytes) if progress else None
     writer = _ShardWriter(output_dir, dtype, shard_tokens)
     special_tokens = list(getattr(tokenizer, "special_tokens", []))
-    done_bytes, documents = 0, 0
+    done_bytes, pending_bytes, documents = 0, 0, 0
     batch: list[tuple[str, bool]] = []
     batch_chars = 0
 
     def flush():
-        nonlocal batch, batch_chars
+        nonlocal batch, batch_chars, done_bytes, pending_bytes
         texts = [text for text, _ in batch]
         for (_, ends), ids in zip(batch, tokenizer.encode_batch(texts)):
             if ids:
@@ -131,13 +131,14 @@ def prepare(
             if ends and end_of_text_id is not None:
                 writer.write(np.array([end_of_text_id]))
         batch, batch_chars = [], 0
+        done_bytes, pending_bytes = done_bytes + pending_bytes, 0
         if bar is not None:
             bar.update(done_bytes, writer.tokens)
 
     try:
         for path in files:
             for text, ends, read_bytes in stream_pieces(path, chunk_chars, special_tokens, text_field):
-                done_bytes += read_bytes
+                pending_bytes += read_bytes
                 documents += ends
                 if text or ends:
                     batch.append((text, ends))
