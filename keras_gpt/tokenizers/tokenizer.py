@@ -129,6 +129,10 @@ class Tokenizer:
         temporary.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         os.replace(temporary, directory / CONFIG_FILENAME)
 
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(vocabulary_size={self.vocabulary_size}, "
+                f"special_tokens={self.special_tokens!r})")
+
     def _check_id(self, i: int) -> int:
         i = int(i)
         if not 0 <= i < self.vocabulary_size:
