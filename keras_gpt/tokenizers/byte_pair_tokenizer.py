@@ -219,7 +219,7 @@ class BytePairTokenizer(Tokenizer):
             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
             show_progress=show_progress,
         )
-        model.train_from_iterator(_strings(texts), trainer=trainer)
+        model.train_from_iterator(_strings(texts, special_tokens), trainer=trainer)
         state = json.loads(model.to_str())["model"]
         trained = sorted(state["vocab"].items(), key=lambda item: item[1])
         byte_tokens = [t for t, _ in trained if t not in special_tokens][:256]
@@ -334,13 +334,13 @@ def _raise_if_not_utf8(text: str) -> None:
         ) from None
 
 
-def _strings(texts: Iterable[str]) -> Iterable[str]:
+def _strings(texts: Iterable[str], special_tokens: Sequence[str]) -> Iterable[str]:
     for text in texts:
         if not isinstance(text, str):
             raise ValueError(f"Training texts must be strings, got {type(text).__name__}.")
         # Long documents are cut where pre-tokenisation would cut anyway, to
         # bound the trainer's per-item memory without changing word counts.
-        yield from split_text(text, _PARALLEL_CHARS)
+        yield from split_text(text, _PARALLEL_CHARS, special_tokens)
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
