@@ -67,10 +67,11 @@ class BytePairTokenizer(Tokenizer):
     Text is split with GPT-2's pre-tokenisation regex, each piece's UTF-8
     bytes are merged by the ranked `merges`, and the resulting tokens are
     looked up in `vocabulary`. Every byte has a token, so
-    `decode(encode(s)) == s` for any string. Special tokens are matched
-    inside text first and never split or merged. The same vocabulary and
-    merges give the same ids as GPT-2's own encoder, Hugging Face's
-    `GPT2TokenizerFast` and KerasHub's `BytePairTokenizer`.
+    `decode(encode(s)) == s` for any string (a lone surrogate, which is not
+    text, raises). Special tokens are matched inside text first and never
+    split or merged. The tests check that the same files give the same ids
+    as Hugging Face's byte-level BPE and KerasHub's `BytePairTokenizer`
+    (whose TensorFlow path drops text after a NUL character).
 
     Build one with `from_files` (GPT-2 files), `train` (your corpus) or
     `load_tokenizer` (a saved directory).
