@@ -19,12 +19,13 @@ The step is written once with `keras.ops`; how it runs depends on the backend
 (see `compile_function` and `decode_loop`): on JAX the whole loop is one
 `jax.jit` with `lax.while_loop`, on TensorFlow one `tf.function(jit_compile=True)`
 with a while loop, on PyTorch a Python loop over the step (see
-`TORCH_COMPILE_STEP`). Compiled programs are cached per model and per
+`TORCH_STEP`). Compiled programs are cached per model and per
 (batch size, cache length, prefill length, sampler, number of stop tokens).
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Callable, Sequence
 
@@ -36,9 +37,13 @@ from keras_gpt.backend import Tensor
 from keras_gpt.layers.portable_dropout import HASH_RANGE
 from keras_gpt.samplers import Sampler, get_sampler
 
-#: On PyTorch, wrap the per-token step in `torch.compile`. Measured with
-#: benchmarks/generate.py on CPU (see docs/benchmarks.md): set from that result.
-TORCH_COMPILE_STEP = False
+#: How the per-token step runs on PyTorch: `"trace"` (`torch.jit.trace` of the
+#: step, traced once per compiled-program key: no Python or Keras overhead per
+#: step), `"eager"` (a plain Python loop over Keras layers) or `"compile"`
+#: (`torch.compile` of the step). Measured on CPU with benchmarks/generate.py
+#: (bench-small, batch 1, under load): trace ~4× faster than eager; compile
+#: took minutes to compile and ran slower than eager.
+TORCH_STEP = "trace"
 
 #: Smallest cache / prefill bucket: tiny prompts share one compiled program.
 MIN_BUCKET = 16
@@ -283,7 +288,8 @@ def compile_function(model: keras.Model, fn: Callable, donate: Sequence[int] = (
     a `keras.StatelessScope` (not captured as constants: later weight updates
     are seen and no recompilation happens). TensorFlow:
     `tf.function(jit_compile=True)` (variables are read live). PyTorch:
-    `torch.compile` if `TORCH_COMPILE_STEP`, else `fn` itself.
+    see `TORCH_STEP`; traced programs also take the variable values as
+    arguments.
 
     Args:
         model: the model whose variables `fn` reads.
@@ -298,10 +304,8 @@ def compile_function(model: keras.Model, fn: Callable, donate: Sequence[int] = (
         import tensorflow as tf
 
         return tf.function(fn, jit_compile=True)
-    if backend == "torch" and TORCH_COMPILE_STEP:
-        import torch
-
-        return torch.compile(fn, dynamic=False)
+    if backend == "torch":
+        return _torch_compile(model, fn)
     return fn
 
 
@@ -318,6 +322,42 @@ def _jax_compile(model, fn, donate):
 
     def call(*args, **kwargs):
         return jitted([v.value for v in variables], *args, **kwargs)
+
+    return call
+
+
+def _torch_compile(model, fn):
+    import torch
+
+    if TORCH_STEP == "compile":
+        compiled = torch.compile(fn, dynamic=False)
+    elif TORCH_STEP == "trace":
+        variables = model.variables
+
+        def pure(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(*args)
+
+        traced = []
+
+        def compiled(*args):
+            values = tuple(v.value.detach() for v in variables)
+            if not traced:
+                # Shapes are fixed per program key, so one trace serves every call.
+                # The tracer warns about the model's eager-only input checks,
+                # which run once here and are rightly left out of the trace.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    traced.append(torch.jit.trace(pure, (values, *args), check_trace=False))
+            return traced[0](values, *args)
+    elif TORCH_STEP == "eager":
+        compiled = fn
+    else:
+        raise ValueError(f"TORCH_STEP must be 'trace', 'eager' or 'compile', got {TORCH_STEP!r}.")
+
+    def call(*args):
+        with torch.no_grad():
+            return compiled(*args)
 
     return call
 
@@ -354,7 +394,7 @@ def _stepwise_loop(model, sampler, key, inputs, cache_length, prefill_length, ca
     done_before = np.zeros(len(lengths), bool)
     # Eager PyTorch takes the position as a Python int (Keras' fast slicing
     # path); compiled programs take a tensor so one trace serves every step.
-    tensor_position = backend != "torch" or TORCH_COMPILE_STEP
+    tensor_position = backend != "torch" or TORCH_STEP != "eager"
     position = int(ops.convert_to_numpy(inputs["start"]))
     while True:
         pos = ops.convert_to_tensor(position, "int32") if tensor_position else position

@@ -1,0 +1,182 @@
+"""Generation speed: keras_gpt vs KerasHub GPT2CausalLM.generate vs Hugging Face.
+
+Runs one subprocess per backend; inside each, keras_gpt's `GPT.generate` and
+KerasHub's `GPT2CausalLM.generate` (and, in the PyTorch process, Hugging Face
+`GPT2LMHeadModel.generate`) decode greedily from the same random prompt with
+randomly initialised models of the same shape. Prints one JSON object.
+
+    python benchmarks/generate.py                         # all backends
+    python benchmarks/generate.py --backends torch --repeats 2 --threads 1
+    python benchmarks/generate.py --gpt2-small            # also 124M, batch 1, ours only
+
+bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
+float32; prompt 32 tokens, 128 new tokens, batch 1 and 8. `first_call_s` is
+the first call's wall time (compilation included), `tokens_per_s` is
+batch · new tokens / median wall time of the following calls. Stop tokens are
+off in every library so that each row decodes all 128 tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Running a script puts its folder first on sys.path, where benchmarks/tokenize.py
+# would shadow the standard library's tokenize (which torch imports).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
+             max_sequence_length=256)
+GPT2_SMALL = dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
+                  max_sequence_length=1024)
+PROMPT, NEW = 32, 128
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def keras_gpt_generate(shape):
+    import keras_gpt
+
+    model = keras_gpt.GPT(**shape, seed=0)
+    return lambda prompt, new: model.generate(prompt, max_new_tokens=new)
+
+
+def keras_hub_generate(shape):
+    import keras_hub
+    import numpy as np
+
+    backbone = keras_hub.models.GPT2Backbone(**shape, intermediate_dim=4 * shape["hidden_dim"],
+                                             dropout=0.0)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    model.compile(sampler="greedy")
+
+    def run(prompt, new):
+        # Without a preprocessor, KerasHub generates into the padded positions.
+        batch, length = prompt.shape
+        ids = np.zeros((batch, length + new), "int32")
+        ids[:, :length] = prompt
+        mask = np.zeros_like(ids)
+        mask[:, :length] = 1
+        return model.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+
+    return run
+
+
+def hugging_face_generate(shape):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=shape["vocabulary_size"], n_positions=shape["max_sequence_length"],
+                        n_embd=shape["hidden_dim"], n_layer=shape["num_layers"],
+                        n_head=shape["num_heads"], resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config).eval()
+
+    def run(prompt, new):
+        with torch.no_grad():
+            return model.generate(torch.as_tensor(prompt, dtype=torch.long),
+                                  attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                                  max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                  pad_token_id=0)
+
+    return run
+
+
+def measure(run, batch: int, new: int, repeats: int, vocabulary: int) -> dict:
+    import numpy as np
+
+    prompt = np.random.default_rng(batch).integers(0, vocabulary, (batch, PROMPT)).astype("int32")
+    start = time.perf_counter()
+    out = run(prompt, new)
+    first = time.perf_counter() - start
+    assert np.asarray(out).shape[-1] == PROMPT + new, np.asarray(out).shape
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(prompt, new)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"first_call_s": round(first, 3), "steady_s": round(median, 4),
+            "tokens_per_s": round(batch * new / median, 1)}
+
+
+def worker(args) -> dict:
+    import keras
+
+    backend = keras.backend.backend()
+    if args.threads and backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.torch_step is not None:
+        from keras_gpt import generation
+
+        generation.TORCH_STEP = args.torch_step
+    libraries = {"keras_gpt": keras_gpt_generate, "keras_hub": keras_hub_generate}
+    if backend == "torch":
+        libraries["hugging_face"] = hugging_face_generate
+    libraries = {k: v for k, v in libraries.items() if k in args.libraries}
+    results = {}
+    for name, make in libraries.items():
+        run = make(SHAPE)
+        for batch in args.batches:
+            results[f"{name}/batch{batch}"] = measure(run, batch, NEW, args.repeats,
+                                                      SHAPE["vocabulary_size"])
+    if args.gpt2_small:
+        run = keras_gpt_generate(GPT2_SMALL)
+        results["keras_gpt/gpt2_small/batch1"] = measure(run, 1, args.gpt2_small_tokens,
+                                                         max(1, args.repeats - 1),
+                                                         GPT2_SMALL["vocabulary_size"])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--libraries", nargs="+",
+                        default=["keras_gpt", "keras_hub", "hugging_face"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads in the PyTorch process (0: default)")
+    parser.add_argument("--torch-step", choices=["trace", "eager", "compile"], default=None,
+                        help="override keras_gpt.generation.TORCH_STEP")
+    parser.add_argument("--gpt2-small", action="store_true",
+                        help="also time keras_gpt at the GPT-2 small (124M) shape, batch 1")
+    parser.add_argument("--gpt2-small-tokens", type=int, default=64)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    report = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "shape": SHAPE, "prompt": PROMPT, "new_tokens": NEW, "results": {}}
+    for backend in args.backends:
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        command = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            report["results"][backend] = {"error": proc.stderr[-2000:]}
+        else:
+            report["results"][backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
