@@ -52,5 +52,26 @@ def has_accelerator() -> bool:
     return False
 
 
+def dense_gradient(table):
+    """`table` as a tensor whose TensorFlow gradient is dense (a no-op elsewhere).
+
+    A gather (`ops.take`) gives TensorFlow a `tf.IndexedSlices` gradient with one
+    slice per looked-up row, repeats included, and Keras' TensorFlow optimizers
+    update Adam's second moment slice by slice: a row looked up twice (the same
+    token twice in a batch, or the replicas' slices joined by a `tf.distribute`
+    all-reduce) gets g₁² + g₂² instead of (g₁ + g₂)². A dense gradient sums the
+    slices first, as JAX and PyTorch do.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return table
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def identity(x):
+        return tf.identity(x), lambda upstream: tf.convert_to_tensor(upstream)
+
+    return identity(tf.convert_to_tensor(table))
+
+
 #: A backend tensor (`tf.Tensor`, `jax.Array`, `torch.Tensor`) or a NumPy array.
 Tensor = Any

@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from keras_gpt.backend import Tensor, is_concrete
+from keras_gpt.distribution import replica_scaled
 from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
 from keras_gpt.layers import PortableDropout, TokenAndPositionEmbedding, TransformerBlock
 from keras_gpt.losses import causal_lm_loss
@@ -441,7 +442,8 @@ class GPT(keras.Model):
         loss = causal_lm_loss(y, y_pred, self._token_weights(x, sample_weight))
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
-        return loss
+        # tf.distribute sums the replicas' gradients (Keras' own losses scale too).
+        return replica_scaled(loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(
@@ -461,6 +463,26 @@ class GPT(keras.Model):
         if len(weights.shape) == 1:
             weights = ops.expand_dims(weights, -1)
         return mask * weights
+
+    @staticmethod
+    def get_layout_map(device_mesh: keras.distribution.DeviceMesh) -> keras.distribution.LayoutMap:
+        """The layout map for `keras.distribution.ModelParallel` (JAX).
+
+        Shards embeddings and the QKV, attention-output and MLP kernels along the
+        mesh's `"model"` axis; see `keras_gpt.distribution.layout_map`.
+
+        Args:
+            device_mesh: a mesh with a `"model"` axis (and usually `"batch"`).
+
+        Example:
+        >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
+        ...                                      keras.distribution.list_devices())
+        >>> keras.distribution.set_distribution(keras.distribution.ModelParallel(
+        ...     layout_map=GPT.get_layout_map(mesh), batch_dim_name="batch"))
+        """
+        from keras_gpt.distribution import layout_map
+
+        return layout_map(device_mesh)
 
     def get_config(self) -> dict:
         return {

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from keras_gpt.backend import dense_gradient
 from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
 
 
@@ -91,11 +92,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def call(self, token_ids, start_index=0):
         """Embeds `token_ids` (batch, seq) placed at positions start_index + [0, seq)."""
-        tokens = ops.take(self.token_embeddings, token_ids, axis=0)
+        tokens = ops.take(dense_gradient(self.token_embeddings), token_ids, axis=0)
         positions = ops.arange(0, ops.shape(token_ids)[-1], dtype="int32")
         positions = positions + ops.cast(start_index, "int32")
         if self.position_embedding == "learned":
-            pos = ops.take(self.position_embeddings, positions, axis=0)
+            pos = ops.take(dense_gradient(self.position_embeddings), positions, axis=0)
         else:
             pos = sinusoidal_positions(positions, self.hidden_dim, tokens.dtype)
         return tokens + ops.cast(pos, tokens.dtype)
