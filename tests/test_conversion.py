@@ -22,7 +22,7 @@ from conftest import to_numpy
 import keras_gpt
 from keras_gpt import GPT
 from keras_gpt.presets import PresetError
-from keras_gpt.tokenizers import ByteTokenizer
+from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -204,6 +204,23 @@ def test_truncated_safetensors_names_the_handle(tmp_path):
         GPT.from_preset(str(tmp_path))
 
 
+def test_bpe_tokenizer_exports_for_transformers(tmp_path):
+    """A BytePairTokenizer saved with the checkpoint is read the same by
+    `transformers.GPT2TokenizerFast` and by `keras_gpt.presets.load_tokenizer`."""
+    texts = ["To be, or not to be, that is the question:",
+             "Whether 'tis nobler in the mind to suffer"] * 20
+    tokenizer = BytePairTokenizer.train(texts, vocabulary_size=300, min_frequency=1)
+    model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
+                hidden_dim=16, max_sequence_length=POSITIONS, seed=0)
+    model.save_to_preset(str(tmp_path), format="huggingface", tokenizer=tokenizer)
+    text = "To suffer the question, or not: that is nobler.<|endoftext|>"
+    reference = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
+    loaded = keras_gpt.presets.load_tokenizer(str(tmp_path))
+    assert loaded.encode(text) == reference(text)["input_ids"] == tokenizer.encode(text)
+    assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path).config.vocab_size \
+        == tokenizer.vocabulary_size
+
+
 # -- KerasHub ---------------------------------------------------------------------
 
 
@@ -229,7 +246,7 @@ def keras_hub_preset(tmp_path_factory):
     causal_lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
     directory = tmp_path_factory.mktemp("keras_hub_gpt2")
     causal_lm.save_to_preset(str(directory))
-    return directory, backbone
+    return directory, backbone, tokenizer
 
 
 def keras_hub_logits(backbone, ids: np.ndarray) -> np.ndarray:
@@ -238,7 +255,7 @@ def keras_hub_logits(backbone, ids: np.ndarray) -> np.ndarray:
 
 
 def test_keras_hub_logits_match(keras_hub_preset, token_ids):
-    directory, backbone = keras_hub_preset
+    directory, backbone, _ = keras_hub_preset
     assert keras_gpt.presets.preset_format(str(directory)) == "keras_hub"
     model = GPT.from_preset(str(directory))
     np.testing.assert_allclose(to_numpy(model(token_ids)), keras_hub_logits(backbone, token_ids),
@@ -246,7 +263,7 @@ def test_keras_hub_logits_match(keras_hub_preset, token_ids):
 
 
 def test_keras_hub_greedy_generation_matches(keras_hub_preset):
-    directory, backbone = keras_hub_preset
+    directory, backbone, _ = keras_hub_preset
     prompt = np.random.default_rng(2).integers(0, VOCAB, (2, 5)).astype("int32")
     steps = 8
     # Reference: greedy decoding by full forward passes of the KerasHub backbone,
@@ -260,3 +277,10 @@ def test_keras_hub_greedy_generation_matches(keras_hub_preset):
         sequence[:, position] = logits.argmax(-1)
     ours = GPT.from_preset(str(directory)).generate(prompt, max_new_tokens=steps, sampler="greedy")
     np.testing.assert_array_equal(np.asarray(ours), sequence)
+
+
+def test_keras_hub_tokenizer_loads(keras_hub_preset):
+    directory, _, reference = keras_hub_preset
+    tokenizer = keras_gpt.presets.load_tokenizer(str(directory))
+    text = "ab a ba cab"
+    assert tokenizer.encode(text) == to_numpy(reference(text)).tolist()

@@ -169,10 +169,11 @@ _CROSS_BACKEND_WORKER = textwrap.dedent("""
         model.save_to_preset(os.path.join(out, backend))
         np.save(os.path.join(out, f"{backend}.npy"), keras.ops.convert_to_numpy(model(probe)))
     for source in ("tensorflow", "jax", "torch"):
-        if source != backend and os.path.exists(os.path.join(out, source)):
+        result = os.path.join(out, f"{source}_on_{backend}.npy")
+        if source != backend and os.path.exists(os.path.join(out, source)) \
+                and not os.path.exists(result):
             loaded = keras_gpt.GPT.from_preset(os.path.join(out, source))
-            np.save(os.path.join(out, f"{source}_on_{backend}.npy"),
-                    keras.ops.convert_to_numpy(loaded(probe)))
+            np.save(result, keras.ops.convert_to_numpy(loaded(probe)))
 """)
 
 
@@ -180,8 +181,9 @@ _CROSS_BACKEND_WORKER = textwrap.dedent("""
 def test_preset_saved_on_one_backend_loads_on_every_other(tmp_path):
     """Logits of a loaded preset equal the saving backend's to float32 kernel
     differences (~1e-7; bound 1e-5, as in tests/test_cross_backend.py)."""
-    # The second TensorFlow run loads what JAX and PyTorch saved after the first.
-    for backend in ("tensorflow", "jax", "torch", "tensorflow"):
+    # Each run saves its backend's preset once and loads every preset saved
+    # before it; the last two runs load what was saved after their first.
+    for backend in ("tensorflow", "jax", "torch", "tensorflow", "jax"):
         proc = subprocess.run([sys.executable, "-c", _CROSS_BACKEND_WORKER, str(tmp_path)],
                               env={**os.environ, "KERAS_BACKEND": backend},
                               capture_output=True, text=True, timeout=600)

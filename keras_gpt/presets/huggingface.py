@@ -19,6 +19,7 @@ import json
 import os
 import zipfile
 from collections.abc import Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -118,7 +119,7 @@ def config_from_huggingface(hf_config: dict, handle: str) -> dict:
     )
 
 
-def load_huggingface(directory: str, handle: str, **overrides) -> keras.Model:
+def load_huggingface(directory: str, handle: str, **overrides: Any) -> keras.Model:
     """Builds a `keras_gpt.GPT` from a Hugging Face GPT-2 directory.
 
     Tensors are streamed one at a time into the model's variables, so the
@@ -171,7 +172,7 @@ def load_huggingface(directory: str, handle: str, **overrides) -> keras.Model:
 
 
 def save_huggingface(
-    model: keras.Model, directory: str, vocabulary_size: int | None = None
+    model: keras.Model, directory: str | os.PathLike, vocabulary_size: int | None = None
 ) -> None:
     """Writes `model` as a directory `transformers.GPT2LMHeadModel.from_pretrained` loads.
 
@@ -201,7 +202,13 @@ def save_huggingface(
         )
     if model.activation not in _ACTIVATIONS_TO_HF:
         raise ValueError(f"GPT-2 has no activation {model.activation!r}.")
-    weights = {path: v for path, v in WeightAssigner(model, str(directory)).variables.items()}
+    weights = WeightAssigner(model, str(directory)).variables
+    adapters = [path for path in weights if "lora" in path]
+    if adapters:
+        raise ValueError(
+            f"The model has LoRA adapters ({adapters[0]}, ...), which GPT-2 has no place "
+            "for: call `model.merge_lora()` first."
+        )
     tensors = {}
     for key, path in _TOP_NAMES.items():
         if key == "wpe.weight" and model.position_embedding == "sinusoidal":

@@ -17,11 +17,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from typing import Any
 
 import keras
 
 from keras_gpt.presets.errors import PresetError
 from keras_gpt.presets.handles import read_json
+from keras_gpt.tokenizers import Tokenizer
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.weights.h5"
@@ -38,8 +40,8 @@ def is_keras_gpt_config(config: dict) -> bool:
 
 def save_keras_gpt(
     model: keras.Model,
-    directory: str,
-    tokenizer=None,
+    directory: str | os.PathLike,
+    tokenizer: Tokenizer | None = None,
     data_description: str | None = None,
     max_shard_size: float | None = 5.0,
 ) -> None:
@@ -94,7 +96,7 @@ def save_keras_gpt(
     })
 
 
-def load_keras_gpt(directory: str, handle: str, **overrides) -> keras.Model:
+def load_keras_gpt(directory: str, handle: str, **overrides: Any) -> keras.Model:
     """Builds the `keras_gpt.GPT` saved in a keras_gpt preset directory.
 
     Args:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Any
 
 import keras
 import numpy as np
@@ -28,7 +29,7 @@ def is_keras_hub_config(config: dict) -> bool:
     return "keras_hub" in str(config.get("module", "")) + str(config.get("registered_name", ""))
 
 
-def load_keras_hub(directory: str, handle: str, **overrides) -> keras.Model:
+def load_keras_hub(directory: str, handle: str, **overrides: Any) -> keras.Model:
     """Builds a `keras_gpt.GPT` from a KerasHub `GPT2Backbone` preset directory.
 
     Needs `keras-hub` installed (`pip install keras-hub`). The KerasHub

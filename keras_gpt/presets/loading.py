@@ -8,12 +8,15 @@ Face GPT-2 checkpoint, or a KerasHub GPT-2 preset.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import keras
 
 from keras_gpt.presets import huggingface, keras_gpt_format, keras_hub
 from keras_gpt.presets.errors import PresetError
 from keras_gpt.presets.handles import read_json, resolve
+from keras_gpt import tokenizers
+from keras_gpt.tokenizers import Tokenizer
 
 FORMATS = ("keras_gpt", "huggingface", "keras_hub")
 
@@ -46,7 +49,7 @@ def preset_format(directory: str, handle: str | None = None) -> str:
     )
 
 
-def from_preset(handle: str, **overrides) -> keras.Model:
+def from_preset(handle: str | os.PathLike, **overrides: Any) -> keras.Model:
     """Loads a `keras_gpt.GPT` from a preset handle; see `GPT.from_preset`.
 
     Args:
@@ -61,6 +64,7 @@ def from_preset(handle: str, **overrides) -> keras.Model:
     Example:
     >>> model = from_preset("hf://openai-community/gpt2")   # doctest: +SKIP
     """
+    handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
     directory = resolve(handle)
     loaders = {
         "keras_gpt": keras_gpt_format.load_keras_gpt,
@@ -72,9 +76,9 @@ def from_preset(handle: str, **overrides) -> keras.Model:
 
 def save_to_preset(
     model: keras.Model,
-    directory: str,
+    directory: str | os.PathLike,
     format: str = "keras_gpt",
-    tokenizer=None,
+    tokenizer: Tokenizer | None = None,
     data_description: str | None = None,
     max_shard_size: float | None = 5.0,
 ) -> None:
@@ -86,9 +90,11 @@ def save_to_preset(
         format: `"keras_gpt"` (config, Keras weights, tokenizer, metadata) or
             `"huggingface"` (a directory `transformers.GPT2LMHeadModel`
             loads).
-        tokenizer: optional tokenizer saved alongside (keras_gpt format); for
-            the Hugging Face format, its `vocabulary_size` trims a model whose
-            vocabulary was padded past the tokenizer's.
+        tokenizer: optional tokenizer with a `save(directory)` method, saved
+            alongside. For the Hugging Face format it is saved into the
+            directory itself (a `BytePairTokenizer` writes the `vocab.json` +
+            `merges.txt` transformers reads), and its `vocabulary_size` trims
+            a model whose vocabulary was padded past the tokenizer's.
         data_description: free text about the training data (keras_gpt format).
         max_shard_size: shard Keras weights above this many GB.
 
@@ -105,11 +111,15 @@ def save_to_preset(
             model, directory,
             vocabulary_size=min(size, model.vocabulary_size) if size else None,
         )
+        if tokenizer is not None:
+            # A GPT-2 BPE tokenizer writes vocab.json + merges.txt, which
+            # transformers' GPT2Tokenizer reads too.
+            tokenizer.save(directory)
     else:
         raise ValueError(f"`format` must be 'keras_gpt' or 'huggingface', got {format!r}.")
 
 
-def load_tokenizer(handle: str):
+def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:
     """The tokenizer stored in preset `handle`.
 
     keras_gpt presets keep it in `tokenizer/`; Hugging Face GPT-2 checkpoints
@@ -125,6 +135,7 @@ def load_tokenizer(handle: str):
     >>> tokenizer = load_tokenizer("my_preset")
     >>> tokenizer.encode("Hello")
     """
+    handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
     directory = resolve(handle)
     kind = preset_format(directory, handle)
     subdir = {"keras_gpt": keras_gpt_format.TOKENIZER_DIR, "huggingface": "",
@@ -133,8 +144,6 @@ def load_tokenizer(handle: str):
     if not os.path.isdir(path) or not os.listdir(path):
         raise PresetError(f"Preset {handle!r} has no tokenizer files (looked in {path!r}).")
     try:
-        from keras_gpt.tokenizers import load_tokenizer as load
-    except ImportError:
-        raise PresetError("This keras_gpt has no `keras_gpt.tokenizers.load_tokenizer`.") \
-            from None
-    return load(path)
+        return tokenizers.load_tokenizer(path)
+    except ValueError as error:
+        raise PresetError(f"Preset {handle!r}: cannot read its tokenizer ({error}).") from None

@@ -9,7 +9,7 @@ from keras_gpt.presets.errors import PresetError
 
 
 class WeightAssigner:
-    """Assigns arrays to a model's trainable variables, named by path.
+    """Assigns arrays to a model's weights, named by path.
 
     Paths are relative to the model (`"block_0/attention/qkv/kernel"`), so they
     do not depend on the model's name. Each array is cast to the variable's
@@ -28,10 +28,12 @@ class WeightAssigner:
 
     def __init__(self, model: keras.Model, handle: str):
         prefix = model.name + "/"
+        # All float weights, trainable or frozen (e.g. under LoRA); integer
+        # ones are dropout counters, not checkpoint content.
         self.variables = {
             v.path[len(prefix):]: v
-            for v in model.trainable_variables
-            if v.path.startswith(prefix)
+            for v in model.weights
+            if v.path.startswith(prefix) and "float" in str(v.dtype)
         }
         self.handle = handle
         self.assigned: set[str] = set()
