@@ -71,6 +71,24 @@ def test_overrides_replace_the_saved_config(tiny_model, tmp_path):
         GPT.from_preset(str(tmp_path), hidden_dim=32, num_heads=2)
 
 
+@pytest.mark.parametrize("format", ["keras_gpt", "huggingface"])
+def test_lora_adapters_are_merged_into_the_preset(format, token_batch, tmp_path):
+    pytest.importorskip("safetensors")
+    model = GPT(**TINY)
+    model.enable_lora(rank=2)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if "lora_kernel_b" in weight.path:  # B starts at 0: make the adapters matter
+            weight.assign(rng.normal(0, 0.5, weight.shape).astype("float32"))
+    x = token_batch[:, :12]
+    expected = to_numpy(model(x))
+    assert np.abs(expected - to_numpy(GPT(**TINY)(x))).max() > 1e-3
+    model.save_to_preset(str(tmp_path), format=format)
+    assert model.lora_config  # the model itself keeps its adapters
+    loaded = GPT.from_preset(str(tmp_path))
+    np.testing.assert_allclose(to_numpy(loaded(x)), expected, rtol=0, atol=1e-5)
+
+
 def test_large_weights_are_sharded(token_batch, tmp_path):
     model = GPT(**TINY)
     shard_gb = 10e3 / 1e9  # 10 kB shards: the tiny model has ~30 kB of weights

@@ -203,11 +203,10 @@ def save_huggingface(
     if model.activation not in _ACTIVATIONS_TO_HF:
         raise ValueError(f"GPT-2 has no activation {model.activation!r}.")
     weights = WeightAssigner(model, str(directory)).variables
-    adapters = [path for path in weights if "lora" in path]
-    if adapters:
+    if getattr(model, "lora_config", None):
         raise ValueError(
-            f"The model has LoRA adapters ({adapters[0]}, ...), which GPT-2 has no place "
-            "for: call `model.merge_lora()` first."
+            "The model has active LoRA adapters, which GPT-2 has no place for: save "
+            "with `model.save_to_preset(..., format='huggingface')`, which merges them."
         )
     tensors = {}
     for key, path in _TOP_NAMES.items():

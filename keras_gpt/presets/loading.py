@@ -98,9 +98,19 @@ def save_to_preset(
         data_description: free text about the training data (keras_gpt format).
         max_shard_size: shard Keras weights above this many GB.
 
+    A model with LoRA adapters (enabled or merged) is saved with the adapters
+    folded into its kernels, as a plain `GPT`; keep the adapters themselves
+    with `model.save_lora`.
+
     Example:
     >>> save_to_preset(model, "my_preset", data_description="tinyshakespeare")
     """
+    if any("lora_kernel" in weight.path for weight in model.weights):
+        # A preset is a plain GPT: fold LoRA adapters into the kernels of a
+        # copy (the model itself keeps training as it was).
+        from keras_gpt.lora import merged_copy
+
+        model = merged_copy(model)
     if format == "keras_gpt":
         keras_gpt_format.save_keras_gpt(model, directory, tokenizer=tokenizer,
                                         data_description=data_description,
