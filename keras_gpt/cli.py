@@ -1,4 +1,4 @@
-"""The `keras-gpt` command: `keras-gpt pretrain | generate ...`."""
+"""The `keras-gpt` command: `keras-gpt pretrain | finetune | generate ...`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,22 @@ def pretrain_command(argv: list[str]) -> dict:
     args, extra = parser.parse_known_args(argv)
     config = load_config(args.config, _overrides(extra))
     return pretrain(config, resume=args.resume)
+
+
+def finetune_command(argv: list[str]) -> dict:
+    from keras_gpt.finetuning import FinetuneConfig, finetune
+
+    parser = argparse.ArgumentParser(
+        prog="keras-gpt finetune",
+        description="Fine-tune a preset on instruction JSONL, fully or with LoRA. Any setting "
+                    "of keras_gpt.finetuning.FinetuneConfig can be given as --key value "
+                    "(e.g. --preset DIR --data train.jsonl --lora-rank 8).",
+    )
+    parser.add_argument("--config", help="TOML file of settings")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoints if present")
+    args, extra = parser.parse_known_args(argv)
+    return finetune(FinetuneConfig.load(args.config, _overrides(extra)), resume=args.resume)
 
 
 def generate_command(argv: list[str]) -> None:
@@ -95,7 +111,14 @@ def generate_command(argv: list[str]) -> None:
         run(args.prompt)
 
 
-COMMANDS = {"pretrain": pretrain_command, "generate": generate_command}
+def export_command(argv: list[str]) -> None:
+    from keras_gpt.export import export_command as run
+
+    run(argv)
+
+
+COMMANDS = {"pretrain": pretrain_command, "finetune": finetune_command,
+            "generate": generate_command, "export": export_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,3 +144,21 @@ def load_lora(model, path: str | os.PathLike) -> None:
             raise ValueError(f"LoRA adapter {key} has shape {value.shape}, the model expects "
                              f"{tuple(variables[key].shape)}.")
         variables[key].assign(value)
+
+
+def merged_copy(model):
+    """A new plain GPT (no adapters) whose kernels are the adapted kernels of `model`.
+
+    Leaves `model` untouched, so training can go on (e.g. to save the best
+    model as a preset in the middle of a LoRA run).
+    """
+    copy = type(model).from_config(model.get_config())
+    values = {_relative_path(v): v for v in model.weights}
+    merged = {}
+    if getattr(model, "lora_config", None):
+        for _, _, layer in target_layers(model, model.lora_config["target"]):
+            merged[_relative_path(layer._kernel)] = layer.kernel  # base + (α/r)·A·B
+    for variable in copy.weights:
+        key = _relative_path(variable)
+        variable.assign(merged.get(key, values[key]))
+    return copy

@@ -38,11 +38,17 @@ from keras_gpt.gpt import GPT
 from keras_gpt.metrics import Perplexity
 from keras_gpt.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
 from keras_gpt.training import (
+    RunConfig,
     Throughput,
+    append_metrics,
     exclude_from_decay,
     flops_per_token,
     gpt_optimizer,
+    mean_throughput,
+    plot_loss_curve,
     probe_peak_flops,
+    read_metrics,
+    write_json_atomic,
 )
 
 SHAKESPEARE_URL = (
@@ -52,7 +58,7 @@ SHAKESPEARE_CANDIDATES = ("../shared/data/tinyshakespeare.txt", "data/tinyshakes
 
 
 @dataclasses.dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     """Every setting of a pretraining run (a TOML file or `--key value` flags).
 
     Attributes:
@@ -117,50 +123,10 @@ class PretrainConfig:
     sample_prompt: str = "\n"
     sample_tokens: int = 200
 
-    def update(self, values: dict) -> PretrainConfig:
-        """A copy with `values` (strings are converted to each field's type)."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        converted = {}
-        for key, value in values.items():
-            key = key.replace("-", "_")
-            if key not in fields:
-                raise ValueError(f"Unknown pretraining setting {key!r}; known: {sorted(fields)}.")
-            converted[key] = _convert(value, getattr(self, key), key)
-        return dataclasses.replace(self, **converted)
-
-    def to_toml(self) -> str:
-        lines = []
-        for key, value in dataclasses.asdict(self).items():
-            if value is None:
-                continue
-            lines.append(f"{key} = {json.dumps(value)}")  # JSON scalars are valid TOML
-        return "\n".join(lines) + "\n"
-
-
-def _convert(value, default, key: str):
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        return type(default)(value)
-    except ValueError:
-        raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}.") from None
-
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> PretrainConfig:
-    """Reads a TOML config (flat `key = value`) and applies `overrides`."""
-    config = PretrainConfig()
-    if path is not None:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        with open(path, "rb") as f:
-            config = config.update(tomllib.load(f))
-    return config.update(overrides or {})
+    """Reads a pretraining TOML config (flat `key = value`) and applies `overrides`."""
+    return PretrainConfig.load(path, overrides)
 
 
 def resolve_data(data: str | None, cache_dir: pathlib.Path) -> list[str]:
@@ -216,12 +182,6 @@ class _FromStep(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         return self.windows[self.start + index]
-
-
-def _atomic_json(path: pathlib.Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
@@ -325,12 +285,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
             state["best_val_loss"] = float(val_loss)
             _save_best(model, tokenizer, out / "best", config)
         _checkpoint(model, state, latest, state_path)
-        _log(out, row)
+        append_metrics(out, row)
 
     summary = {"steps": step, "val_loss": float(val_loss), "best_val_loss": state["best_val_loss"],
-               "tokens_per_second": _mean_rate(out), "elapsed_seconds": state["elapsed_seconds"],
+               "tokens_per_second": mean_throughput(out), "elapsed_seconds": state["elapsed_seconds"],
                "out": str(out)}
-    _plot(out)
+    plot_loss_curve(out)
     if config.sample_tokens:
         prompt = tokenizer.encode(config.sample_prompt) or [0]
         room = config.sequence_length - len(prompt)
@@ -348,7 +308,7 @@ def _checkpoint(model, state: dict, latest: pathlib.Path, state_path: pathlib.Pa
     tmp = latest.with_name("latest.tmp.keras")
     model.save(tmp)
     os.replace(tmp, latest)
-    _atomic_json(state_path, state)
+    write_json_atomic(state_path, state)
 
 
 def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig) -> None:
@@ -358,50 +318,3 @@ def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig
                          data_description=f"pretrained on {config.data or 'stdlib'}")
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
-
-
-def _log(out: pathlib.Path, row: dict) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    csv = out / "metrics.csv"
-    new = not csv.exists()
-    with open(csv, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(str(v) for v in row.values()) + "\n")
-
-
-def read_metrics(out: str | os.PathLike) -> list[dict]:
-    """The rows of a run's `metrics.jsonl`."""
-    path = pathlib.Path(out) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _mean_rate(out: pathlib.Path) -> float:
-    rows = read_metrics(out) if (out / "metrics.jsonl").exists() else []
-    return float(np.mean([r["tokens_per_second"] for r in rows])) if rows else 0.0
-
-
-def _plot(out: pathlib.Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no loss_curve.png")
-        return
-    rows = read_metrics(out) if (out / "metrics.jsonl").exists() else []
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["train_loss"] for r in rows], label="train")
-    ax.plot(steps, [r["val_loss"] for r in rows], label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{out.name} ({keras.backend.backend()})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss_curve.png", dpi=100)
-    plt.close(fig)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import pathlib
 import time
 
 import keras
@@ -121,3 +125,112 @@ class Throughput(keras.callbacks.Callback):
         if logs is not None:
             logs["tokens_per_second"] = self.tokens_per_second
             logs["mfu"] = self.tokens_per_second * self.flops_per_token / self.peak_flops
+
+
+# -- run configs: TOML files and `--key value` overrides ---------------------------
+
+
+class RunConfig:
+    """Shared behaviour of the recipe configs (dataclasses that inherit this)."""
+
+    def update(self, values: dict):
+        """A copy with `values` (strings are converted to each field's type)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        converted = {}
+        for key, value in values.items():
+            key = key.replace("-", "_")
+            if key not in fields:
+                raise ValueError(f"Unknown setting {key!r}; known: {sorted(fields)}.")
+            converted[key] = _convert(value, getattr(self, key), key)
+        return dataclasses.replace(self, **converted)
+
+    def to_toml(self) -> str:
+        """The config as flat TOML (JSON scalars are valid TOML values)."""
+        return "".join(f"{key} = {json.dumps(value)}\n"
+                       for key, value in dataclasses.asdict(self).items() if value is not None)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: dict | None = None):
+        """Defaults, then the TOML file at `path`, then `overrides`."""
+        config = cls()
+        if path is not None:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            with open(path, "rb") as f:
+                config = config.update(tomllib.load(f))
+        return config.update(overrides or {})
+
+
+def _convert(value, default, key: str):
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        return type(default)(value)
+    except ValueError:
+        raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}.") from None
+
+
+# -- run outputs: metrics.jsonl / metrics.csv / loss_curve.png / atomic JSON ----
+
+
+def write_json_atomic(path: pathlib.Path, obj: object) -> None:
+    """Writes JSON to a temporary name, then renames: readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def append_metrics(out: pathlib.Path, row: dict) -> None:
+    """Appends one evaluation's row to `out/metrics.jsonl` and `out/metrics.csv`."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    csv = out / "metrics.csv"
+    new = not csv.exists()
+    with open(csv, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(str(v) for v in row.values()) + "\n")
+
+
+def read_metrics(out: str | os.PathLike) -> list[dict]:
+    """The rows of a run's `metrics.jsonl`."""
+    path = pathlib.Path(out) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mean_throughput(out: pathlib.Path) -> float:
+    """Mean `tokens_per_second` over a run's evaluations (0 if none)."""
+    rows = read_metrics(out) if (out / "metrics.jsonl").exists() else []
+    return float(np.mean([r["tokens_per_second"] for r in rows])) if rows else 0.0
+
+
+def plot_loss_curve(out: pathlib.Path) -> None:
+    """Writes `out/loss_curve.png` (train and validation loss by step) if matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no loss_curve.png")
+        return
+    rows = read_metrics(out) if (out / "metrics.jsonl").exists() else []
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["train_loss"] for r in rows], label="train")
+    ax.plot(steps, [r["val_loss"] for r in rows], label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{out.name} ({keras.backend.backend()})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png", dpi=100)
+    plt.close(fig)

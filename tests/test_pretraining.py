@@ -84,7 +84,7 @@ def test_config_errors_and_overrides(tmp_path):
                                                                   "tensorboard": "true"}
     config = PretrainConfig().update({"max-steps": "5", "dropout": "0.1", "tensorboard": "true"})
     assert (config.max_steps, config.dropout, config.tensorboard) == (5, 0.1, True)
-    with pytest.raises(ValueError, match="Unknown pretraining setting 'max_step'"):
+    with pytest.raises(ValueError, match="Unknown setting 'max_step'"):
         PretrainConfig().update({"max_step": 5})
     with pytest.raises(ValueError, match="max_steps must be a int"):
         PretrainConfig().update({"max_steps": "many"})

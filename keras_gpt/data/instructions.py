@@ -1,0 +1,150 @@
+"""Instruction data: prompt/response pairs (or chat messages) → masked training batches.
+
+The template is deliberately simple and documented; the loss covers only what
+the model should learn to write (the response, or the assistant's turns), by
+giving prompt positions a sample weight of 0:
+
+    ### Instruction:
+    {prompt}
+
+    ### Response:
+    {response}<|endoftext|>
+
+Chat records (`{"messages": [{"role": ..., "content": ...}, ...]}`) render each
+turn as `<|{role}|>\\n{content}\\n`, and only `assistant` turns are trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+PROMPT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+END_OF_TEXT = "<|endoftext|>"
+
+
+def read_instructions(path: str | os.PathLike) -> list[dict]:
+    """Reads a JSONL file of `{"prompt", "response"}` or `{"messages": [...]}` records."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{os.fspath(path)}:{number}: not JSON ({error.msg}).") from None
+            segments(record, where=f"{os.fspath(path)}:{number}")  # validates
+            records.append(record)
+    if not records:
+        raise ValueError(f"{os.fspath(path)} holds no instruction records.")
+    return records
+
+
+def segments(record: dict, where: str = "record") -> list[tuple[str, bool]]:
+    """The record as (text, trained) pieces in order."""
+    if "messages" in record:
+        pieces = []
+        for message in record["messages"]:
+            if not isinstance(message, dict) or {"role", "content"} - set(message):
+                raise ValueError(f"{where}: each message needs 'role' and 'content'.")
+            role = message["role"]
+            pieces.append((f"<|{role}|>\n", False))
+            pieces.append((f"{message['content']}\n", role == "assistant"))
+        return pieces
+    if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+        return [(PROMPT_TEMPLATE.format(prompt=record["prompt"]), False), (record["response"], True)]
+    raise ValueError(f"{where}: expected 'prompt' and 'response' strings or a 'messages' list, "
+                     f"got keys {sorted(record)}.")
+
+
+def format_prompt(prompt: str) -> str:
+    """The text a fine-tuned model is prompted with for `prompt` (generation side)."""
+    return PROMPT_TEMPLATE.format(prompt=prompt)
+
+
+def encode_example(tokenizer, record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and per-token loss weights (1 on trained tokens) for one record.
+
+    The tokenizer's `<|endoftext|>`, if it has one, ends the example and is
+    trained, so the model learns to stop.
+    """
+    ids: list[int] = []
+    trained: list[float] = []
+    for text, learn in segments(record):
+        piece = tokenizer.encode(text)
+        ids += piece
+        trained += [float(learn)] * len(piece)
+    try:
+        ids.append(tokenizer.token_to_id(END_OF_TEXT))
+        trained.append(1.0)
+    except (KeyError, ValueError):
+        pass
+    return np.asarray(ids, "int32"), np.asarray(trained, "float32")
+
+
+class InstructionBatches(keras.utils.PyDataset):
+    """Padded batches of instruction examples with prompt tokens masked out of the loss.
+
+    Each item is `({"token_ids", "padding_mask"}, labels, weights)`, all
+    `(batch, sequence_length)`: labels are the next tokens, weights are 1 on
+    response tokens and 0 on prompt and padding (passed to Keras as sample
+    weights). Examples are right-padded to `sequence_length` (one compiled
+    shape) and cut there if longer. Batch `i` of epoch `e` holds a permutation
+    seeded by `(seed, e)`, so runs repeat and resume exactly.
+
+    Args:
+        examples: records (see `segments`).
+        tokenizer: any keras_gpt tokenizer.
+        sequence_length: model context length.
+        batch_size: examples per batch.
+        seed: shuffling seed; `None` keeps the file order.
+        **kwargs: `keras.utils.PyDataset` options.
+
+    Example:
+    >>> batches = InstructionBatches(read_instructions("train.jsonl"), tokenizer, 128, 8)
+    >>> model.fit(batches, epochs=3)
+    """
+
+    def __init__(self, examples: Sequence[dict], tokenizer, sequence_length: int,
+                 batch_size: int, seed: int | None = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.encoded = [encode_example(tokenizer, r) for r in examples]
+        self.sequence_length = int(sequence_length)
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.encoded) // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self.seed is None:
+            return np.arange(len(self.encoded))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
+
+    def batch(self, epoch: int, index: int):
+        """Batch `index` of epoch `epoch` (a pure function: resuming can jump to it)."""
+        chosen = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        length = self.sequence_length
+        x = np.zeros((len(chosen), length), "int32")
+        y = np.zeros((len(chosen), length), "int32")
+        mask = np.zeros((len(chosen), length), "int32")
+        weights = np.zeros((len(chosen), length), "float32")
+        for row, k in enumerate(chosen):
+            ids, trained = self.encoded[k]
+            ids, trained = ids[:length + 1], trained[:length + 1]
+            n = len(ids) - 1
+            x[row, :n], y[row, :n], mask[row, :n] = ids[:-1], ids[1:], 1
+            weights[row, :n] = trained[1:]
+        return {"token_ids": x, "padding_mask": mask}, y, weights
+
+    def __getitem__(self, index: int):
+        return self.batch(self.epoch, index)
+
+    def on_epoch_end(self):
+        self.epoch += 1

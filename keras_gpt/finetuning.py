@@ -1,0 +1,228 @@
+"""Fine-tuning a preset on instruction data, fully or with LoRA.
+
+`keras-gpt finetune` and `recipes/finetune.py` wrap `finetune`. Outputs match
+pretraining (`config.toml`, `metrics.jsonl`/`.csv`, `loss_curve.png`,
+`checkpoints/`, `best/` as a preset with merged weights, plus
+`best/adapters.npz` for LoRA runs). Evaluation runs every `eval_interval`
+steps; training stops early after `patience` evaluations without a better
+validation loss. `resume=True` continues a killed run exactly: checkpoints
+hold every model variable (adapters unmerged) and the optimizer state, and
+batches are a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+
+import keras
+import numpy as np
+
+from keras_gpt.data import InstructionBatches, read_instructions
+from keras_gpt.gpt import GPT
+from keras_gpt.lora import merged_copy
+from keras_gpt.metrics import Perplexity
+from keras_gpt.presets import load_tokenizer
+from keras_gpt.training import (
+    RunConfig,
+    append_metrics,
+    gpt_optimizer,
+    plot_loss_curve,
+    write_json_atomic,
+)
+
+
+@dataclasses.dataclass
+class FinetuneConfig(RunConfig):
+    """Every setting of a fine-tuning run.
+
+    Attributes:
+        preset: preset handle or directory to start from.
+        data: JSONL file of `{"prompt", "response"}` or `{"messages"}` records.
+        validation_data: JSONL for validation; default: the last
+            `validation_fraction` of `data`.
+        validation_fraction: share of `data` held out when no validation file.
+        out: output directory.
+        lora_rank: LoRA rank; 0 fine-tunes every weight.
+        lora_alpha: LoRA alpha (default: the rank).
+        lora_target: comma-separated projections to adapt.
+        sequence_length: example length (default: the model's context).
+        batch_size: examples per step.
+        max_steps: training steps.
+        learning_rate: peak learning rate.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW weight decay on weight matrices.
+        clipnorm: global gradient-norm clipping (0 disables).
+        eval_interval: evaluate, log and checkpoint every this many steps.
+        patience: stop after this many evaluations without improvement (0: never).
+        seed: shuffling seed.
+        verbose: Keras progress-bar verbosity.
+    """
+
+    preset: str = ""
+    data: str = ""
+    validation_data: str | None = None
+    validation_fraction: float = 0.1
+    out: str = "runs/finetune"
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_target: str = "qkv,attn_out,mlp_in,mlp_out"
+    sequence_length: int = 0
+    batch_size: int = 8
+    max_steps: int = 500
+    learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    clipnorm: float = 1.0
+    eval_interval: int = 50
+    patience: int = 3
+    seed: int = 0
+    verbose: int = 1
+
+
+class _Steps(keras.utils.PyDataset):
+    """Global steps `start … start + steps` of an `InstructionBatches`, across epochs."""
+
+    def __init__(self, batches: InstructionBatches, start: int, steps: int):
+        super().__init__()
+        self.batches, self.start, self.steps = batches, start, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int):
+        step = self.start + index
+        return self.batches.batch(step // len(self.batches), step % len(self.batches))
+
+
+def _save_checkpoint(model, state: dict, directory: pathlib.Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v) for v in model.weights}
+    optimizer = {str(i): keras.ops.convert_to_numpy(v)
+                 for i, v in enumerate(model.optimizer.variables)}
+    for name, arrays in (("weights", weights), ("optimizer", optimizer)):
+        np.savez(directory / f"{name}.tmp.npz", **arrays)
+        os.replace(directory / f"{name}.tmp.npz", directory / f"{name}.npz")
+    write_json_atomic(directory / "state.json", state)  # last: it marks the pair complete
+
+
+def _load_checkpoint(model, directory: pathlib.Path) -> dict:
+    model.optimizer.build(model.trainable_variables)
+    with np.load(directory / "weights.npz") as weights:
+        for v in model.weights:
+            v.assign(weights[v.path.split("/", 1)[1]])
+    with np.load(directory / "optimizer.npz") as optimizer:
+        for i, v in enumerate(model.optimizer.variables):
+            v.assign(optimizer[str(i)])
+    return json.loads((directory / "state.json").read_text())
+
+
+def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
+    """Fine-tunes `config.preset` on `config.data`; returns a summary.
+
+    Args:
+        config: the run's settings.
+        resume: continue from `config.out/checkpoints` if it holds a checkpoint.
+
+    Returns:
+        A dict with `steps`, `val_loss`, `best_val_loss`, `trainable_parameters`
+        and `out`.
+
+    Example:
+    >>> finetune(FinetuneConfig(preset="runs/pretrain/best", data="train.jsonl", lora_rank=8))
+    """
+    if not config.preset or not config.data:
+        raise ValueError("Fine-tuning needs `preset` and `data`.")
+    out = pathlib.Path(config.out)
+    checkpoints = out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"keras_gpt finetune · backend {keras.backend.backend()}")
+    for key, value in dataclasses.asdict(config).items():
+        print(f"  {key} = {value!r}")
+    (out / "config.toml").write_text(config.to_toml())
+
+    model = GPT.from_preset(config.preset)
+    tokenizer = load_tokenizer(config.preset)
+    length = config.sequence_length or model.max_sequence_length
+    records = read_instructions(config.data)
+    if config.validation_data:
+        train_records, val_records = records, read_instructions(config.validation_data)
+    else:
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(records))
+        held = max(1, int(round(config.validation_fraction * len(records))))
+        val_records = [records[i] for i in order[:held]]
+        train_records = [records[i] for i in order[held:]]
+    train = InstructionBatches(train_records, tokenizer, length, config.batch_size, seed=config.seed)
+    validation = InstructionBatches(val_records, tokenizer, length, config.batch_size, seed=None)
+
+    if config.lora_rank:
+        model.enable_lora(config.lora_rank, alpha=config.lora_alpha or None,
+                          target=tuple(t.strip() for t in config.lora_target.split(",")))
+    model.compile(
+        optimizer=gpt_optimizer(config.learning_rate, total_steps=config.max_steps,
+                                warmup_steps=config.warmup_steps,
+                                weight_decay=config.weight_decay,
+                                clipnorm=config.clipnorm or None),
+        metrics=[Perplexity()],
+    )
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    print(f"trainable parameters: {trainable:,} of {model.count_params():,} · "
+          f"{len(train_records)} train / {len(val_records)} validation examples")
+
+    if resume and (checkpoints / "state.json").exists():
+        state = _load_checkpoint(model, checkpoints)
+        print(f"resumed from step {state['step']}")
+    else:
+        state = {"step": 0, "best_val_loss": math.inf, "bad_evaluations": 0,
+                 "elapsed_seconds": 0.0}
+        for name in ("metrics.jsonl", "metrics.csv"):
+            (out / name).unlink(missing_ok=True)
+
+    step, val_loss = state["step"], state.get("val_loss", math.nan)
+    while step < config.max_steps:
+        if config.patience and state["bad_evaluations"] >= config.patience:
+            print(f"early stop at step {step}: no better validation loss in "
+                  f"{config.patience} evaluations")
+            break
+        steps = min(config.eval_interval, config.max_steps - step)
+        start = time.perf_counter()
+        history = model.fit(_Steps(train, step, steps), epochs=1, verbose=config.verbose)
+        seconds = time.perf_counter() - start
+        step += steps
+        state["elapsed_seconds"] += seconds
+        val_loss, val_ppl = model.evaluate(validation, verbose=0)
+        row = {"step": step, "train_loss": float(history.history["loss"][-1]),
+               "val_loss": float(val_loss), "val_perplexity": float(val_ppl),
+               "tokens_per_second": steps * config.batch_size * length / seconds,
+               "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+               "elapsed_seconds": state["elapsed_seconds"]}
+        print(f"step {step}: train loss {row['train_loss']:.4f} · val loss {val_loss:.4f}")
+        state.update(step=step, val_loss=float(val_loss))
+        if val_loss < state["best_val_loss"]:
+            state.update(best_val_loss=float(val_loss), bad_evaluations=0)
+            _save_best(model, tokenizer, out / "best", config)
+        else:
+            state["bad_evaluations"] += 1
+        _save_checkpoint(model, state, checkpoints)
+        append_metrics(out, row)
+    plot_loss_curve(out)
+    return {"steps": step, "val_loss": float(val_loss), "best_val_loss": state["best_val_loss"],
+            "trainable_parameters": trainable, "out": str(out)}
+
+
+def _save_best(model, tokenizer, directory: pathlib.Path, config: FinetuneConfig) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged_copy(model).save_to_preset(
+        str(tmp), tokenizer=tokenizer,
+        data_description=f"fine-tuned from {config.preset} on {config.data}")
+    if model.lora_config:
+        model.save_lora(str(tmp / "adapters.npz"))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
