@@ -52,7 +52,7 @@ def has_accelerator() -> bool:
     return False
 
 
-def dense_gradient(table):
+def dense_gradient(table: Tensor) -> Tensor:
     """`table` as a tensor whose TensorFlow gradient is dense (a no-op elsewhere).
 
     A gather (`ops.take`) gives TensorFlow a `tf.IndexedSlices` gradient with one
@@ -61,6 +61,12 @@ def dense_gradient(table):
     token twice in a batch, or the replicas' slices joined by a `tf.distribute`
     all-reduce) gets g₁² + g₂² instead of (g₁ + g₂)². A dense gradient sums the
     slices first, as JAX and PyTorch do.
+
+    Args:
+        table: an embedding table (a variable) about to be gathered from.
+
+    Example:
+    >>> rows = keras.ops.take(dense_gradient(self.embeddings), ids, axis=0)
     """
     if keras.backend.backend() != "tensorflow":
         return table

@@ -1,0 +1,208 @@
+"""Distributed training on each backend's own engine equals one-device training.
+
+The engine tests spawn their own processes (JAX with 8 virtual CPU devices,
+two torchrun processes over gloo, TensorFlow with logical CPU devices), so each
+runs only in the pytest run of the backend it drives.
+
+Tolerances: 1e-5 on losses and weights after 20 steps (the issue's bound).
+What is measured is float32 summation order: the batch (or a weight matrix)
+is split, so partial sums are added in a different order; the measured
+differences are ~5e-7.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gpt
+from keras_gpt import distribution
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+BACKEND = keras.backend.backend()
+TOLERANCE = 1e-5
+
+
+def only_on(backend):
+    return pytest.mark.skipif(
+        BACKEND != backend, reason=f"drives {backend}; runs in the {backend} pytest run"
+    )
+
+
+def run_worker(args, timeout=600, **env):
+    environ = dict(os.environ, OMP_NUM_THREADS="1", **env)
+    environ.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env=environ, timeout=timeout, cwd=os.path.dirname(TESTS))
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+# -- layout map and configuration (every backend) --------------------------------
+
+
+def fake_mesh(shape=(2, 4), axes=("batch", "model")):
+    devices = [f"cpu:{i}" for i in range(int(np.prod(shape)))]
+    return keras.distribution.DeviceMesh(shape, axes, devices)
+
+
+def test_layout_map_keys_match_every_gpt_weight_they_target():
+    # Keras matches layout keys against whole paths: a key that matches no
+    # variable shards nothing, silently. Every rule must hit real weights.
+    model = keras_gpt.GPT(**{**dict(vocabulary_size=50, num_layers=2, num_heads=2,
+                                    hidden_dim=16, max_sequence_length=12, seed=0),
+                             "tie_embeddings": False})
+    layouts = keras_gpt.GPT.get_layout_map(fake_mesh())
+    import re
+
+    paths = [v.path for v in model.weights]
+    for key in layouts:
+        hits = [p for p in paths if re.fullmatch(key, p)]
+        assert hits, f"layout key {key!r} matches no weight"
+    sharded = {p for p in paths for key in layouts if re.fullmatch(key, p)}
+    for suffix in ("token_embeddings", "qkv/kernel", "attention/output/kernel",
+                   "mlp_in/kernel", "mlp_out/kernel"):
+        assert any(p.endswith(suffix) for p in sharded), suffix
+    assert not any("norm" in p for p in sharded)  # LayerNorms stay replicated
+
+
+def test_layout_map_and_configure_reject_bad_input():
+    with pytest.raises(ValueError, match="'tensor'"):
+        distribution.layout_map(fake_mesh(), model_axis="tensor")
+    with pytest.raises(ValueError, match="hidden_dim.*48.*5"):
+        distribution.check_model_parallel(dict(hidden_dim=48), 5)
+    with pytest.raises(ValueError, match="model_parallel"):
+        distribution.configure(model_parallel=0)
+    assert distribution.configure() is None  # nothing requested: nothing set
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="on JAX `configure` works")
+def test_configure_names_the_engine_to_use_on_other_backends():
+    with pytest.raises(ValueError, match="tf_strategy|ddp_fit"):
+        distribution.configure(data_parallel=True)
+
+
+# -- JAX: keras.distribution on 8 virtual devices ---------------------------------
+
+
+@only_on("jax")
+def test_jax_data_and_model_parallel_match_one_device():
+    result = json.loads(run_worker([os.path.join(TESTS, "distribution_worker_jax.py")]))
+    assert result["devices"] == 8 and result["steps"] == 20
+    assert result["dp_loss_diff"] < TOLERANCE
+    assert result["dp_weight_diff"] < TOLERANCE
+    assert result["mp_loss_diff"] < TOLERANCE
+    assert result["mp_weight_diff"] < TOLERANCE
+
+    # The layout map really shards: read back from the placed arrays.
+    layouts, shapes = result["mp_layouts"], result["mp_shard_shapes"]
+    for path, axes in layouts.items():
+        if path.endswith(("qkv/kernel", "mlp_in/kernel", "token_embeddings")):
+            assert axes == [None, "model"], path
+        elif path.endswith(("attention/output/kernel", "mlp_out/kernel")):
+            assert axes == ["model", None], path
+        elif "norm" in path:
+            assert "model" not in axes, path
+    qkv = next(p for p in shapes if p.endswith("block_0/attention/qkv/kernel"))
+    assert shapes[qkv] == [32, 96 // 4]  # a quarter of the columns per device
+
+    # Checkpoints: sharded → one device, and one device → sharded.
+    assert result["mp_to_single_diff"] == 0.0
+    assert result["mp_to_single_iterations"] == 20
+    assert result["mp_to_single_device_count"] == 1
+    assert result["single_to_mp_diff"] == 0.0
+    qkv = next(p for p in result["single_to_mp_layouts"] if p.endswith("qkv/kernel"))
+    assert result["single_to_mp_layouts"][qkv] == [None, "model"]
+    assert result["resumed_weight_diff"] < TOLERANCE
+    assert result["configure_mesh"] == [4, 2]
+    assert result["configure_axes"] == ["batch", "model"]
+
+
+# -- PyTorch: torchrun + DistributedDataParallel -----------------------------------
+
+
+class BatchLogs(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.logs = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in logs.items():
+            self.logs.setdefault(key, []).append(float(value))
+
+
+def weights(model):
+    return [keras.ops.convert_to_numpy(v.value) for v in model.weights]
+
+
+def max_weight_diff(a, b):
+    return max(float(np.abs(np.asarray(x, "float64") - y).max())
+               for x, y in zip(weights(a), weights(b)))
+
+
+@only_on("torch")
+def test_torch_ddp_two_processes_match_one_device(tmp_path):
+    sys.path.insert(0, TESTS)
+    try:
+        import distribution_worker_torch as worker
+    finally:
+        sys.path.remove(TESTS)
+    x, y = worker.data()
+    steps, batch = worker.STEPS, worker.BATCH
+
+    def fit(model, rows):
+        logs = BatchLogs()
+        model.fit({k: v[rows] for k, v in x.items()}, y[rows], batch_size=batch,
+                  shuffle=False, verbose=0, callbacks=[logs])
+        return logs.logs
+
+    # One device: 20 steps in one go, and 10 + checkpoint + 10.
+    full = worker.compiled(keras_gpt.GPT(**worker.CONFIG))
+    full_logs = fit(full, slice(0, steps * batch))
+    half = steps // 2 * batch
+    first = worker.compiled(keras_gpt.GPT(**worker.CONFIG))
+    fit(first, slice(0, half))
+    first.save(tmp_path / "single_10.keras")
+    second_logs = fit(first, slice(half, None))
+
+    run_worker(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                os.path.join(TESTS, "distribution_worker_torch.py"), str(tmp_path)])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["world"] == 2
+
+    # Fresh run: the same per-step loss and perplexity (epoch means, as `fit`
+    # logs them) and, through the rank-0 checkpoint, the same weights.
+    for key in ("loss", "perplexity"):
+        assert len(history["fresh"][key]) == steps
+        np.testing.assert_allclose(history["fresh"][key], full_logs[key],
+                                   rtol=0, atol=TOLERANCE * max(1, full_logs[key][0]))
+    ddp = keras.saving.load_model(tmp_path / "ddp.keras")  # written by DDP, read here
+    assert int(ddp.optimizer.iterations.numpy()) == steps
+    assert max_weight_diff(ddp, full) < TOLERANCE
+
+    # Resumed from the one-device checkpoint: continues like one device does.
+    np.testing.assert_allclose(history["resumed"]["loss"], second_logs["loss"],
+                               rtol=0, atol=TOLERANCE)
+    resumed = keras.saving.load_model(tmp_path / "resumed.keras")
+    assert int(resumed.optimizer.iterations.numpy()) == steps
+    assert max_weight_diff(resumed, first) < TOLERANCE
+
+
+# -- TensorFlow: MirroredStrategy over logical CPU devices ---------------------------
+
+
+@only_on("tensorflow")
+def test_tensorflow_mirrored_strategy_matches_one_device():
+    result = json.loads(run_worker([os.path.join(TESTS, "distribution_worker_tf.py")]))
+    assert result["replicas"] == 2 and result["steps"] == 20
+    for case in ("tied", "untied"):
+        assert result[case]["loss_diff"] < TOLERANCE, case
+        assert result[case]["weight_diff"] < TOLERANCE, case
+        # Keras logs the global loss (not replicas × loss).
+        assert abs(result[case]["mirrored_first_loss"] - np.log(64)) < 0.2
+    assert result["mirrored_to_single_diff"] == 0.0
+    assert result["single_to_mirrored_diff"] == 0.0
+    assert result["resumed_weight_diff"] < TOLERANCE
