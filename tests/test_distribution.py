@@ -206,3 +206,21 @@ def test_tensorflow_mirrored_strategy_matches_one_device():
     assert result["mirrored_to_single_diff"] == 0.0
     assert result["single_to_mirrored_diff"] == 0.0
     assert result["resumed_weight_diff"] < TOLERANCE
+
+
+@only_on("tensorflow")
+def test_tensorflow_embedding_gradients_are_dense():
+    # Keras' TensorFlow Adam squares `tf.IndexedSlices` gradients slice by slice,
+    # so a row gathered twice got g1² + g2² instead of (g1 + g2)² (one device,
+    # untied embeddings, a repeated token; or any embedding under MirroredStrategy).
+    import tensorflow as tf
+
+    model = keras_gpt.GPT(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+                          max_sequence_length=12, tie_embeddings=False, seed=0)
+    ids = np.array([[3, 3, 3, 7]], "int32")  # token 3 repeated
+    tables = [model.embeddings.token_embeddings, model.embeddings.position_embeddings]
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=ids, y=ids, y_pred=model(ids, training=True))
+    for table, gradient in zip(tables, tape.gradient(loss, [t.value for t in tables])):
+        assert not isinstance(gradient, tf.IndexedSlices), table.path
+        assert tuple(gradient.shape) == tuple(table.shape)
