@@ -196,3 +196,75 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0,
     if temperature == 0:
         return GreedySampler()
     return RandomSampler(temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+class DynamicSampler(Sampler):
+    """Greedy, temperature, top-k and top-p sampling with settings held in tensors.
+
+    The samplers above fix their settings when the decode loop is traced; an
+    exported serving graph (`keras_gpt.export`) takes them as inputs instead.
+    For the same settings and seed this picks the same ids as the sampler
+    `get_sampler` returns (the same Gumbel noise, laid out the same way), so a
+    served model continues a prompt exactly like `GPT.generate`.
+
+    Args:
+        temperature: float scalar (tensor); 0 = greedy.
+        top_k: int scalar (tensor); k ≥ 1 keeps the k most likely tokens, 0 keeps all.
+        top_p: float scalar (tensor) in (0, 1]; p < 1 keeps the most likely tokens
+            whose mass reaches p (after `top_k`), 1 keeps all.
+
+    Example:
+    >>> sampler = DynamicSampler(temperature=0.8, top_k=20, top_p=1.0)
+    >>> ids = sampler(logits, seed=0, position=5)           # (batch,)
+    """
+
+    def __init__(self, temperature: float | Tensor, top_k: int | Tensor,
+                 top_p: float | Tensor):
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+
+    @property
+    def config(self) -> tuple:
+        # The settings are runtime values: every DynamicSampler traces the same.
+        return ("DynamicSampler",)
+
+    def __call__(self, logits: Tensor, seed: int | Tensor, position: int | Tensor) -> Tensor:
+        logits = ops.cast(logits, "float32")
+        temperature = ops.cast(self.temperature, "float32")
+        top_k = ops.cast(self.top_k, "int32")
+        top_p = ops.cast(self.top_p, "float32")
+        return ops.cond(
+            temperature > 0,
+            lambda: self._sample(logits, temperature, top_k, top_p, seed, position),
+            lambda: ops.cast(ops.argmax(logits, axis=-1), "int32"),
+        )
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, top_p, seed, position):
+        vocabulary = logits.shape[-1]
+        logits = logits / temperature
+        # A full sort, not ops.top_k: JAX exports lax.top_k as a StableHLO
+        # composite that TensorFlow 2.21 cannot deserialize.
+        indices = ops.cast(ops.argsort(-logits, axis=-1), "int32")
+        values = ops.take_along_axis(logits, indices, axis=-1)
+        ranks = ops.expand_dims(ops.arange(0, vocabulary, dtype="int32"), 0)
+        use_k = top_k > 0
+        k = ops.where(use_k, ops.minimum(top_k, vocabulary), vocabulary)
+        values = ops.where(ranks < k, values, float("-inf"))
+        probs = ops.softmax(values, axis=-1)
+        mass_before = ops.cumsum(probs, axis=-1) - probs
+        values = ops.where(ops.logical_or(top_p >= 1, mass_before < top_p), values,
+                           float("-inf"))
+        # RandomSampler draws noise of shape (batch, k) over the sorted candidates
+        # when filtering, else (batch, vocabulary) over token ids: index the same
+        # flat noise the same way.
+        filtered = ops.logical_or(use_k, top_p < 1)
+        stride = ops.where(use_k, k, vocabulary)
+        column = ops.where(filtered, ranks, indices)
+        rows = ops.expand_dims(ops.arange(0, ops.shape(logits)[0], dtype="int32"), 1)
+        flat = ops.reshape(gumbel_noise(ops.shape(logits), seed, position), (-1,))
+        noise = ops.take(flat, rows * stride + column, axis=0)
+        choice = ops.argmax(values + noise, axis=-1)
+        picked = ops.take_along_axis(indices, ops.expand_dims(choice, -1), axis=-1)
+        return ops.cast(picked[:, 0], "int32")
