@@ -25,7 +25,6 @@ import numpy as np
 
 from keras_gpt.data import InstructionBatches, read_instructions
 from keras_gpt.gpt import GPT
-from keras_gpt.lora import merged_copy
 from keras_gpt.metrics import Perplexity
 from keras_gpt.presets import load_tokenizer
 from keras_gpt.training import (
@@ -219,7 +218,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
 def _save_best(model, tokenizer, directory: pathlib.Path, config: FinetuneConfig) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    merged_copy(model).save_to_preset(
+    model.save_to_preset(  # saves the adapters merged into the kernels
         str(tmp), tokenizer=tokenizer,
         data_description=f"fine-tuned from {config.preset} on {config.data}")
     if model.lora_config:
