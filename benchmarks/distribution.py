@@ -10,25 +10,35 @@ the real devices (1, 2, ... up to all of them). Prints one JSON object.
     python benchmarks/distribution.py --devices 1 2 --steps 10
     python benchmarks/distribution.py --gpu                  # real GPUs
 
-Model: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256, AdamW;
-global batch 8 per device (weak scaling), float32.
+Models (`--shape`): tiny (vocabulary 4096, 2 layers, 4 heads, hidden 128,
+context 128; the default, for CPUs) or bench-small (8192, 4, 4, 256, 256; for
+GPUs). AdamW, float32, 8 rows per device (weak scaling).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 
-SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
-             max_sequence_length=256)
+# Run as a script, this folder comes first on sys.path, and its tokenize.py
+# would shadow the standard library's (which JAX imports through inspect).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+SHAPES = {
+    "tiny": dict(vocabulary_size=4096, num_layers=2, num_heads=4, hidden_dim=128,
+                 max_sequence_length=128),
+    "bench-small": dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
+                        max_sequence_length=256),
+}
 PER_DEVICE_BATCH = 8
 
 
-def child(devices: int, mode: str, steps: int) -> dict:
+def child(devices: int, mode: str, steps: int, shape: dict) -> dict:
     import jax
     import keras
     import numpy as np
@@ -42,10 +52,10 @@ def child(devices: int, mode: str, steps: int) -> dict:
     else:
         distribution.configure(model_parallel=2, devices=available)
     batch = PER_DEVICE_BATCH * devices
-    seq = SHAPE["max_sequence_length"]
-    tokens = np.random.default_rng(0).integers(0, SHAPE["vocabulary_size"],
+    seq = shape["max_sequence_length"]
+    tokens = np.random.default_rng(0).integers(0, shape["vocabulary_size"],
                                                (batch * (steps + 2), seq + 1)).astype("int32")
-    model = keras_gpt.GPT(**SHAPE, seed=0)
+    model = keras_gpt.GPT(**shape, seed=0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-4))
     # Two warm-up steps compile the train function; then time `steps` steps.
     model.fit(tokens[:2 * batch, :-1], tokens[:2 * batch, 1:], batch_size=batch, verbose=0)
@@ -64,12 +74,13 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["data", "model"],
                         choices=["data", "model"])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     parser.add_argument("--gpu", action="store_true", help="use real GPUs, not virtual CPUs")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         devices, mode, steps = int(args.child[0]), args.child[1], int(args.child[2])
-        print(json.dumps(child(devices, mode, steps)))
+        print(json.dumps(child(devices, mode, steps, SHAPES[args.shape])))
         return
     runs = []
     for devices in args.devices:
@@ -81,13 +92,15 @@ def main() -> None:
                 env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
                 env["JAX_PLATFORMS"] = "cpu"
             done = subprocess.run(
-                [sys.executable, __file__, "--child", str(devices), mode, str(args.steps)],
+                [sys.executable, __file__, "--child", str(devices), mode, str(args.steps),
+                 "--shape", args.shape],
                 capture_output=True, text=True, env=env)
             if done.returncode:
                 runs.append({"devices": devices, "mode": mode, "error": done.stderr[-500:]})
             else:
                 runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(json.dumps({"benchmark": "distribution", "model": SHAPE,
+    print(json.dumps({"benchmark": "distribution", "shape": args.shape,
+                      "model": SHAPES[args.shape],
                       "per_device_batch": PER_DEVICE_BATCH, "virtual_devices": not args.gpu,
                       "runs": runs}, indent=1))
 
