@@ -17,15 +17,11 @@ from __future__ import annotations
 import os
 import sys
 
-# benchmarks/tokenize.py would shadow the standard library's `tokenize`
-# (imported by JAX and TensorFlow) when this directory leads sys.path.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import subprocess
+import threading
+import time
 
 
 def _status_mb(field: str) -> float:

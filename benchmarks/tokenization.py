@@ -17,8 +17,8 @@ pipeline: `prepare` MB/s and the batches/s of `RandomWindows` and
 `SequentialWindows` over its memory-mapped shards at bench-small's shape
 (batch 8, context 256).
 
-    python benchmarks/tokenize.py
-    python benchmarks/tokenize.py --rounds 5 --keras-hub-bytes 20000
+    python benchmarks/tokenization.py
+    python benchmarks/tokenization.py --rounds 5 --keras-hub-bytes 20000
 """
 
 from __future__ import annotations
