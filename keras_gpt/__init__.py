@@ -2,7 +2,7 @@
 
 from keras_gpt import layers, presets
 from keras_gpt.gpt import GPT
-from keras_gpt.export import export
+from keras_gpt.export import export, export_onnx
 from keras_gpt.losses import causal_lm_loss
 from keras_gpt.metrics import Perplexity
 

@@ -80,6 +80,7 @@ def export(
     stop_token_ids: Sequence[int] | None = None,
     pad_token_id: int = 0,
     overwrite: bool = False,
+    backend: str | None = None,
     verbose: bool = False,
 ) -> str:
     """Writes a SavedModel with `logits` and `generate` signatures for serving.
@@ -99,6 +100,11 @@ def export(
             kept), fixed at export time, e.g. the end-of-text id.
         pad_token_id: id written after each row's last token.
         overwrite: replace an existing `path`.
+        backend: the backend that traces the graphs. Default: the current one
+            if it can export (TensorFlow, JAX), else `"tensorflow"` in a child
+            process. `"tensorflow"` from JAX gives plain TensorFlow ops instead
+            of JAX's StableHLO (`XlaCallModule`), which an older TensorFlow
+            Serving cannot read.
         verbose: print Keras' endpoint summary.
 
     Returns:
@@ -116,15 +122,32 @@ def export(
     """
     path = os.fspath(path)
     _check_path(path, overwrite)
-    if keras.backend.backend() == "torch":
-        return _export_in_child(model_or_preset, path, max_new_tokens, stop_token_ids,
-                                pad_token_id, overwrite)
+    if isinstance(stop_token_ids, (int, np.integer)):
+        raise ValueError(f"`stop_token_ids` must be a list of ids, got the int "
+                         f"{stop_token_ids}; write [{stop_token_ids}].")
+    current = keras.backend.backend()
+    if backend not in (None, "tensorflow", "jax"):
+        raise ValueError(f"`backend` must be None, 'tensorflow' or 'jax', got {backend!r}.")
+    target = backend or ("tensorflow" if current == "torch" else current)
+    if target == "jax" and current != "jax":
+        raise ValueError(f"backend='jax' needs KERAS_BACKEND=jax (the current backend "
+                         f"is {current!r}).")
+    if target != current:
+        if not isinstance(model_or_preset, (str, os.PathLike)):
+            model = _resolve_model(model_or_preset)  # check here, not in the child
+            _check_max_new_tokens(model, max_new_tokens)
+            _check_stop_ids(model, stop_token_ids)
+            _check_pad_id(model, pad_token_id)
+        arguments = ["--pad-token-id", str(int(pad_token_id))]
+        if max_new_tokens is not None:
+            arguments += ["--max-new-tokens", str(max_new_tokens)]
+        if stop_token_ids is not None:
+            arguments += ["--stop-token-ids", ",".join(str(int(i)) for i in stop_token_ids)]
+        return _export_in_child(model_or_preset, path, arguments, overwrite)
     model = _resolve_model(model_or_preset)
     max_new_tokens = _check_max_new_tokens(model, max_new_tokens)
     stops = _check_stop_ids(model, stop_token_ids)
-    if not 0 <= int(pad_token_id) < model.vocabulary_size:
-        raise ValueError(f"`pad_token_id` ({pad_token_id}) must be a token id in "
-                         f"[0, {model.vocabulary_size}).")
+    _check_pad_id(model, pad_token_id)
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -398,6 +421,12 @@ def _check_max_new_tokens(model, max_new_tokens) -> int:
     return int(max_new_tokens)
 
 
+def _check_pad_id(model, pad_token_id) -> None:
+    if int(pad_token_id) != pad_token_id or not 0 <= pad_token_id < model.vocabulary_size:
+        raise ValueError(f"`pad_token_id` ({pad_token_id!r}) must be a token id in "
+                         f"[0, {model.vocabulary_size}).")
+
+
 def _check_stop_ids(model, stop_token_ids) -> np.ndarray:
     if stop_token_ids is None:
         return np.zeros((0,), "int32")
@@ -411,27 +440,91 @@ def _check_stop_ids(model, stop_token_ids) -> np.ndarray:
     return np.array(ids, "int32")
 
 
-# -- PyTorch: export through TensorFlow in a child process -----------------------------
+# -- ONNX: the logits graph ------------------------------------------------------------
 
 
-def _export_in_child(model_or_preset, path, max_new_tokens, stop_token_ids, pad_token_id,
-                     overwrite) -> str:
-    """Saves the model as a preset (if needed) and runs `keras-gpt export` under TensorFlow."""
+def export_onnx(
+    model_or_preset: keras.Model | str | os.PathLike,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    backend: str | None = None,
+) -> str:
+    """Writes the `logits` computation as an ONNX file (dynamic batch and length).
+
+    Inputs `token_ids` and `padding_mask` (int32 `[batch, seq]`), output the
+    float32 logits `[batch, seq, vocabulary]`; run it with `onnxruntime`. The
+    decode loop is not exported to ONNX (use the SavedModel's `generate`).
+    Needs `pip install "keras-gpt[onnx]"` (onnx, onnxruntime, tf2onnx). Keras
+    converts through TensorFlow (`tf2onnx`); under JAX (which would need
+    `jax2onnx`) and PyTorch (no dynamic sequence length) the model is
+    converted by a TensorFlow child process instead.
+
+    Args:
+        model_or_preset: a built `keras_gpt.GPT`, or a preset handle or directory.
+        path: output file, e.g. `"gpt.onnx"`; must not exist unless `overwrite`.
+        overwrite: replace an existing file.
+        backend: None or `"tensorflow"` (the only backend that converts here).
+
+    Returns:
+        `path`, as a string.
+
+    Example:
+    >>> keras_gpt.export_onnx(model, "gpt.onnx")
+    >>> import onnxruntime
+    >>> session = onnxruntime.InferenceSession("gpt.onnx")
+    >>> logits, = session.run(None, {"token_ids": ids, "padding_mask": mask})
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"Export path {path!r} already exists; choose a new file "
+                         "or pass overwrite=True.")
+    if backend not in (None, "tensorflow"):
+        raise ValueError(f"ONNX export runs through TensorFlow: `backend` must be None "
+                         f"or 'tensorflow', got {backend!r}.")
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_child(model_or_preset, path, ["--format", "onnx"], overwrite)
+    model = _resolve_model(model_or_preset)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{os.path.basename(path)}.partial-{os.getpid()}")
+    try:
+        model.export(staging, format="onnx", verbose=False,
+                     input_signature=_input_specs(LOGITS_INPUTS))
+        _rename_onnx_output(staging, "logits")
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+    return path
+
+
+def _rename_onnx_output(path: str, name: str) -> None:
+    """tf2onnx names the output after the TensorFlow tensor ("Identity:0")."""
+    import onnx
+
+    graph_model = onnx.load(path)
+    old = graph_model.graph.output[0].name
+    for node in graph_model.graph.node:
+        node.output[:] = [name if out == old else out for out in node.output]
+    graph_model.graph.output[0].name = name
+    onnx.save(graph_model, path)
+
+
+# -- exporting through TensorFlow in a child process -----------------------------------
+
+
+def _export_in_child(model_or_preset, path, arguments: list[str], overwrite: bool) -> str:
+    """Saves the model as a preset (if needed) and runs `keras-gpt export` under TensorFlow.
+
+    Weights are backend-independent, so the TensorFlow model is the same model.
+    """
     with tempfile.TemporaryDirectory(prefix="keras_gpt_export_") as scratch:
         if isinstance(model_or_preset, (str, os.PathLike)):
             preset = os.fspath(model_or_preset)
         else:
-            model = _resolve_model(model_or_preset)
-            _check_max_new_tokens(model, max_new_tokens)
-            _check_stop_ids(model, stop_token_ids)
             preset = os.path.join(scratch, "preset")
-            model.save_to_preset(preset)
-        command = [sys.executable, "-m", "keras_gpt.cli", "export", preset, path,
-                   "--pad-token-id", str(pad_token_id)]
-        if max_new_tokens is not None:
-            command += ["--max-new-tokens", str(max_new_tokens)]
-        if stop_token_ids:
-            command += ["--stop-token-ids", ",".join(str(int(i)) for i in stop_token_ids)]
+            _resolve_model(model_or_preset).save_to_preset(preset)
+        command = [sys.executable, "-m", "keras_gpt.cli", "export", preset, path, *arguments]
         if overwrite:
             command.append("--overwrite")
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
@@ -440,9 +533,8 @@ def _export_in_child(model_or_preset, path, max_new_tokens, stop_token_ids, pad_
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
         if message.startswith("ValueError: "):
             raise ValueError(message[len("ValueError: "):])
-        raise RuntimeError(
-            "Exporting through TensorFlow (PyTorch cannot write a SavedModel) failed:\n"
-            + proc.stderr[-4000:])
+        raise RuntimeError("Exporting through TensorFlow in a child process failed:\n"
+                           + proc.stderr[-4000:])
     return path
 
 
@@ -460,19 +552,28 @@ def export_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="keras-gpt export",
         description="Export a preset as a TensorFlow SavedModel with `logits` and "
-                    "`generate` signatures (for TensorFlow Serving).")
+                    "`generate` signatures (for TensorFlow Serving), or its logits "
+                    "graph as ONNX.")
     parser.add_argument("preset", help="preset handle or directory")
-    parser.add_argument("path", help="output directory (must not exist)")
+    parser.add_argument("path", help="output directory (file for ONNX); must not exist")
+    parser.add_argument("--format", choices=("tf_saved_model", "onnx"),
+                        default="tf_saved_model")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="largest max_new_tokens a request may ask for "
                              "(default: max_sequence_length - 1)")
     parser.add_argument("--stop-token-ids", default="",
                         help="comma-separated ids that end a row, e.g. 50256")
     parser.add_argument("--pad-token-id", type=int, default=0)
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default=None,
+                        help="backend that traces the graphs (default: the current "
+                             "one if it can, else tensorflow in a child process)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    stops = [int(s) for s in args.stop_token_ids.split(",") if s.strip()]
-    export(args.preset, args.path, max_new_tokens=args.max_new_tokens,
-           stop_token_ids=stops or None, pad_token_id=args.pad_token_id,
-           overwrite=args.overwrite)
+    if args.format == "onnx":
+        export_onnx(args.preset, args.path, overwrite=args.overwrite, backend=args.backend)
+    else:
+        stops = [int(s) for s in args.stop_token_ids.split(",") if s.strip()]
+        export(args.preset, args.path, max_new_tokens=args.max_new_tokens,
+               stop_token_ids=stops or None, pad_token_id=args.pad_token_id,
+               overwrite=args.overwrite, backend=args.backend)
     print(args.path)

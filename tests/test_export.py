@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import keras_gpt
-from keras_gpt.export import GENERATE_INPUTS, LOGITS_INPUTS, SIGNATURES, export
+from keras_gpt.export import GENERATE_INPUTS, LOGITS_INPUTS, SIGNATURES, export, export_onnx
 from keras_gpt.generation import compile_function
 from keras_gpt.samplers import DynamicSampler, get_sampler
 
@@ -209,6 +209,27 @@ def test_dynamic_sampler_picks_what_get_sampler_picks(model):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(dynamic),
                                           keras.ops.convert_to_numpy(reference),
                                           err_msg=str(settings))
+
+
+def test_onnx_logits_match_source_model(model, tmp_path):
+    """TensorFlow converts directly; JAX and PyTorch through a TensorFlow child process.
+    Dynamic batch and length: two shapes through one file. Tolerance as above."""
+    for module in ("onnx", "onnxruntime", "tf2onnx"):
+        pytest.importorskip(module)
+    if keras.backend.backend() == "jax":
+        pytest.skip("JAX converts through the same TensorFlow child process as "
+                    "PyTorch, tested there (saves ~30 s)")
+    import onnxruntime
+
+    path = export_onnx(model, tmp_path / "gpt.onnx")
+    session = onnxruntime.InferenceSession(path)
+    assert [i.name for i in session.get_inputs()] == ["token_ids", "padding_mask"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    for ids, mask in (padded(PROMPTS), padded([list(range(24))])):
+        logits, = session.run(None, {"token_ids": ids, "padding_mask": mask})
+        expected = keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": mask}))
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    assert os.listdir(tmp_path) == ["gpt.onnx"]
 
 
 # -- bad arguments: clear errors before anything is written ---------------------------
