@@ -172,7 +172,7 @@ def generate(
     key = (batch, cache_length, prefill_length, sampler.config, len(stops))
     if callback is None and keras.backend.backend() in ("jax", "tensorflow"):
         program = _program(model, ("loop",) + key,
-                           lambda: decode_loop(model, sampler, cache_length, prefill_length))
+                           lambda m: decode_loop(m, sampler, cache_length, prefill_length))
         tokens = program(**inputs)
     else:
         tokens = _stepwise_loop(model, sampler, key, inputs, cache_length,
@@ -362,10 +362,17 @@ def _torch_compile(model, fn):
     return call
 
 
-def _program(model, key, build):
+def _program(model, key, build, donate=()):
+    """The compiled `build(model)` for `key`, compiled on first use.
+
+    Programs see the model through a weak proxy: they are values of a
+    WeakKeyDictionary keyed by the model, so a strong reference would keep
+    every model (and its programs) alive forever.
+    """
     programs = _PROGRAMS.setdefault(model, {})
     if key not in programs:
-        programs[key] = compile_function(model, build())
+        proxy = weakref.proxy(model)
+        programs[key] = compile_function(proxy, build(proxy), donate=donate)
     return programs[key]
 
 
@@ -374,17 +381,16 @@ def _stepwise_loop(model, sampler, key, inputs, cache_length, prefill_length, ca
     backend = keras.backend.backend()
     run_prefill = _program(
         model, ("prefill",) + key,
-        lambda: lambda tokens, start: prefill(model, tokens, start, cache_length,
-                                              prefill_length))
-    programs = _PROGRAMS[model]
-    step_key = ("step",) + key
-    if step_key not in programs:
+        lambda m: lambda tokens, start: prefill(m, tokens, start, cache_length, prefill_length))
+
+    def build_step(m):
         def step(position, tokens, cache, logits, done, lengths, limits, stop_ids, seed, pad):
-            return decode_step(model, sampler, position, tokens, cache, logits, done,
+            return decode_step(m, sampler, position, tokens, cache, logits, done,
                                lengths, limits, stop_ids, seed, pad)
 
-        programs[step_key] = compile_function(model, step, donate=(2,))
-    run_step = programs[step_key]
+        return step
+
+    run_step = _program(model, ("step",) + key, build_step, donate=(2,))
 
     tokens = inputs["tokens"]
     consts = [inputs[k] for k in ("lengths", "limits", "stop_ids", "seed", "pad")]

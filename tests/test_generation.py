@@ -6,9 +6,11 @@ orders (~1e-7 apart); the tiny seeded model's top-2 logit gaps at the checked
 positions are far larger, so any mismatch is a real bug, not rounding.
 """
 
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -194,6 +196,11 @@ def test_no_recompilation_within_a_bucket(model):
     assert len(generation.compiled_programs(fresh)) == 2 * compiled
     assert bucket_length(21, 1024) == 32 and bucket_length(3, 1024) == 16
     assert bucket_length(900, 512) == 512
+    # The program cache must not keep the model (or its compiled programs) alive.
+    ref = weakref.ref(fresh)
+    del fresh
+    gc.collect()
+    assert ref() is None
 
 
 def test_sees_weight_updates_after_compiling():
