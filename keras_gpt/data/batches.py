@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -83,7 +84,7 @@ class RandomWindows(_Windows):
     """
 
     def __init__(self, tokens: Tokens, sequence_length: int, batch_size: int,
-                 steps: int, seed: int = 0, **kwargs):
+                 steps: int, seed: int = 0, **kwargs: Any):
         super().__init__(tokens, sequence_length, batch_size, **kwargs)
         self.steps = int(steps)
         self.seed = int(seed)
@@ -119,7 +120,7 @@ class SequentialWindows(_Windows):
     """
 
     def __init__(self, tokens: Tokens, sequence_length: int, batch_size: int,
-                 max_batches: int | None = None, **kwargs):
+                 max_batches: int | None = None, **kwargs: Any):
         super().__init__(tokens, sequence_length, batch_size, **kwargs)
         self.windows = (len(self.tokens) - 1) // self.sequence_length
         batches = -(-self.windows // self.batch_size)

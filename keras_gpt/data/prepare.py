@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_gpt.data.documents import Inputs, input_files, stream_pieces
 from keras_gpt.data.token_stream import METADATA_FILENAME, read_metadata
+from keras_gpt.tokenizers.tokenizer import Tokenizer
 
 #: Bump when the layout of the output directory changes.
 FORMAT = "keras_gpt.token_shards/1"
@@ -24,7 +25,7 @@ TOKENIZER_DIR = "tokenizer"
 def prepare(
     inputs: Inputs,
     output_dir: str | os.PathLike,
-    tokenizer,
+    tokenizer: Tokenizer,
     validation_fraction: float = 0.1,
     end_of_text: str | None = "<|endoftext|>",
     text_field: str = "text",

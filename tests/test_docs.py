@@ -1,0 +1,113 @@
+"""Runs the Python code blocks of the documentation, so the docs cannot rot.
+
+Convention: every fenced block opened with ```python in docs/**/*.md and
+README.md runs, on the current backend, in a fresh temporary directory. The
+blocks of one page run in order in one shared namespace, like a notebook. A
+block preceded on the line just above its fence by `<!-- docs: skip -->` is
+not run (use it for shell-dependent or long snippets; say why in the text).
+Docs use tiny configs so that the whole file runs in seconds per backend.
+
+Tracebacks point at the Markdown file and line of the failing code.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from dataclasses import dataclass
+
+import keras
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+SKIP_MARKER = "<!-- docs: skip -->"
+FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w#.+-]*)(?P<rest>.*)$")
+
+
+@dataclass
+class Block:
+    path: pathlib.Path
+    line: int  # 1-based line of the first code line
+    code: str
+    skipped: bool
+
+
+def code_blocks(path: pathlib.Path) -> list[Block]:
+    """Fenced ```python blocks of a Markdown file, dedented to their fence."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        match = FENCE_OPEN.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        indent, fence = match["indent"], match["fence"]
+        closing = re.compile(rf"^{re.escape(indent)}{fence[0]}{{{len(fence)},}}[ \t]*$")
+        start = i + 1
+        end = start
+        while end < len(lines) and not closing.match(lines[end]):
+            end += 1
+        if match["lang"] == "python":
+            above = lines[i - 1].strip() if i > 0 else ""
+            body = [line[len(indent):] if line.startswith(indent) else line.lstrip()
+                    for line in lines[start:end]]
+            blocks.append(Block(path, start + 1, "\n".join(body), above == SKIP_MARKER))
+        i = end + 1
+    return blocks
+
+
+def pages() -> list[pathlib.Path]:
+    return sorted(DOCS.rglob("*.md")) + [ROOT / "README.md"]
+
+
+def runnable_pages() -> list[pathlib.Path]:
+    return [p for p in pages() if any(not b.skipped for b in code_blocks(p))]
+
+
+@pytest.mark.parametrize(
+    "page", runnable_pages(), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_page_code_runs(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    keras.backend.clear_session()
+    namespace = {"__name__": "__docs__"}
+    for block in code_blocks(page):
+        if block.skipped:
+            continue
+        # Pad with newlines so tracebacks show the Markdown file's own line numbers.
+        source = "\n" * (block.line - 1) + block.code
+        exec(compile(source, str(block.path), "exec"), namespace)
+
+
+def test_parser_finds_quick_start_and_honours_skip(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Intro.\n\n```python\nx = 1\n```\n\n<!-- docs: skip -->\n```python\nraise SystemExit\n```\n"
+        "\n!!! note\n    ```python\n    y = x + 1\n    ```\n\n```bash\nls\n```\n"
+    )
+    blocks = code_blocks(page)
+    assert [(b.line, b.code, b.skipped) for b in blocks] == [
+        (4, "x = 1", False), (9, "raise SystemExit", True), (14, "y = x + 1", False)
+    ]
+    assert DOCS / "index.md" in runnable_pages()
+
+
+def nav_files(entries) -> list[str]:
+    files = []
+    for entry in entries:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        if isinstance(value, list):
+            files += nav_files(value)
+        elif not str(value).startswith(("http://", "https://")):
+            files.append(str(value))
+    return files
+
+
+def test_every_page_is_in_the_nav_and_every_nav_entry_exists():
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    in_nav = set(nav_files(config["nav"]))
+    on_disk = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
+    assert not on_disk - in_nav, f"add these pages to `nav` in mkdocs.yml: {sorted(on_disk - in_nav)}"
+    assert not in_nav - on_disk, f"`nav` in mkdocs.yml names missing pages: {sorted(in_nav - on_disk)}"
