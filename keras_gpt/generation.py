@@ -41,7 +41,7 @@ from keras_gpt.samplers import Sampler, get_sampler
 #: step, traced once per compiled-program key: no Python or Keras overhead per
 #: step), `"eager"` (a plain Python loop over Keras layers) or `"compile"`
 #: (`torch.compile` of the step). Measured on CPU with benchmarks/generate.py
-#: (bench-small, batch 1, under load): trace ~4× faster than eager; compile
+#: (bench-small, batch 1, under load): trace 2-3× faster than eager; compile
 #: took minutes to compile and ran slower than eager.
 TORCH_STEP = "trace"
 
