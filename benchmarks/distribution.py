@@ -22,7 +22,8 @@ import sys
 
 # Run as a script, this folder comes first on sys.path, and its tokenize.py
 # would shadow the standard library's (which JAX imports through inspect).
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -355,8 +355,8 @@ def ddp_fit(
         if verbose and rank == 0:
             shown = " ".join(f"{k}={v:.5f}" for k, v in logs.items())
             print(f"step {step + 1}/{total} {shown}", flush=True)
-        at_end = step + 1 == total
-        if checkpoint_path and (at_end or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
+        due = step + 1 == total or (checkpoint_every and (step + 1) % checkpoint_every == 0)
+        if checkpoint_path and due:
             _save_on_rank_zero(model, checkpoint_path, rank)
     return history
 
@@ -379,7 +379,7 @@ def _ddp_train_step(model, ddp_model, x, y, world: int) -> dict[str, float]:
     # by its share of the real tokens turns that average into the gradient of
     # the mean over all real tokens (a plain average when none are padded).
     local_tokens = _real_tokens(x, y)
-    tokens = torch.tensor([local_tokens], dtype=torch.float64)
+    tokens = torch.tensor([local_tokens], dtype=torch.float64, device=loss.device)  # nccl: on GPU
     dist.all_reduce(tokens)
     share = world * local_tokens / max(tokens.item(), 1.0)
     model.optimizer.scale_loss(loss * share).backward()

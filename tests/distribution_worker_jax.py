@@ -79,7 +79,8 @@ def main():
     result["mp_loss_diff"] = float(np.abs(np.subtract(mp_losses, single_losses)).max())
     result["mp_weight_diff"] = max_diff(weights(mp_model), weights(single))
     result["steps"] = len(mp_losses)
-    result["mp_layouts"] = {k: [a for a in v] for k, v in distribution.variable_layouts(mp_model).items()}
+    result["mp_layouts"] = {
+        k: list(v) for k, v in distribution.variable_layouts(mp_model).items()}
     result["mp_shard_shapes"] = {
         v.path: list(v.value.addressable_shards[0].data.shape) for v in mp_model.weights}
 
