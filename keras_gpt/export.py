@@ -247,7 +247,8 @@ def generate_function(
         limits = lengths + new
         start = ops.minimum(ops.min(lengths), cache_length - 1)
         sampler = DynamicSampler(temperature, top_k, top_p)
-        run = decode_loop(model, sampler, cache_length, cache_length)
+        # Prefill the prompt width only (symbolic on JAX, known to fit the cache).
+        run = decode_loop(model, sampler, cache_length, seq)
         tokens = run(buffer, lengths, limits, start,
                      ops.convert_to_tensor(_padded_stops(stops)),
                      ops.cast(seed, "int32") % HASH_RANGE,
