@@ -13,12 +13,9 @@ batches are a pure function of the step.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import pathlib
 import shutil
-import time
 
 import keras
 import numpy as np
@@ -27,13 +24,7 @@ from keras_gpt.data import InstructionBatches, read_instructions
 from keras_gpt.gpt import GPT
 from keras_gpt.metrics import Perplexity
 from keras_gpt.presets import load_tokenizer
-from keras_gpt.training import (
-    RunConfig,
-    append_metrics,
-    gpt_optimizer,
-    plot_loss_curve,
-    write_json_atomic,
-)
+from keras_gpt.training import RunConfig, gpt_optimizer, train_loop
 
 
 @dataclasses.dataclass
@@ -84,43 +75,6 @@ class FinetuneConfig(RunConfig):
     verbose: int = 1
 
 
-class _Steps(keras.utils.PyDataset):
-    """Global steps `start … start + steps` of an `InstructionBatches`, across epochs."""
-
-    def __init__(self, batches: InstructionBatches, start: int, steps: int):
-        super().__init__()
-        self.batches, self.start, self.steps = batches, start, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int):
-        step = self.start + index
-        return self.batches.batch(step // len(self.batches), step % len(self.batches))
-
-
-def _save_checkpoint(model, state: dict, directory: pathlib.Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v) for v in model.weights}
-    optimizer = {str(i): keras.ops.convert_to_numpy(v)
-                 for i, v in enumerate(model.optimizer.variables)}
-    for name, arrays in (("weights", weights), ("optimizer", optimizer)):
-        np.savez(directory / f"{name}.tmp.npz", **arrays)
-        os.replace(directory / f"{name}.tmp.npz", directory / f"{name}.npz")
-    write_json_atomic(directory / "state.json", state)  # last: it marks the pair complete
-
-
-def _load_checkpoint(model, directory: pathlib.Path) -> dict:
-    model.optimizer.build(model.trainable_variables)
-    with np.load(directory / "weights.npz") as weights:
-        for v in model.weights:
-            v.assign(weights[v.path.split("/", 1)[1]])
-    with np.load(directory / "optimizer.npz") as optimizer:
-        for i, v in enumerate(model.optimizer.variables):
-            v.assign(optimizer[str(i)])
-    return json.loads((directory / "state.json").read_text())
-
-
 def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tunes `config.preset` on `config.data`; returns a summary.
 
@@ -138,7 +92,6 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     if not config.preset or not config.data:
         raise ValueError("Fine-tuning needs `preset` and `data`.")
     out = pathlib.Path(config.out)
-    checkpoints = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
     print(f"keras_gpt finetune · backend {keras.backend.backend()}")
     for key, value in dataclasses.asdict(config).items():
@@ -174,45 +127,19 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     print(f"trainable parameters: {trainable:,} of {model.count_params():,} · "
           f"{len(train_records)} train / {len(val_records)} validation examples")
 
-    if resume and (checkpoints / "state.json").exists():
-        state = _load_checkpoint(model, checkpoints)
-        print(f"resumed from step {state['step']}")
-    else:
-        state = {"step": 0, "best_val_loss": math.inf, "bad_evaluations": 0,
-                 "elapsed_seconds": 0.0}
-        for name in ("metrics.jsonl", "metrics.csv"):
-            (out / name).unlink(missing_ok=True)
+    def batch_at(step: int):
+        return train.batch(step // len(train), step % len(train))
 
-    step, val_loss = state["step"], state.get("val_loss", math.nan)
-    while step < config.max_steps:
-        if config.patience and state["bad_evaluations"] >= config.patience:
-            print(f"early stop at step {step}: no better validation loss in "
-                  f"{config.patience} evaluations")
-            break
-        steps = min(config.eval_interval, config.max_steps - step)
-        start = time.perf_counter()
-        history = model.fit(_Steps(train, step, steps), epochs=1, verbose=config.verbose)
-        seconds = time.perf_counter() - start
-        step += steps
-        state["elapsed_seconds"] += seconds
-        val_loss, val_ppl = model.evaluate(validation, verbose=0)
-        row = {"step": step, "train_loss": float(history.history["loss"][-1]),
-               "val_loss": float(val_loss), "val_perplexity": float(val_ppl),
-               "tokens_per_second": steps * config.batch_size * length / seconds,
-               "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
-               "elapsed_seconds": state["elapsed_seconds"]}
-        print(f"step {step}: train loss {row['train_loss']:.4f} · val loss {val_loss:.4f}")
-        state.update(step=step, val_loss=float(val_loss))
-        if val_loss < state["best_val_loss"]:
-            state.update(best_val_loss=float(val_loss), bad_evaluations=0)
-            _save_best(model, tokenizer, out / "best", config)
-        else:
-            state["bad_evaluations"] += 1
-        _save_checkpoint(model, state, checkpoints)
-        append_metrics(out, row)
-    plot_loss_curve(out)
-    return {"steps": step, "val_loss": float(val_loss), "best_val_loss": state["best_val_loss"],
-            "trainable_parameters": trainable, "out": str(out)}
+    def save_best(model):
+        _save_best(model, tokenizer, out / "best", config)
+
+    state = train_loop(model, batch_at, validation, out, max_steps=config.max_steps,
+                       eval_interval=config.eval_interval,
+                       tokens_per_step=config.batch_size * length, resume=resume,
+                       verbose=config.verbose, patience=config.patience, save_best=save_best)
+    return {"steps": state["step"], "val_loss": state["val_loss"],
+            "best_val_loss": state["best_val_loss"], "trainable_parameters": trainable,
+            "out": str(out)}
 
 
 def _save_best(model, tokenizer, directory: pathlib.Path, config: FinetuneConfig) -> None:

@@ -159,6 +159,7 @@ class GPT(keras.Model):
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.hidden_dim)
         self.embeddings.build((None, None))
+        self.embeddings_dropout.build()
         for block in self.blocks:
             block.build(hidden_shape)
         self.final_norm.build(hidden_shape)

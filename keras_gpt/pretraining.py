@@ -8,8 +8,8 @@
 - `metrics.jsonl`: one JSON object per evaluation (`step`, `train_loss`,
   `val_loss`, `val_perplexity`, `tokens_per_second`, `mfu`, `learning_rate`,
   `elapsed_seconds`), and the same as `metrics.csv`;
-- `checkpoints/latest.keras` + `checkpoints/state.json`: model, optimizer
-  state and step, written atomically at every evaluation;
+- `checkpoints/`: every model variable, the optimizer state and the step,
+  written atomically at every evaluation (`keras_gpt.training.save_checkpoint`);
 - `best/`: the model with the lowest validation loss, with its tokenizer;
 - `loss_curve.png`: train and validation loss against step (needs matplotlib).
 
@@ -22,12 +22,9 @@ an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import pathlib
 import shutil
-import time
 import urllib.request
 
 import keras
@@ -40,15 +37,11 @@ from keras_gpt.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
 from keras_gpt.training import (
     RunConfig,
     Throughput,
-    append_metrics,
-    exclude_from_decay,
     flops_per_token,
     gpt_optimizer,
     mean_throughput,
-    plot_loss_curve,
     probe_peak_flops,
-    read_metrics,
-    write_json_atomic,
+    train_loop,
 )
 
 SHAKESPEARE_URL = (
@@ -170,20 +163,6 @@ def make_tokenizer(name: str, inputs: list[str]):
     raise ValueError(f"tokenizer must be 'byte', 'char' or a tokenizer directory, got {name!r}.")
 
 
-class _FromStep(keras.utils.PyDataset):
-    """Batches `start … start + steps` of a `RandomWindows`: resuming skips ahead exactly."""
-
-    def __init__(self, windows: RandomWindows, start: int, steps: int):
-        super().__init__()
-        self.windows, self.start, self.steps = windows, start, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int):
-        return self.windows[self.start + index]
-
-
 def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     """Runs (or resumes) pretraining; returns a summary of the run.
 
@@ -217,80 +196,43 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     validation = SequentialWindows(val_tokens, config.sequence_length, config.batch_size,
                                    max_batches=config.eval_batches)
 
-    state_path = checkpoints / "state.json"
-    latest = checkpoints / "latest.keras"
-    if resume and state_path.exists() and latest.exists():
-        state = json.loads(state_path.read_text())
-        model = keras.saving.load_model(latest)
-        exclude_from_decay(model.optimizer)
-        print(f"resumed from step {state['step']}")
-    else:
-        state = {"step": 0, "best_val_loss": math.inf, "elapsed_seconds": 0.0}
-        model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=config.num_layers,
-                    num_heads=config.num_heads, hidden_dim=config.hidden_dim,
-                    max_sequence_length=config.sequence_length, dropout=config.dropout,
-                    seed=config.seed, dtype=config.dtype)
-        model.compile(
-            optimizer=gpt_optimizer(
-                config.learning_rate, total_steps=config.max_steps,
-                warmup_steps=config.warmup_steps,
-                min_learning_rate_ratio=config.min_learning_rate_ratio,
-                weight_decay=config.weight_decay, beta_1=config.beta_1, beta_2=config.beta_2,
-                clipnorm=config.clipnorm or None,
-                gradient_accumulation_steps=(config.gradient_accumulation_steps
-                                             if config.gradient_accumulation_steps > 1 else None),
-            ),
-            metrics=[Perplexity()],
-        )
-        for name in ("metrics.jsonl", "metrics.csv"):
-            (out / name).unlink(missing_ok=True)
+    model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=config.num_layers,
+                num_heads=config.num_heads, hidden_dim=config.hidden_dim,
+                max_sequence_length=config.sequence_length, dropout=config.dropout,
+                seed=config.seed, dtype=config.dtype)
+    model.compile(
+        optimizer=gpt_optimizer(
+            config.learning_rate, total_steps=config.max_steps,
+            warmup_steps=config.warmup_steps,
+            min_learning_rate_ratio=config.min_learning_rate_ratio,
+            weight_decay=config.weight_decay, beta_1=config.beta_1, beta_2=config.beta_2,
+            clipnorm=config.clipnorm or None,
+            gradient_accumulation_steps=(config.gradient_accumulation_steps
+                                         if config.gradient_accumulation_steps > 1 else None),
+        ),
+        metrics=[Perplexity()],
+    )
     print(f"model: {model.count_params():,} parameters · "
-          f"{train_tokens.__len__():,} train / {len(val_tokens):,} validation tokens")
+          f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens")
 
     tokens_per_step = config.batch_size * config.sequence_length
     peak = config.peak_flops or probe_peak_flops()
-    throughput = Throughput(tokens_per_step, flops_per_token(model, config.sequence_length), peak)
-    callbacks = [throughput]
+    flops = flops_per_token(model, config.sequence_length)
+    callbacks = [Throughput(tokens_per_step, flops, peak)]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
 
-    step, val_loss = state["step"], state.get("val_loss", math.nan)
-    while step < config.max_steps:
-        if config.max_seconds and state["elapsed_seconds"] >= config.max_seconds:
-            print(f"time budget of {config.max_seconds:.0f} s reached at step {step}")
-            break
-        steps = min(config.eval_interval, config.max_steps - step)
-        start = time.perf_counter()
-        history = model.fit(_FromStep(windows, step, steps), epochs=1,
-                            verbose=config.verbose, callbacks=callbacks)
-        seconds = time.perf_counter() - start
-        step += steps
-        state["elapsed_seconds"] += seconds
-        val_loss, val_ppl = model.evaluate(validation, verbose=0)
-        row = {
-            "step": step,
-            "train_loss": float(history.history["loss"][-1]),
-            "val_loss": float(val_loss),
-            "val_perplexity": float(val_ppl),
-            "tokens_per_second": steps * tokens_per_step / seconds,
-            "mfu": steps * tokens_per_step * throughput.flops_per_token / seconds / peak,
-            "learning_rate": float(keras.ops.convert_to_numpy(
-                model.optimizer.learning_rate)),
-            "elapsed_seconds": state["elapsed_seconds"],
-        }
-        print(f"step {step}: train loss {row['train_loss']:.4f} · val loss {val_loss:.4f} · "
-              f"{row['tokens_per_second']:,.0f} tokens/s")
-        state.update(step=step, val_loss=float(val_loss))
-        if val_loss < state["best_val_loss"]:
-            state["best_val_loss"] = float(val_loss)
-            _save_best(model, tokenizer, out / "best", config)
-        _checkpoint(model, state, latest, state_path)
-        append_metrics(out, row)
+    def save_best(model):
+        _save_best(model, tokenizer, out / "best", config)
 
-    summary = {"steps": step, "val_loss": float(val_loss), "best_val_loss": state["best_val_loss"],
-               "tokens_per_second": mean_throughput(out), "elapsed_seconds": state["elapsed_seconds"],
-               "out": str(out)}
-    plot_loss_curve(out)
+    state = train_loop(model, windows.__getitem__, validation, out, max_steps=config.max_steps,
+                       eval_interval=config.eval_interval, tokens_per_step=tokens_per_step,
+                       resume=resume, verbose=config.verbose, callbacks=callbacks,
+                       max_seconds=config.max_seconds, save_best=save_best,
+                       flops_per_token=flops, peak_flops=peak)
+    summary = {"steps": state["step"], "val_loss": state["val_loss"],
+               "best_val_loss": state["best_val_loss"], "tokens_per_second": mean_throughput(out),
+               "elapsed_seconds": state["elapsed_seconds"], "out": str(out)}
     if config.sample_tokens:
         prompt = tokenizer.encode(config.sample_prompt) or [0]
         room = config.sequence_length - len(prompt)
@@ -299,16 +241,6 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         summary["sample"] = tokenizer.decode(ids[0])
         print("sample:\n" + summary["sample"])
     return summary
-
-
-def _checkpoint(model, state: dict, latest: pathlib.Path, state_path: pathlib.Path) -> None:
-    # Model first, then the state that points at it: a crash in between leaves
-    # the previous pair (or a newer model with the older step, which --resume
-    # never sees because state.json is what it trusts).
-    tmp = latest.with_name("latest.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, latest)
-    write_json_atomic(state_path, state)
 
 
 def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig) -> None:

@@ -1,11 +1,12 @@
 """Runs one backend's half of the cross-backend parity tests.
 
-Usage: KERAS_BACKEND=<backend> python tests/cross_backend_worker.py OUT_DIR
+Usage: KERAS_BACKEND=<backend> python tests/cross_backend_worker.py OUT_DIR [--load]
 
 Builds a seeded tiny GPT, trains it with `fit`, and saves everything the
-parity test compares into OUT_DIR/<backend>.npz; saves the model as
-OUT_DIR/<backend>.keras and records the logits of every other backend's
-`.keras` file it finds there (to check saving on one backend, loading on another).
+parity test compares into OUT_DIR/<backend>.npz, and the model as
+OUT_DIR/<backend>.keras. With --load (run after every backend has trained),
+loads each backend's `.keras` file instead and saves the logits into
+OUT_DIR/<backend>_loaded.npz: saving on one backend, loading on another.
 """
 
 import glob
@@ -46,6 +47,18 @@ def weights_of(model) -> dict[str, np.ndarray]:
     return {f"w:{v.path}": keras.ops.convert_to_numpy(v) for v in model.weights}
 
 
+def load_all(out_dir: str) -> None:
+    """Logits of every backend's saved model, loaded on this backend."""
+    backend = keras.backend.backend()
+    data = token_stream(STEPS, BATCH, CONFIG["max_sequence_length"], CONFIG["vocabulary_size"])
+    results = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "*.keras"))):
+        source = os.path.basename(path).split(".")[0]
+        loaded = keras.saving.load_model(path)
+        results[f"loaded_logits:{source}"] = keras.ops.convert_to_numpy(loaded(data[:2, :-1]))
+    np.savez(os.path.join(out_dir, f"{backend}_loaded.npz"), **results)
+
+
 def main(out_dir: str) -> None:
     backend = keras.backend.backend()
     data = token_stream(STEPS, BATCH, CONFIG["max_sequence_length"], CONFIG["vocabulary_size"])
@@ -67,13 +80,11 @@ def main(out_dir: str) -> None:
     )
     results["dropout_losses"] = np.array(train(dropout_model, data, 10))
 
-    for path in sorted(glob.glob(os.path.join(out_dir, "*.keras"))):
-        source = os.path.basename(path).split(".")[0]
-        loaded = keras.saving.load_model(path)
-        results[f"loaded_logits:{source}"] = keras.ops.convert_to_numpy(loaded(probe))
-
     np.savez(os.path.join(out_dir, f"{backend}.npz"), **results)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if "--load" in sys.argv[2:]:
+        load_all(sys.argv[1])
+    else:
+        main(sys.argv[1])

@@ -12,7 +12,8 @@ import pytest
 
 from keras_gpt import GPT
 from keras_gpt.cli import _overrides
-from keras_gpt.pretraining import PretrainConfig, load_config, pretrain, read_metrics
+from keras_gpt.pretraining import PretrainConfig, load_config, pretrain
+from keras_gpt.training import read_metrics
 
 TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
 

@@ -119,16 +119,22 @@ class CausalSelfAttention(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="output",
         )
+        # Named, so that variable paths (and checkpoints keyed by them) do not
+        # depend on how many layers the process created before.
         self.probs_dropout = PortableDropout(
-            self.attention_dropout, seed=derive_seed(self.seed, 2), dtype=self.dtype_policy
+            self.attention_dropout, seed=derive_seed(self.seed, 2), dtype=self.dtype_policy,
+            name="probs_dropout",
         )
         self.output_dropout = PortableDropout(
-            self.dropout, seed=derive_seed(self.seed, 3), dtype=self.dtype_policy
+            self.dropout, seed=derive_seed(self.seed, 3), dtype=self.dtype_policy,
+            name="output_dropout",
         )
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
         self.output_dense.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        self.probs_dropout.build()
+        self.output_dropout.build()
         self.built = True
 
     def _use_fused(self, training) -> bool:

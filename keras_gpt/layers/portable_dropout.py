@@ -72,6 +72,10 @@ class PortableDropout(keras.layers.Layer):
             raise ValueError(f"`rate` must be in [0, 1), got {rate}.")
         self.rate = float(rate)
         self.seed = fresh_seed() if seed is None else int(seed)
+
+    def build(self, input_shape=None):
+        # Created in build (not __init__) so the variable's path nests under
+        # the parent layers: checkpoints are keyed by path.
         self.counter = self.add_weight(
             shape=(),
             dtype="int32",

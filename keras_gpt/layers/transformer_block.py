@@ -104,7 +104,7 @@ class TransformerBlock(keras.layers.Layer):
             name="mlp_out",
         )
         self.mlp_dropout = PortableDropout(
-            self.dropout, seed=derive_seed(self.seed, 3), dtype=policy
+            self.dropout, seed=derive_seed(self.seed, 3), dtype=policy, name="mlp_dropout"
         )
 
     def build(self, input_shape):
@@ -113,6 +113,7 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_norm.build(input_shape)
         self.mlp_in.build(input_shape)
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.mlp_dropout.build()
         self.built = True
 
     def call(self, inputs, padding_mask=None, cache=None, cache_index=None, training=None):
