@@ -23,6 +23,10 @@ How it is built, per backend:
 3. PyTorch cannot trace into a SavedModel (Keras needs `torch_xla`): the model
    is saved as a preset and exported by a TensorFlow child process
    (`_export_in_child`). Weights are backend-independent, so the result is the same.
+   `backend="tensorflow"` takes this route from JAX too.
+
+`export_onnx` writes the `logits` computation as ONNX (through TensorFlow's
+`tf2onnx`, in a child process from JAX and PyTorch).
 
 The SavedModel is written to a temporary directory beside `path` and renamed
 into place only when complete: a failed export never leaves a directory that
@@ -120,7 +124,7 @@ def export(
     ...     padding_mask=tf.ones((1, 3), tf.int32), max_new_tokens=8,
     ...     temperature=0.0, top_k=0, top_p=1.0, seed=0)["token_ids"]
     """
-    path = os.fspath(path)
+    path = os.path.normpath(os.fspath(path))
     _check_path(path, overwrite)
     if isinstance(stop_token_ids, (int, np.integer)):
         raise ValueError(f"`stop_token_ids` must be a list of ids, got the int "
