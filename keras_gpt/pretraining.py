@@ -80,6 +80,9 @@ class PretrainConfig(RunConfig):
         eval_interval: evaluate, log and checkpoint every this many steps.
         eval_batches: validation batches per evaluation.
         seed: seed for weights, dropout and batches.
+        data_parallel: JAX: split each batch over all devices
+            (`keras_gpt.distribution.configure`).
+        model_parallel: JAX: shard the weights over this many devices (1: off).
         peak_flops: peak FLOP/s for MFU; 0 measures it with a matmul probe.
         tensorboard: also write TensorBoard logs to `out/tensorboard`.
         verbose: Keras progress-bar verbosity (0, 1 or 2).
@@ -110,6 +113,8 @@ class PretrainConfig(RunConfig):
     eval_interval: int = 250
     eval_batches: int = 20
     seed: int = 0
+    data_parallel: bool = False
+    model_parallel: int = 1
     peak_flops: float = 0.0
     tensorboard: bool = False
     verbose: int = 1
@@ -196,6 +201,11 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     validation = SequentialWindows(val_tokens, config.sequence_length, config.batch_size,
                                    max_batches=config.eval_batches)
 
+    if config.data_parallel or config.model_parallel > 1:
+        from keras_gpt.distribution import configure
+
+        # Before the model exists: variables are placed when they are created.
+        configure(data_parallel=config.data_parallel, model_parallel=config.model_parallel)
     model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=config.num_layers,
                 num_heads=config.num_heads, hidden_dim=config.hidden_dim,
                 max_sequence_length=config.sequence_length, dropout=config.dropout,

@@ -101,3 +101,22 @@ def test_recipe_configs_parse():
     shakespeare = load_config(os.path.join(root, "shakespeare_char.toml"))
     assert (shakespeare.num_layers, shakespeare.hidden_dim, shakespeare.sequence_length,
             shakespeare.batch_size, shakespeare.max_steps) == (4, 128, 64, 12, 2000)
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax", reason="keras.distribution is JAX's")
+def test_data_parallel_recipe_matches_one_device(tmp_path):
+    single = tiny_config(tmp_path, "single", dropout=0.0, max_steps=4)
+    pretrain(single)
+    code = ("import sys; sys.path.insert(0, 'tests');"
+            "from test_pretraining import tiny_config; import pathlib;"
+            "from keras_gpt.pretraining import pretrain;"
+            f"pretrain(tiny_config(pathlib.Path({str(tmp_path)!r}), 'parallel', dropout=0.0,"
+            " max_steps=4, data_parallel=True))")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=os.path.join(os.path.dirname(__file__), ".."), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected, got = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "parallel")
+    # The batch is split over 2 devices; losses agree to float32 reduction order.
+    np.testing.assert_allclose([r["train_loss"] for r in got],
+                               [r["train_loss"] for r in expected], rtol=1e-5)
