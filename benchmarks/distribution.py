@@ -20,15 +20,10 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, this folder comes first on sys.path, and its tokenize.py
-# would shadow the standard library's (which JAX imports through inspect).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import subprocess
+import time
 
 SHAPES = {
     "tiny": dict(vocabulary_size=4096, num_layers=2, num_heads=4, hidden_dim=128,

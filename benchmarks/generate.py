@@ -21,17 +21,12 @@ from __future__ import annotations
 import os
 import sys
 
-# Running a script puts its folder first on sys.path, where benchmarks/tokenize.py
-# would shadow the standard library's tokenize (which torch imports).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
 
 SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
              max_sequence_length=256)
