@@ -17,12 +17,11 @@ GPUs). AdamW, float32, 8 rows per device (weak scaling).
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse
 import json
+import os
 import subprocess
+import sys
 import time
 
 SHAPES = {

@@ -18,31 +18,21 @@ off in every library so that each row decodes all 128 tokens.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse
 import json
-import platform
+import os
 import statistics
 import subprocess
+import sys
 import time
+
+from machine import cpu_name
 
 SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
              max_sequence_length=256)
 GPT2_SMALL = dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
                   max_sequence_length=1024)
 PROMPT, NEW = 32, 128
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def keras_gpt_generate(shape):

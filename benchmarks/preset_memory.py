@@ -14,12 +14,11 @@ copy of the weights would be ~475 MiB.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 

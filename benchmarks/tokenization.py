@@ -23,29 +23,20 @@ pipeline: `prepare` MB/s and the batches/s of `RandomWindows` and
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse
 import json
+import os
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
+from machine import cpu_name
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def bytes_to_ranks(vocabulary: dict[str, int], special: str) -> dict[bytes, int]:

@@ -15,25 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
+from machine import cpu_name
+
 SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
              max_sequence_length=256)
 BATCH = 8
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def build(kind: str, dtype: str):
