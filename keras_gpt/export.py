@@ -48,7 +48,7 @@ import numpy as np
 from keras import ops
 
 from keras_gpt.backend import Tensor
-from keras_gpt.generation import decode_loop
+from keras_gpt.generation import check_stop_ids, decode_loop
 from keras_gpt.layers.portable_dropout import HASH_RANGE
 from keras_gpt.samplers import DynamicSampler
 
@@ -433,16 +433,7 @@ def _check_pad_id(model, pad_token_id) -> None:
 
 
 def _check_stop_ids(model, stop_token_ids) -> np.ndarray:
-    if stop_token_ids is None:
-        return np.zeros((0,), "int32")
-    if isinstance(stop_token_ids, (int, np.integer)):
-        raise ValueError(f"`stop_token_ids` must be a list of ids, got the int "
-                         f"{stop_token_ids}; write [{stop_token_ids}].")
-    ids = [int(i) for i in stop_token_ids]
-    for i in ids:
-        if not 0 <= i < model.vocabulary_size:
-            raise ValueError(f"Stop token id {i} is outside [0, {model.vocabulary_size}).")
-    return np.array(ids, "int32")
+    return np.array(check_stop_ids(model, stop_token_ids), "int32")
 
 
 # -- ONNX: the logits graph ------------------------------------------------------------

@@ -480,10 +480,10 @@ def _validate(model, prompts, max_new_tokens, pad_token_id) -> None:
         raise ValueError(f"`pad_token_id` must be a non-negative int32, got {pad_token_id!r}.")
 
 
-def _stop_ids(model, stop_token_ids) -> np.ndarray:
-    """Stop ids padded with -1 (never sampled) to a power-of-two count."""
+def check_stop_ids(model, stop_token_ids) -> list[int]:
+    """`stop_token_ids` as a list of ints, each checked to be in the vocabulary."""
     if stop_token_ids is None:
-        stop_token_ids = []
+        return []
     if isinstance(stop_token_ids, (int, np.integer)):
         raise ValueError(f"`stop_token_ids` must be a list of ids, got the int "
                          f"{stop_token_ids}; write [{stop_token_ids}].")
@@ -491,6 +491,12 @@ def _stop_ids(model, stop_token_ids) -> np.ndarray:
     for i in ids:
         if not 0 <= i < model.vocabulary_size:
             raise ValueError(f"Stop token id {i} is outside [0, {model.vocabulary_size}).")
+    return ids
+
+
+def _stop_ids(model, stop_token_ids) -> np.ndarray:
+    """Stop ids padded with -1 (never sampled) to a power-of-two count."""
+    ids = check_stop_ids(model, stop_token_ids)
     size = 1 << max(0, len(ids) - 1).bit_length()
     return np.array(ids + [-1] * (size - len(ids)), "int32")
 
