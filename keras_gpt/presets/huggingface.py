@@ -191,7 +191,7 @@ def save_huggingface(
     >>> save_huggingface(model, "exported")
     >>> transformers.GPT2LMHeadModel.from_pretrained("exported")
     """
-    from safetensors.numpy import save_file
+    save_file = _safetensors("Writing a Hugging Face checkpoint").numpy.save_file
 
     from keras_gpt.layers.token_and_position_embedding import sinusoidal_positions
 
@@ -282,8 +282,18 @@ def _checkpoint_tensors(directory: str, handle: str) -> Iterator[tuple[str, np.n
     )
 
 
+def _safetensors(purpose: str):
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise PresetError(
+            f"{purpose} needs `safetensors`: pip install 'keras-gpt[hf]'"
+        ) from None
+    return safetensors
+
+
 def _safetensors_tensors(path: str, handle: str) -> Iterator[tuple[str, np.ndarray]]:
-    from safetensors import safe_open
+    safe_open = _safetensors(f"Reading preset {handle!r}").safe_open
 
     try:
         with safe_open(path, framework="numpy") as file:
