@@ -1,4 +1,10 @@
-"""Tokenizers: round trips, saving, and ids equal to Hugging Face `tokenizers` and KerasHub."""
+"""Tokenizers: round trips, saving, and ids equal to Hugging Face `tokenizers` and KerasHub.
+
+`BytePairTokenizer` encodes with tiktoken when it can (its `text` extra installs it), so the
+comparisons with Hugging Face and KerasHub below test the tiktoken engine; the section on
+engines compares it with the Hugging Face engine on whole corpora and vocabularies built to
+make the two disagree.
+"""
 
 import json
 import os
@@ -15,6 +21,7 @@ from keras_gpt.tokenizers import (
     BytePairTokenizer,
     ByteTokenizer,
     CharTokenizer,
+    bytes_to_unicode,
     load_tokenizer,
     split_text,
 )
@@ -82,6 +89,11 @@ def test_trained_vocabulary_has_gpt2_layout(bpe, bpe_dir):
     assert vocabulary["<|endoftext|>"] == 399
     assert bpe.special_tokens == ["<|endoftext|>"]
     assert bpe.token_to_id("Ġ") == ord(" ")
+
+
+def test_default_engine_is_tiktoken(bpe):
+    # So the reference comparisons below exercise tiktoken, not only Hugging Face.
+    assert bpe.engine == "tiktoken"
 
 
 def test_train_rejects_bad_arguments():
@@ -276,8 +288,131 @@ def test_import_needs_neither_tokenizers_nor_tensorflow():
     if backend == "tensorflow":
         pytest.skip("checked in the JAX and PyTorch passes")
     code = ("import sys, keras_gpt, keras_gpt.tokenizers, keras_gpt.data; "
-            "print(sorted(m for m in ('tokenizers', 'tensorflow') if m in sys.modules))")
+            "print(sorted(m for m in ('tokenizers', 'tiktoken', 'tensorflow') if m in sys.modules))")
     env = {**os.environ, "KERAS_BACKEND": backend}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# --- engines: tiktoken and Hugging Face give the same ids --------------------------------------
+
+def both_engines(vocabulary, merges, special_tokens=None):
+    return [BytePairTokenizer(vocabulary, merges, special_tokens, engine=engine)
+            for engine in ("tiktoken", "tokenizers")]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_bpe() -> BytePairTokenizer:
+    """A larger BPE (vocabulary 4096) trained on all of tinyshakespeare."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("tokenizers do not depend on the backend, and encoding whole corpora with "
+                    "both engines takes seconds: these tests run in the JAX pass")
+    return BytePairTokenizer.train([shakespeare()], vocabulary_size=4096)
+
+
+def assert_engines_agree(fast, exact, texts):
+    assert (fast.engine, exact.engine) == ("tiktoken", "tokenizers")
+    for text in texts:
+        assert fast.encode(text) == exact.encode(text), repr(text[:40])
+    assert fast.encode_batch(texts) == exact.encode_batch(texts)
+
+
+def test_engines_agree_on_all_of_shakespeare(shakespeare_bpe):
+    text = shakespeare()
+    fast, exact = both_engines(shakespeare_bpe.vocabulary, shakespeare_bpe.merges)
+    texts = [text, *HOSTILE, NUL_TEXT, random_unicode(4, 5000), "".join(HOSTILE) * 20]
+    assert_engines_agree(fast, exact, texts)
+    assert fast.encode_batch(text.splitlines(keepends=True)) == exact.encode_batch(
+        text.splitlines(keepends=True))
+    # Special tokens that start alike: both match the longest one.
+    specials = ["<|endoftext|>", "<|end", "<|im start|>", "<|im start|>!"]
+    fast, exact = both_engines(shakespeare_bpe.vocabulary, shakespeare_bpe.merges, specials)
+    mixed = "a<|end<|endoftext|>b<|im start|>!x<|im start|> <|en" * 30
+    assert_engines_agree(fast, exact, [mixed, mixed + text[:100_000]])
+
+
+def gpt2_layout(tokenizer: BytePairTokenizer, directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """OpenAI's encoder.json + vocab.bpe for `tokenizer`: byte tokens in GPT-2's order."""
+    byte_tokens = sorted(bytes_to_unicode().values())  # GPT-2's encoder.json order
+    merged = [a + b for a, b in (m.split(" ") for m in tokenizer.merges)]
+    tokens = byte_tokens + merged + tokenizer.special_tokens
+    directory.mkdir()
+    (directory / "encoder.json").write_text(
+        json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False), encoding="utf-8")
+    (directory / "vocab.bpe").write_text(
+        "#version: 0.2\n" + "".join(m + "\n" for m in tokenizer.merges), encoding="utf-8")
+    return directory / "encoder.json", directory / "vocab.bpe"
+
+
+def test_engines_agree_on_gpt2_layout_files(tmp_path, shakespeare_bpe):
+    paths = gpt2_layout(shakespeare_bpe, tmp_path / "openai")
+    fast, exact = [BytePairTokenizer.from_files(*paths, engine=e) for e in ("tiktoken", "tokenizers")]
+    assert fast.token_to_id("!") == 0 and fast.token_to_id("Ā") == 188  # GPT-2's byte ids
+    texts = [shakespeare(), *HOSTILE, NUL_TEXT, random_unicode(5, 5000)]
+    assert_engines_agree(fast, exact, texts)
+    reference = hf_reference_from_files(*paths)
+    assert fast.encode(texts[0][:200_000]) == reference.encode(texts[0][:200_000]).ids
+
+
+def test_engines_agree_when_ids_are_not_in_merge_order(shakespeare_bpe):
+    # tiktoken ranks must follow the merge order; here the ids do not, so a table maps ranks to ids.
+    vocabulary = dict(shakespeare_bpe.vocabulary)
+    merged = [a + b for a, b in (m.split(" ") for m in shakespeare_bpe.merges)]
+    shuffled = np.random.default_rng(0).permutation([vocabulary[t] for t in merged])
+    vocabulary.update(zip(merged, shuffled.tolist()))
+    fast, exact = both_engines(vocabulary, shakespeare_bpe.merges)
+    assert_engines_agree(fast, exact, [shakespeare()[:300_000], *HOSTILE, random_unicode(6, 3000)])
+
+
+def hf_reference_from_files(vocabulary_path, merges_path):
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    reference = ByteLevelBPETokenizer.from_file(str(vocabulary_path), str(merges_path),
+                                                add_prefix_space=False)
+    reference.add_special_tokens(["<|endoftext|>"])
+    return reference
+
+
+def toy_bpe(merges, engine):
+    """Byte tokens (ids = byte values), then one token per merge rule."""
+    vocabulary = {c: b for b, c in bytes_to_unicode().items()}
+    for merge in merges:
+        vocabulary.setdefault(merge.replace(" ", ""), len(vocabulary))
+    return BytePairTokenizer(vocabulary, merges, engine=engine)
+
+
+@pytest.mark.parametrize("merges, text, expected, reason", [
+    # "bc" merges first, so BPE stops at "a" + "bc": "abc" is made only as "ab" + "c".
+    (["b c", "a b", "ab c"], "abc", ["a", "bc"], "BPE of token 'abc'"),
+    # No two tokens but "ab" + "cd" make "abcd", yet BPE never gets there; tiktoken
+    # returns a pre-token that is a token whole.
+    (["b c", "a b", "c d", "ab cd"], "abcd", ["a", "bc", "d"], "BPE of token 'abcd'"),
+    (["a b", "ab c", "b c", "a bc"], "abc", ["abc"], "made by two merge rules"),
+])
+def test_vocabularies_tiktoken_cannot_encode_fall_back(merges, text, expected, reason):
+    tiktoken = pytest.importorskip("tiktoken")
+    auto = toy_bpe(merges, "auto")
+    assert auto.engine == "tokenizers"
+    assert auto.encode(text) == [auto.token_to_id(t) for t in expected]
+    with pytest.raises(ValueError, match=reason):
+        toy_bpe(merges, "tiktoken")
+    if reason.startswith("BPE"):
+        # The check is needed: tiktoken given these ranks really gives other ids.
+        ranks = {bytes([b]): b for b in range(256)}
+        ranks.update({m.replace(" ", "").encode(): 256 + k for k, m in enumerate(merges)})
+        encoding = tiktoken.Encoding("toy", pat_str=r"\p{L}+", mergeable_ranks=ranks,
+                                     special_tokens={})
+        assert encoding.encode_ordinary(text) != auto.encode(text)
+
+
+def test_engine_is_saved_and_checked(tmp_path, bpe):
+    exact = BytePairTokenizer(bpe.vocabulary, bpe.merges, engine="tokenizers")
+    assert exact.get_config() == {"special_tokens": ["<|endoftext|>"], "engine": "tokenizers"}
+    exact.save(tmp_path / "exact")
+    assert load_tokenizer(tmp_path / "exact").engine == "tokenizers"
+    bpe.save(tmp_path / "auto")
+    assert bpe.get_config()["engine"] == "auto"
+    assert load_tokenizer(tmp_path / "auto").engine == "tiktoken"
+    with pytest.raises(ValueError, match="'fast'"):
+        BytePairTokenizer(bpe.vocabulary, bpe.merges, engine="fast")
