@@ -122,7 +122,7 @@ class BytePairTokenizer(Tokenizer):
       `merges`, the two give the same ids when (1) every merged token is
       made by one merge rule and (2) GPT-2's BPE of each merged token's
       own bytes gives that token. Both are checked when the tokenizer is
-      built (BPE of every token: ~20 ms per 10,000 merges), with the 256
+      built (BPE of every token: ~0.1 s per 10,000 merges), with the 256
       byte tokens present and merges spelled in `bytes_to_unicode`
       characters. The tests check that BPEs made by `train` pass.
     - `"tokenizers"`: Hugging Face `tokenizers`, exact for any vocabulary.
