@@ -49,6 +49,10 @@ class GPT(keras.Model):
             (logits = h · Eᵀ) instead of a separate output kernel.
         attention_implementation: `"auto"`, `"fused"` or `"plain"`; see
             `CausalSelfAttention`.
+        use_bias: biases in the Dense layers and LayerNorms, as in GPT-2.
+            `False` is nanoGPT's `bias=False` (a little faster and, in
+            nanoGPT's experience, a little better); such a model exports to
+            GPT-2 formats with zero biases.
         seed: integer seed for weights and dropout; `None` picks one (and
             records it in the config).
         dtype: Keras dtype policy, e.g. `"float32"` or `"mixed_bfloat16"`.
@@ -75,6 +79,7 @@ class GPT(keras.Model):
         position_embedding: str = "learned",
         tie_embeddings: bool = True,
         attention_implementation: str = "auto",
+        use_bias: bool = True,
         seed: int | None = None,
         dtype: str | keras.DTypePolicy | None = None,
         **kwargs,
@@ -106,6 +111,7 @@ class GPT(keras.Model):
         self.position_embedding = position_embedding
         self.tie_embeddings = bool(tie_embeddings)
         self.attention_implementation = attention_implementation
+        self.use_bias = bool(use_bias)
         self.seed = fresh_seed() if seed is None else int(seed)
 
         policy = self.dtype_policy
@@ -135,6 +141,7 @@ class GPT(keras.Model):
                 attention_implementation=attention_implementation,
                 init_stddev=init_stddev,
                 residual_init_stddev=init_stddev / math.sqrt(2 * self.num_layers),
+                use_bias=self.use_bias,
                 seed=derive_seed(self.seed, 2, i),
                 dtype=policy,
                 name=f"block_{i}",
@@ -142,7 +149,8 @@ class GPT(keras.Model):
             for i in range(self.num_layers)
         ]
         self.final_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="final_norm"
+            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            name="final_norm",
         )
         self.lm_head = None
         if not self.tie_embeddings:
@@ -500,6 +508,7 @@ class GPT(keras.Model):
             "position_embedding": self.position_embedding,
             "tie_embeddings": self.tie_embeddings,
             "attention_implementation": self.attention_implementation,
+            "use_bias": self.use_bias,
             "seed": self.seed,
         }
 

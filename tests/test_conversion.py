@@ -96,6 +96,7 @@ def test_export_loads_in_transformers(hf_checkpoint, token_ids, tmp_path):
 @pytest.mark.parametrize("variant", [
     dict(tie_embeddings=False, activation="relu", intermediate_dim=40),
     dict(position_embedding="sinusoidal", activation="gelu"),
+    dict(use_bias=False),  # nanoGPT's bias=False: written as GPT-2's zero biases
 ])
 def test_native_model_exports_to_transformers(variant, token_ids, tmp_path):
     model = GPT(vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=16,

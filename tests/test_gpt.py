@@ -89,6 +89,23 @@ def test_untied_head_and_sinusoidal_positions(token_batch):
     assert tuple(model(token_batch[:, :12]).shape) == (4, 12, TINY["vocabulary_size"])
 
 
+def test_bias_free_model(tmp_path, token_batch):
+    """use_bias=False (nanoGPT's bias=False) drops every bias and LayerNorm beta."""
+    model = GPT(**TINY, use_bias=False)
+    biased = GPT(**TINY)
+    names = [w.path for w in model.weights if "float" in str(w.dtype)]
+    assert not any(n.endswith(("/bias", "/beta")) for n in names)
+    h, layers = TINY["hidden_dim"], TINY["num_layers"]
+    # Per block: qkv 3h + out h + mlp 4h + h biases, two LayerNorm betas; final beta.
+    assert biased.count_params() - model.count_params() == layers * (11 * h) + h
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config()["use_bias"] is False
+    np.testing.assert_array_equal(
+        to_numpy(loaded(token_batch[:, :12])), to_numpy(model(token_batch[:, :12])))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -61,6 +61,8 @@ class CausalSelfAttention(keras.layers.Layer):
         init_stddev: standard deviation of the QKV kernel initializer.
         output_init_stddev: standard deviation of the output kernel; GPT
             scales it by 1/√(2·num_layers). Defaults to `init_stddev`.
+        use_bias: add biases to both projections (GPT-2); nanoGPT's
+            `bias=False` models leave them out.
         seed: integer seed for weights and dropout; `None` picks one.
 
     Example:
@@ -77,6 +79,7 @@ class CausalSelfAttention(keras.layers.Layer):
         attention_implementation: str = "auto",
         init_stddev: float = 0.02,
         output_init_stddev: float | None = None,
+        use_bias: bool = True,
         seed: int | None = None,
         **kwargs,
     ):
@@ -103,16 +106,19 @@ class CausalSelfAttention(keras.layers.Layer):
         self.output_init_stddev = (
             self.init_stddev if output_init_stddev is None else float(output_init_stddev)
         )
+        self.use_bias = bool(use_bias)
         self.seed = fresh_seed() if seed is None else int(seed)
 
         self.qkv = keras.layers.Dense(
             3 * self.hidden_dim,
+            use_bias=self.use_bias,
             kernel_initializer=SeededNormal(self.init_stddev, derive_seed(self.seed, 0)),
             dtype=self.dtype_policy,
             name="qkv",
         )
         self.output_dense = keras.layers.Dense(
             self.hidden_dim,
+            use_bias=self.use_bias,
             kernel_initializer=SeededNormal(
                 self.output_init_stddev, derive_seed(self.seed, 1)
             ),
@@ -223,5 +229,6 @@ class CausalSelfAttention(keras.layers.Layer):
             "attention_implementation": self.attention_implementation,
             "init_stddev": self.init_stddev,
             "output_init_stddev": self.output_init_stddev,
+            "use_bias": self.use_bias,
             "seed": self.seed,
         }

@@ -32,6 +32,8 @@ class TransformerBlock(keras.layers.Layer):
         init_stddev: standard deviation of input-side kernels.
         residual_init_stddev: standard deviation of the two kernels that write
             into the residual stream; defaults to `init_stddev`.
+        use_bias: biases in the Dense layers and LayerNorms (GPT-2); `False`
+            is nanoGPT's `bias=False`.
         seed: integer seed for weights and dropout; `None` picks one.
 
     Example:
@@ -50,6 +52,7 @@ class TransformerBlock(keras.layers.Layer):
         attention_implementation: str = "auto",
         init_stddev: float = 0.02,
         residual_init_stddev: float | None = None,
+        use_bias: bool = True,
         seed: int | None = None,
         **kwargs,
     ):
@@ -69,11 +72,13 @@ class TransformerBlock(keras.layers.Layer):
         self.residual_init_stddev = (
             self.init_stddev if residual_init_stddev is None else float(residual_init_stddev)
         )
+        self.use_bias = bool(use_bias)
         self.seed = fresh_seed() if seed is None else int(seed)
 
         policy = self.dtype_policy
         self.attention_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="attention_norm"
+            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            name="attention_norm",
         )
         self.attention = CausalSelfAttention(
             self.num_heads,
@@ -82,21 +87,25 @@ class TransformerBlock(keras.layers.Layer):
             attention_implementation=attention_implementation,
             init_stddev=self.init_stddev,
             output_init_stddev=self.residual_init_stddev,
+            use_bias=self.use_bias,
             seed=derive_seed(self.seed, 0),
             dtype=policy,
             name="attention",
         )
         self.mlp_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="mlp_norm"
+            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            name="mlp_norm",
         )
         self.mlp_in = keras.layers.Dense(
             self.intermediate_dim,
+            use_bias=self.use_bias,
             kernel_initializer=SeededNormal(self.init_stddev, derive_seed(self.seed, 1)),
             dtype=policy,
             name="mlp_in",
         )
         self.mlp_out = keras.layers.Dense(
             self.hidden_dim,
+            use_bias=self.use_bias,
             kernel_initializer=SeededNormal(
                 self.residual_init_stddev, derive_seed(self.seed, 2)
             ),
@@ -147,5 +156,6 @@ class TransformerBlock(keras.layers.Layer):
             "attention_implementation": self.attention_implementation,
             "init_stddev": self.init_stddev,
             "residual_init_stddev": self.residual_init_stddev,
+            "use_bias": self.use_bias,
             "seed": self.seed,
         }

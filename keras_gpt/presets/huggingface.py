@@ -214,13 +214,11 @@ def save_huggingface(
             table = sinusoidal_positions(np.arange(model.max_sequence_length), model.hidden_dim)
             tensors["transformer." + key] = keras.ops.convert_to_numpy(table)
             continue
-        tensors["transformer." + key] = keras.ops.convert_to_numpy(weights[path])
+        tensors["transformer." + key] = _value_or_zero_bias(weights, path)
     tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:vocabulary_size]
     for i in range(model.num_layers):
         for key, path in _BLOCK_NAMES.items():
-            tensors[f"transformer.h.{i}.{key}"] = keras.ops.convert_to_numpy(
-                weights[f"block_{i}/{path}"]
-            )
+            tensors[f"transformer.h.{i}.{key}"] = _value_or_zero_bias(weights, f"block_{i}/{path}")
     if not model.tie_embeddings:
         kernel = keras.ops.convert_to_numpy(weights["lm_head/kernel"])
         tensors["lm_head.weight"] = kernel[:, :vocabulary_size].T
@@ -247,6 +245,14 @@ def save_huggingface(
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+
+
+def _value_or_zero_bias(weights: dict, path: str) -> np.ndarray:
+    """A weight as NumPy; a `use_bias=False` model's missing bias is GPT-2's zero bias."""
+    if path in weights:
+        return keras.ops.convert_to_numpy(weights[path])
+    scale = {"bias": "kernel", "beta": "gamma"}[path.rsplit("/", 1)[1]]
+    return np.zeros(weights[path.rsplit("/", 1)[0] + "/" + scale].shape[-1], "float32")
 
 
 def _vocab_rows(value: np.ndarray, vocabulary_size: int, name: str, handle: str) -> np.ndarray:
