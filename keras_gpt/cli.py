@@ -43,7 +43,8 @@ def finetune_command(argv: list[str]) -> dict:
 
     parser = argparse.ArgumentParser(
         prog="keras-gpt finetune",
-        description="Fine-tune a preset on instruction JSONL, fully or with LoRA. Any setting "
+        description="Fine-tune a preset, fully or with LoRA, on instruction JSONL or on plain "
+                    "text (continued pretraining; --format auto|instructions|text). Any setting "
                     "of keras_gpt.finetuning.FinetuneConfig can be given as --key value "
                     "(e.g. --preset DIR --data train.jsonl --lora-rank 8).",
     )

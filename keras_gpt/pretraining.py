@@ -168,6 +168,30 @@ def make_tokenizer(name: str, inputs: list[str]):
     raise ValueError(f"tokenizer must be 'byte', 'char' or a tokenizer directory, got {name!r}.")
 
 
+def tokenize_corpus(inputs: list[str], directory: str | os.PathLike, tokenizer,
+                    validation_fraction: float = 0.1) -> tuple[TokenStream, TokenStream]:
+    """Tokenises `inputs` into `directory` with `prepare`; returns the train and validation streams.
+
+    `prepare` skips the work when the inputs, tokenizer and arguments are
+    unchanged (a resumed run re-uses the shards). Documents are separated by
+    the tokenizer's `<|endoftext|>` when it has one.
+
+    Args:
+        inputs: files, folders or glob patterns (e.g. from `resolve_data`).
+        directory: where the token shards go.
+        tokenizer: a keras_gpt tokenizer.
+        validation_fraction: the share of tokens, at the end, held out for validation.
+
+    Example:
+    >>> train, val = tokenize_corpus(["corpus.txt"], "runs/x/data/tokens", ByteTokenizer())
+    """
+    end_of_text = "<|endoftext|>" if "<|endoftext|>" in getattr(tokenizer, "special_tokens", ()) else None
+    prepare(inputs, directory, tokenizer, validation_fraction=validation_fraction,
+            end_of_text=end_of_text)
+    return (TokenStream.from_directory(directory, "train"),
+            TokenStream.from_directory(directory, "val"))
+
+
 def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     """Runs (or resumes) pretraining; returns a summary of the run.
 
@@ -192,10 +216,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
 
     inputs = resolve_data(config.data, out / "data")
     tokenizer = make_tokenizer(config.tokenizer, inputs)
-    end_of_text = "<|endoftext|>" if "<|endoftext|>" in getattr(tokenizer, "special_tokens", ()) else None
-    prepare(inputs, out / "data" / "tokens", tokenizer, end_of_text=end_of_text)
-    train_tokens = TokenStream.from_directory(out / "data" / "tokens", "train")
-    val_tokens = TokenStream.from_directory(out / "data" / "tokens", "val")
+    train_tokens, val_tokens = tokenize_corpus(inputs, out / "data" / "tokens", tokenizer)
     windows = RandomWindows(train_tokens, config.sequence_length, config.batch_size,
                             steps=config.max_steps, seed=config.seed)
     validation = SequentialWindows(val_tokens, config.sequence_length, config.batch_size,

@@ -1,4 +1,4 @@
-"""Instruction data with prompt masking, and the fine-tuning recipe."""
+"""Instruction data with prompt masking and packing, and the fine-tuning recipe on instructions and plain text."""
 
 import json
 import math
@@ -8,10 +8,20 @@ import pytest
 from conftest import to_numpy
 
 from keras_gpt import GPT
-from keras_gpt.data import InstructionBatches, encode_example, format_prompt, read_instructions
+from keras_gpt.cli import _overrides
+from keras_gpt.data import (
+    InstructionBatches,
+    SequentialWindows,
+    TokenStream,
+    encode_example,
+    format_prompt,
+    read_instructions,
+)
+from keras_gpt.data.instructions import is_instruction_file
 from keras_gpt.finetuning import FinetuneConfig, finetune
 from keras_gpt.presets import load_tokenizer
 from keras_gpt.tokenizers import CharTokenizer
+from keras_gpt.training import read_metrics
 
 LETTERS = "abcde"
 ALPHABET = LETTERS + "reverse: #InstructionRspn\n<|>aistnu"
@@ -96,3 +106,112 @@ def test_finetuning_learns_to_reverse(tmp_path, lora_rank):
     if lora_rank:
         assert summary["trainable_parameters"] < 0.25 * base.count_params()
         assert (tmp_path / "run" / "best" / "adapters.npz").exists()
+
+
+def test_packed_rows_match_hand_computation():
+    tok = char_tokenizer()
+    records = [{"prompt": "reverse: ab", "response": "ba"},
+               {"prompt": "reverse: abc", "response": "cba"},
+               {"prompt": "reverse: abcde", "response": "edcba"}]
+    first, second, third = (encode_example(tok, r) for r in records)
+    length = len(first[0]) + len(second[0]) + 3  # the first two fit in a row, the third does not
+    batches = InstructionBatches(records, tok, length, 4, seed=None, pack=True)
+    assert len(batches.encoded) == 2
+    x, y, w = batches[0]
+    # Row 0 is the two examples back to back, then padding.
+    ids = np.concatenate([first[0], second[0]])
+    n = len(ids) - 1
+    np.testing.assert_array_equal(x["token_ids"][0, :n], ids[:-1])
+    np.testing.assert_array_equal(y[0, :n], ids[1:])
+    assert x["padding_mask"][0].tolist() == [1] * n + [0] * (length - n)
+    # Weights: the responses (with their end of text) only, and never the label
+    # that crosses from one example into the next.
+    expected = np.zeros(length, "float32")
+    expected[:len(first[0]) - 1] = first[1][1:]
+    expected[len(first[0]):n] = second[1][1:]
+    np.testing.assert_array_equal(w[0], expected)
+    trained = "".join(tok.decode([int(label)]) for label, weight in zip(y[0], w[0]) if weight)
+    assert trained == "ba<|endoftext|>cba<|endoftext|>"
+    assert w[0, len(first[0]) - 1] == 0  # the label is the second example's first token
+    # Row 1 is the third example alone, exactly as without packing.
+    unpacked = InstructionBatches(records[2:], tok, length, 1, seed=None)[0]
+    np.testing.assert_array_equal(x["token_ids"][1], unpacked[0]["token_ids"][0])
+    np.testing.assert_array_equal(w[1], unpacked[2][0])
+    # The loss over the packed batch is the mean NLL of exactly those tokens.
+    model = GPT(vocabulary_size=tok.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=16,
+                max_sequence_length=length, seed=0)
+    logits = to_numpy(model(x)).astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
+    model.compile(optimizer="adamw")
+    assert model.evaluate(x, y, sample_weight=w, verbose=0) == pytest.approx(
+        (nll * w).sum() / w.sum(), rel=1e-5)
+
+
+def test_data_format_detection(tmp_path):
+    (tmp_path / "chat.jsonl").write_text('\n{"messages": []}\n')
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    (tmp_path / "docs.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "plain.txt").write_text('{"prompt": "a", "response": "b"}\n')
+    assert is_instruction_file(tmp_path / "chat.jsonl")
+    assert is_instruction_file(tmp_path / "pairs.jsonl")
+    assert not is_instruction_file(tmp_path / "docs.jsonl")
+    assert not is_instruction_file(tmp_path / "plain.txt")
+    assert not is_instruction_file(tmp_path)
+    with pytest.raises(ValueError, match="format must be one of .* got 'prose'"):
+        finetune(FinetuneConfig(preset="x", data="y", format="prose"))
+    # `keras-gpt finetune --format text --pack` sets both.
+    config = FinetuneConfig.load(None, _overrides(["--format", "text", "--pack"]))
+    assert (config.format, config.pack) == ("text", True)
+
+
+TEXT = "".join(f"{'abcde'[i % 5]} is letter {i % 5}; the fox jumps over the dog.\n"
+               for i in range(200))
+
+
+def text_run(tmp_path, out, **overrides):
+    """A tiny continued-pretraining run from a randomly initialised preset on TEXT."""
+    if not (tmp_path / "base").exists():
+        tok = CharTokenizer.from_text(TEXT, special_tokens=["<|endoftext|>"])
+        base = GPT(vocabulary_size=tok.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=32,
+                   max_sequence_length=32, dropout=0.1, seed=0)
+        base.save_to_preset(str(tmp_path / "base"), tokenizer=tok)
+        (tmp_path / "corpus.txt").write_text(TEXT)
+    config = FinetuneConfig(preset=str(tmp_path / "base"), data=str(tmp_path / "corpus.txt"),
+                            out=str(tmp_path / out), batch_size=8, max_steps=30,
+                            eval_interval=10, eval_batches=4, learning_rate=1e-2,
+                            warmup_steps=4, verbose=0)
+    return config.update(overrides)
+
+
+def test_continued_pretraining_on_plain_text_and_exact_resume(tmp_path):
+    config = text_run(tmp_path, "run")
+    summary = finetune(config)
+    assert summary["format"] == "text" and summary["steps"] == 30
+    out = tmp_path / "run"
+    # Validation windows of the text, tokenised with the preset's own tokenizer.
+    validation = SequentialWindows(TokenStream.from_directory(out / "data" / "tokens", "val"),
+                                   32, 8, max_batches=4)
+    base, tuned = GPT.from_preset(config.preset), GPT.from_preset(str(out / "best"))
+    for model in (base, tuned):
+        model.compile(optimizer="adamw")
+    before, after = (m.evaluate(validation, verbose=0) for m in (base, tuned))
+    # A random char model starts near ln(vocabulary) ≈ 3.4; 30 steps on this
+    # repetitive text take it well below.
+    assert after < before - 0.5, (before, after)
+    assert after == pytest.approx(summary["best_val_loss"], rel=1e-4)
+    assert load_tokenizer(str(out / "best")).encode("fox") == load_tokenizer(config.preset).encode("fox")
+    expected = read_metrics(out)
+    assert [r["step"] for r in expected] == [10, 20, 30]
+
+    # A run stopped after its first evaluation (and checkpoint), as a killed
+    # one would be, then resumed: the same curve as the uninterrupted run.
+    finetune(text_run(tmp_path, "killed", max_seconds=1e-9))
+    assert len(read_metrics(tmp_path / "killed")) == 1
+    resumed = finetune(text_run(tmp_path, "killed"), resume=True)
+    rows = read_metrics(tmp_path / "killed")
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    # Same batches, dropout counters and optimizer state: equal to float32 rounding.
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in expected], rtol=1e-5)
+    assert resumed["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)

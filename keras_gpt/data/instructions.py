@@ -12,6 +12,7 @@ giving prompt positions a sample weight of 0:
 
 Chat records (`{"messages": [{"role": ..., "content": ...}, ...]}`) render each
 turn as `<|{role}|>\\n{content}\\n`, and only `assistant` turns are trained.
+Examples are padded one per row, or packed several per row (`pack=True`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,33 @@ def read_instructions(path: str | os.PathLike) -> list[dict]:
     if not records:
         raise ValueError(f"{os.fspath(path)} holds no instruction records.")
     return records
+
+
+def is_instruction_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a JSONL file of instruction records (not plain text or `{"text"}` documents).
+
+    Looks at the first non-empty line only: a JSON object with `prompt`,
+    `response` or `messages` makes it one; `read_instructions` checks the rest.
+
+    Args:
+        path: a file, folder or glob pattern (only `.jsonl`/`.ndjson` files can be).
+
+    Example:
+    >>> is_instruction_file("train.jsonl"), is_instruction_file("corpus.txt")
+    (True, False)
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith((".jsonl", ".ndjson")) or not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(record, dict) and bool({"prompt", "response", "messages"} & set(record))
+    return False
 
 
 def segments(record: dict, where: str = "record") -> list[tuple[str, bool]]:
@@ -87,22 +115,66 @@ def encode_example(tokenizer, record: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ids, "int32"), np.asarray(trained, "float32")
 
 
+def pack_examples(encoded: Sequence[tuple[np.ndarray, np.ndarray]],
+                  row_tokens: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Joins consecutive encoded examples into rows of at most `row_tokens` tokens.
+
+    Greedy and in order: an example starts a new row when it does not fit in
+    the current one; an example longer than a row gets a row of its own (and
+    is cut later, like a padded one). The first token of every example after
+    the first in a row gets weight 0: it is predicted from the previous
+    example's last token, which is no training signal.
+
+    Args:
+        encoded: `(ids, weights)` pairs from `encode_example`.
+        row_tokens: tokens per row (the context length plus one, for the
+            shifted labels).
+
+    Example:
+    >>> rows = pack_examples([encode_example(tok, r) for r in records], 129)
+    """
+    rows, ids, weights = [], [], []
+    for example_ids, example_weights in encoded:
+        if ids and sum(map(len, ids)) + len(example_ids) > row_tokens:
+            rows.append((np.concatenate(ids), np.concatenate(weights)))
+            ids, weights = [], []
+        if ids:
+            example_weights = example_weights.copy()
+            example_weights[0] = 0.0
+        ids.append(example_ids)
+        weights.append(example_weights)
+    if ids:
+        rows.append((np.concatenate(ids), np.concatenate(weights)))
+    return rows
+
+
 class InstructionBatches(keras.utils.PyDataset):
-    """Padded batches of instruction examples with prompt tokens masked out of the loss.
+    """Padded (or packed) batches of instruction examples with prompt tokens masked out of the loss.
 
     Each item is `({"token_ids", "padding_mask"}, labels, weights)`, all
     `(batch, sequence_length)`: labels are the next tokens, weights are 1 on
     response tokens and 0 on prompt and padding (passed to Keras as sample
-    weights). Examples are right-padded to `sequence_length` (one compiled
+    weights). Rows are right-padded to `sequence_length` (one compiled
     shape) and cut there if longer. Batch `i` of epoch `e` holds a permutation
     seeded by `(seed, e)`, so runs repeat and resume exactly.
+
+    With `pack=True`, consecutive examples (in file order) share a row
+    (`pack_examples`), once, before shuffling rows: fewer padded positions,
+    so fewer steps per epoch. The loss weights stay exact (only response
+    tokens count, never the jump from one example to the next), but
+    attention does not: the model's public inputs have a padding mask and no
+    segment mask, so a packed example also attends to the examples before it
+    in its row, and its positions continue from theirs (as in most libraries'
+    packing without a block-diagonal mask). Use `pack=False` (padding) when
+    examples must be trained exactly as they are prompted.
 
     Args:
         examples: records (see `segments`).
         tokenizer: any keras_gpt tokenizer.
         sequence_length: model context length.
-        batch_size: examples per batch.
+        batch_size: rows per batch.
         seed: shuffling seed; `None` keeps the file order.
+        pack: several examples per row instead of one.
         **kwargs: `keras.utils.PyDataset` options.
 
     Example:
@@ -111,10 +183,12 @@ class InstructionBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, examples: Sequence[dict], tokenizer, sequence_length: int,
-                 batch_size: int, seed: int | None = 0, **kwargs):
+                 batch_size: int, seed: int | None = 0, pack: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.encoded = [encode_example(tokenizer, r) for r in examples]
         self.sequence_length = int(sequence_length)
+        self.encoded = [encode_example(tokenizer, r) for r in examples]
+        if pack:
+            self.encoded = pack_examples(self.encoded, self.sequence_length + 1)
         self.batch_size = int(batch_size)
         self.seed = seed
         self.epoch = 0
@@ -123,6 +197,7 @@ class InstructionBatches(keras.utils.PyDataset):
         return -(-len(self.encoded) // self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
+        """The row order of `epoch`."""
         if self.seed is None:
             return np.arange(len(self.encoded))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
