@@ -79,5 +79,31 @@ def dense_gradient(table: Tensor) -> Tensor:
     return identity(tf.convert_to_tensor(table))
 
 
+def write_cache(cache: Tensor, update: Tensor, index: int | Tensor) -> Tensor:
+    """`cache` with `update` written at positions `index + [0, seq)` of axis 3.
+
+    `cache` is a key/value cache `(batch, 2, num_heads, cache_length, head_dim)`
+    and `update` the `(batch, 2, num_heads, seq, head_dim)` keys and values of
+    this call. On PyTorch the write is in place (`index_copy_`) and `cache`
+    itself is returned: `keras.ops.slice_update` would copy the whole cache at
+    every decoding step. Elsewhere it is `keras.ops.slice_update` (XLA updates
+    a loop-carried buffer in place by itself).
+
+    Args:
+        cache: the key/value cache of one attention layer.
+        update: the new keys and values, in the cache's dtype.
+        index: int scalar, the position of `update[:, :, :, 0]`.
+
+    Example:
+    >>> cache = write_cache(cache, new_keys_and_values, cache_index)
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        positions = torch.arange(update.shape[3], device=cache.device) + index
+        return cache.index_copy_(3, positions, update)
+    return keras.ops.slice_update(cache, (0, 0, 0, index, 0), update)
+
+
 #: A backend tensor (`tf.Tensor`, `jax.Array`, `torch.Tensor`) or a NumPy array.
 Tensor = Any

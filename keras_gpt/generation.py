@@ -340,8 +340,8 @@ def _torch_compile(model, fn):
 
         traced = []
 
-        def compiled(*args):
-            values = tuple(v.value.detach() for v in variables)
+        def compiled(*args, values=None):
+            values = torch_weight_values(model) if values is None else values
             if not traced:
                 # Shapes are fixed per program key, so one trace serves every call.
                 # The tracer warns about the model's eager-only input checks,
@@ -355,11 +355,41 @@ def _torch_compile(model, fn):
     else:
         raise ValueError(f"TORCH_STEP must be 'trace', 'eager' or 'compile', got {TORCH_STEP!r}.")
 
-    def call(*args):
+    def call(*args, values=None):
         with torch.no_grad():
+            if TORCH_STEP == "trace":
+                return compiled(*args, values=values)
             return compiled(*args)
 
     return call
+
+
+def torch_weight_values(model: keras.Model) -> tuple:
+    """The model's variable values as a traced PyTorch program takes them.
+
+    `generate` reads them once per call, not once per step. The tied token
+    embedding `(vocabulary, hidden)` is multiplied transposed for the logits;
+    on CPU it is passed as the `(vocabulary, hidden)` view of a column-major
+    copy, so that product runs as a plain row-major matmul: MKL's transposed
+    matrix-vector product was ~3× slower (bench-small, batch 1). Lookups
+    still read rows of the same values.
+
+    Args:
+        model: the model whose `variables` the program takes.
+
+    Example:
+    >>> values = torch_weight_values(model)     # one tensor per model.variables entry
+    """
+    table = None
+    if getattr(model, "tie_embeddings", False):
+        table = model.embeddings.token_embeddings
+    values = []
+    for variable in model.variables:
+        value = variable.value.detach()
+        if variable is table and value.device.type == "cpu":
+            value = value.t().contiguous().t()
+        values.append(value)
+    return tuple(values)
 
 
 def _program(model, key, build, donate=()):
@@ -395,7 +425,11 @@ def _stepwise_loop(model, sampler, key, inputs, cache_length, prefill_length, ca
     tokens = inputs["tokens"]
     consts = [inputs[k] for k in ("lengths", "limits", "stop_ids", "seed", "pad")]
     lengths = np.asarray(ops.convert_to_numpy(inputs["lengths"]))
-    logits, cache = run_prefill(tokens, inputs["start"])
+    # Traced PyTorch programs take the weights as inputs: read them once per call.
+    weights = {}
+    if backend == "torch" and TORCH_STEP == "trace":
+        weights = {"values": torch_weight_values(model)}
+    logits, cache = run_prefill(tokens, inputs["start"], **weights)
     done = ops.zeros_like(inputs["lengths"]) > 0
     done_before = np.zeros(len(lengths), bool)
     # Eager PyTorch takes the position as a Python int (Keras' fast slicing
@@ -404,7 +438,8 @@ def _stepwise_loop(model, sampler, key, inputs, cache_length, prefill_length, ca
     position = int(ops.convert_to_numpy(inputs["start"]))
     while True:
         pos = ops.convert_to_tensor(position, "int32") if tensor_position else position
-        tokens, cache, logits, done = run_step(pos, tokens, cache, logits, done, *consts)
+        tokens, cache, logits, done = run_step(pos, tokens, cache, logits, done, *consts,
+                                               **weights)
         done_now = np.asarray(ops.convert_to_numpy(done))
         if callback is not None:
             produced = np.asarray(ops.convert_to_numpy(tokens[:, position]))

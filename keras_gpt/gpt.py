@@ -210,8 +210,10 @@ class GPT(keras.Model):
         Args:
             token_ids: int (batch, seq) ids placed at positions
                 cache_index + [0, seq).
-            cache: list with one (batch, 2, cache_length, num_heads, head_dim)
-                tensor per block, as made by `init_cache`.
+            cache: list with one (batch, 2, num_heads, cache_length, head_dim)
+                tensor per block, as made by `init_cache`. On PyTorch these
+                tensors are updated in place (keep a `.clone()` to reuse an
+                older cache).
             cache_index: int scalar, where `token_ids[:, 0]` goes in the cache.
             padding_mask: optional (batch, cache_length), 1 for real positions.
 
@@ -245,7 +247,7 @@ class GPT(keras.Model):
                 f"`max_sequence_length` ({self.max_sequence_length})."
             )
         head_dim = self.hidden_dim // self.num_heads
-        shape = (batch_size, 2, cache_length, self.num_heads, head_dim)
+        shape = (batch_size, 2, self.num_heads, cache_length, head_dim)
         dtype = dtype or self.compute_dtype
         return [ops.zeros(shape, dtype=dtype) for _ in range(self.num_layers)]
 

@@ -60,7 +60,7 @@ def test_cached_attention_matches_full_attention():
     attn = CausalSelfAttention(2, 8, seed=0)
     x = hidden(length=6)
     full = to_numpy(attn(x))
-    cache = keras.ops.zeros((2, 2, 8, 2, 4))
+    cache = keras.ops.zeros((2, 2, 2, 8, 4))  # (batch, 2, heads, cache_length, head_dim)
     out1, cache = attn(x[:, :4], cache=cache, cache_index=0)
     out2, cache = attn(x[:, 4:5], cache=cache, cache_index=4)
     out3, cache = attn(x[:, 5:6], cache=cache, cache_index=5)

@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from keras_gpt.backend import Tensor, has_accelerator
+from keras_gpt.backend import Tensor, has_accelerator, write_cache
 from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
 from keras_gpt.layers.portable_dropout import PortableDropout
 
@@ -164,8 +164,8 @@ class CausalSelfAttention(keras.layers.Layer):
             inputs: hidden states, (batch, seq, hidden).
             padding_mask: (batch, keys) with 1/True for real tokens; keys are the
                 `seq` positions, or the cache positions when decoding.
-            cache: optional (batch, 2, cache_length, num_heads, head_dim) keys
-                and values of earlier positions.
+            cache: optional (batch, 2, num_heads, cache_length, head_dim) keys
+                and values of earlier positions (updated in place on PyTorch).
             cache_index: position of `inputs[:, 0]` in the cache.
             training: enables dropout.
 
@@ -183,10 +183,12 @@ class CausalSelfAttention(keras.layers.Layer):
             if cache_index is None:
                 raise ValueError("`cache_index` is required with `cache`.")
             start_index = cache_index
-            new = ops.cast(ops.stack([key, value], axis=1), cache.dtype)
-            cache = ops.slice_update(cache, (0, 0, cache_index, 0, 0), new)
-            key = ops.cast(cache[:, 0], query.dtype)
-            value = ops.cast(cache[:, 1], query.dtype)
+            # Heads-first cache: attention reads each head's keys and values
+            # contiguously, with no transposed copy of the cache per step.
+            new = ops.transpose(ops.stack([key, value], axis=1), (0, 1, 3, 2, 4))
+            cache = write_cache(cache, ops.cast(new, cache.dtype), cache_index)
+            key = ops.transpose(ops.cast(cache[:, 0], query.dtype), (0, 2, 1, 3))
+            value = ops.transpose(ops.cast(cache[:, 1], query.dtype), (0, 2, 1, 3))
 
         if cache is None and padding_mask is None:
             mask = None  # plain causal: let the kernel use its causal fast path
