@@ -65,6 +65,8 @@ class PretrainConfig(RunConfig):
         hidden_dim: model width.
         sequence_length: context length (the model's `max_sequence_length`).
         dropout: dropout rate.
+        use_bias: biases in Dense layers and LayerNorms (GPT-2); `false` is
+            nanoGPT's `bias=False`.
         batch_size: sequences per step.
         gradient_accumulation_steps: batches per optimizer update.
         max_steps: training steps.
@@ -98,6 +100,7 @@ class PretrainConfig(RunConfig):
     hidden_dim: int = 128
     sequence_length: int = 128
     dropout: float = 0.0
+    use_bias: bool = True
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 2000
@@ -230,7 +233,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=config.num_layers,
                 num_heads=config.num_heads, hidden_dim=config.hidden_dim,
                 max_sequence_length=config.sequence_length, dropout=config.dropout,
-                seed=config.seed, dtype=config.dtype)
+                use_bias=config.use_bias, seed=config.seed, dtype=config.dtype)
     model.compile(
         optimizer=gpt_optimizer(
             config.learning_rate, total_steps=config.max_steps,
