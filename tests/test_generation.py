@@ -190,11 +190,13 @@ def test_no_recompilation_within_a_bucket(model):
     fresh.generate([[1, 2, 3]], 4)
     compiled = len(generation.compiled_programs(fresh))
     assert compiled >= 1
-    fresh.generate([[1, 2, 3, 4, 5]], 6)  # same batch, same power-of-two buckets
+    fresh.generate([[1, 2, 3, 4, 5]], 6)  # same batch, same buckets
     assert len(generation.compiled_programs(fresh)) == compiled
     fresh.generate([[1, 2, 3]] * 2, 4)  # a new batch size compiles once more
     assert len(generation.compiled_programs(fresh)) == 2 * compiled
-    assert bucket_length(21, 1024) == 32 and bucket_length(3, 1024) == 16
+    assert bucket_length(21, 1024) == 24 and bucket_length(3, 1024) == 16
+    assert [bucket_length(n, 1024) for n in (129, 160, 161, 193, 225, 256)] == [
+        160, 160, 192, 224, 256, 256]
     assert bucket_length(900, 512) == 512
     # The program cache must not keep the model (or its compiled programs) alive.
     ref = weakref.ref(fresh)
