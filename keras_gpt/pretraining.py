@@ -78,6 +78,8 @@ class PretrainConfig(RunConfig):
         beta_1: Adam β1.
         beta_2: Adam β2.
         clipnorm: global gradient-norm clipping (0 disables).
+        adam_epsilon: Adam ε (Keras' 1e-7; nanoGPT, through PyTorch, 1e-8).
+        decay_embeddings: weight-decay the embeddings too, as nanoGPT does.
         dtype: `"float32"` or `"mixed_bfloat16"`.
         eval_interval: evaluate, log and checkpoint every this many steps.
         eval_batches: validation batches per evaluation.
@@ -112,6 +114,8 @@ class PretrainConfig(RunConfig):
     beta_1: float = 0.9
     beta_2: float = 0.95
     clipnorm: float = 1.0
+    adam_epsilon: float = 1e-7
+    decay_embeddings: bool = False
     dtype: str = "float32"
     eval_interval: int = 250
     eval_batches: int = 20
@@ -243,6 +247,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
             clipnorm=config.clipnorm or None,
             gradient_accumulation_steps=(config.gradient_accumulation_steps
                                          if config.gradient_accumulation_steps > 1 else None),
+            epsilon=config.adam_epsilon, decay_embeddings=config.decay_embeddings,
         ),
         metrics=[Perplexity()],
     )

@@ -27,6 +27,8 @@ def gpt_optimizer(
     beta_2: float = 0.95,
     clipnorm: float | None = 1.0,
     gradient_accumulation_steps: int | None = None,
+    epsilon: float = 1e-7,
+    decay_embeddings: bool = False,
 ) -> keras.optimizers.AdamW:
     """AdamW with linear warm-up, cosine decay and decay on weight matrices only.
 
@@ -41,6 +43,9 @@ def gpt_optimizer(
         beta_2: Adam β2 (GPT-2 style runs use 0.95).
         clipnorm: clip the global gradient norm to this; `None` disables.
         gradient_accumulation_steps: apply the update every this many batches.
+        epsilon: Adam ε (Keras' default 1e-7; PyTorch and nanoGPT use 1e-8).
+        decay_embeddings: also decay the token and position embeddings, as
+            nanoGPT does (it decays every 2-D weight).
 
     Example:
     >>> model.compile(optimizer=gpt_optimizer(1e-3, total_steps=2000))
@@ -56,21 +61,28 @@ def gpt_optimizer(
         schedule,
         beta_1=beta_1,
         beta_2=beta_2,
+        epsilon=epsilon,
         weight_decay=weight_decay,
         global_clipnorm=clipnorm,
         gradient_accumulation_steps=gradient_accumulation_steps,
     )
-    exclude_from_decay(optimizer)
+    exclude_from_decay(optimizer, decay_embeddings)
     return optimizer
 
 
-def exclude_from_decay(optimizer: keras.optimizers.Optimizer) -> None:
-    """Excludes biases, LayerNorm and embeddings from weight decay.
+def exclude_from_decay(optimizer: keras.optimizers.Optimizer,
+                       decay_embeddings: bool = False) -> None:
+    """Excludes biases, LayerNorm and (unless asked) embeddings from weight decay.
 
     Keras does not save this setting with the optimizer, so call it again after
     loading a checkpoint.
+
+    Args:
+        optimizer: a Keras optimizer with weight decay.
+        decay_embeddings: keep decaying the token and position embeddings.
     """
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
+    names = [n for n in NO_DECAY_NAMES if not (decay_embeddings and n.endswith("embeddings"))]
+    optimizer.exclude_from_weight_decay(var_names=names)
 
 
 def flops_per_token(model, sequence_length: int | None = None) -> float:

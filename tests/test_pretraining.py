@@ -120,3 +120,27 @@ def test_data_parallel_recipe_matches_one_device(tmp_path):
     # The batch is split over 2 devices; losses agree to float32 reduction order.
     np.testing.assert_allclose([r["train_loss"] for r in got],
                                [r["train_loss"] for r in expected], rtol=1e-5)
+
+
+@pytest.mark.parametrize("decay_embeddings", [False, True])
+def test_weight_decay_applies_to_weight_matrices_only(decay_embeddings):
+    """One AdamW step with zero gradients moves weights by decay alone: W ← W·(1 − lr·wd)."""
+    import keras
+
+    from conftest import TINY, to_numpy
+    from keras_gpt.training import gpt_optimizer
+
+    model = GPT(**TINY)
+    lr, wd = 0.1, 0.5
+    optimizer = gpt_optimizer(lr, total_steps=1000, warmup_steps=0, weight_decay=wd,
+                              decay_embeddings=decay_embeddings)
+    before = {v.path: to_numpy(v).copy() for v in model.trainable_variables}
+    optimizer.apply_gradients(
+        [(keras.ops.zeros(v.shape), v) for v in model.trainable_variables])
+    for v in model.trainable_variables:
+        name = v.path.rsplit("/", 1)[-1]
+        embedding = name.endswith("embeddings")
+        decayed = name == "kernel" or (embedding and decay_embeddings)
+        expected = before[v.path] * (1 - lr * wd) if decayed else before[v.path]
+        # float32 arithmetic on values ~0.02: 1e-6 relative is a few ulps.
+        np.testing.assert_allclose(to_numpy(v), expected, rtol=1e-6, atol=1e-9, err_msg=v.path)
