@@ -8,7 +8,7 @@ How `generate` works:
    `max_sequence_length`; see `bucket_length`), so nearby lengths share one
    compiled program.
 2. Prefill: one `call_with_cache` over the first `prefill_length` positions
-   (the shortest prompt, rounded up to a bucket). Positions past a row's
+   (the shortest prompt, rounded up to a power of two). Positions past a row's
    prompt get overwritten before any later query can attend to them.
 3. Decode: one token per step from position `min(prompt lengths)` on. A row
    still inside its own prompt is fed its prompt token, otherwise the sampled
@@ -49,30 +49,38 @@ TORCH_STEP = "trace"
 #: Smallest cache / prefill bucket: tiny prompts share one compiled program.
 MIN_BUCKET = 16
 
+#: The stepwise loop (PyTorch, or a callback) reads the done flags back from
+#: the device every this many steps when there is no callback.
+DONE_CHECK_EVERY = 8
+
 # model -> {key: compiled program}; weak so that deleting a model frees them.
 _PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def bucket_length(length: int, cap: int) -> int:
+def bucket_length(length: int, cap: int, per_doubling: int = 4) -> int:
     """`length` rounded up to a bucket (at least `MIN_BUCKET`), at most `cap`.
 
-    Buckets are four per doubling: a length in (P/2, P], P a power of two, is
-    rounded up to a multiple of P/8 (5P/8, 6P/8, 7P/8 or P). Attention runs
-    over the whole cache, so a cache at most 25% longer than needed decodes
-    faster than a power of two (up to 2× longer; JAX, bench-small, batch 1:
-    ~1.25× faster at 160 positions than at 256), for at most four compiled
-    programs per doubling of the length.
+    With `per_doubling=4` (cache lengths), a length in (P/2, P], P a power of
+    two, is rounded up to a multiple of P/8 (5P/8, 6P/8, 7P/8 or P): attention
+    runs over the whole cache, so a cache at most 25% longer than needed
+    decodes faster than a power of two (up to 2× longer; JAX, bench-small,
+    batch 1: ~1.25× faster at 160 positions than at 256), for at most four
+    compiled programs per doubling of the length. `per_doubling=1` (prefill
+    lengths) rounds up to a power of two.
 
     Args:
         length: the positions needed.
         cap: the largest allowed bucket (the model's `max_sequence_length`).
+        per_doubling: buckets per doubling of the length, a power of two.
 
     Example:
     >>> bucket_length(160, 1024), bucket_length(161, 1024), bucket_length(10, 1024)
     (160, 192, 16)
+    >>> bucket_length(161, 1024, per_doubling=1)
+    256
     """
     length = max(MIN_BUCKET, int(length))
-    step = max(1, (1 << (length - 1).bit_length()) // 8)
+    step = max(1, (1 << (length - 1).bit_length()) // (2 * per_doubling))
     return min(-(-length // step) * step, cap)
 
 
@@ -160,7 +168,7 @@ def generate(
     batch, longest, shortest = len(prompts), int(lengths.max()), int(lengths.min())
     width = longest + max_new_tokens
     cache_length = bucket_length(width, model.max_sequence_length)
-    prefill_length = bucket_length(shortest, cache_length)
+    prefill_length = bucket_length(shortest, cache_length, per_doubling=1)
     buffer = np.full((batch, cache_length), pad_token_id, "int32")
     for row, prompt in zip(buffer, prompts):
         row[: len(prompt)] = prompt
@@ -445,16 +453,22 @@ def _stepwise_loop(model, sampler, key, inputs, cache_length, prefill_length, ca
     # path); compiled programs take a tensor so one trace serves every step.
     tensor_position = backend != "torch" or TORCH_STEP != "eager"
     position = int(ops.convert_to_numpy(inputs["start"]))
+    # Every row is done once `position` reaches its limit.
+    final = int(np.max(ops.convert_to_numpy(inputs["limits"])))
     while True:
         pos = ops.convert_to_tensor(position, "int32") if tensor_position else position
         tokens, cache, logits, done = run_step(pos, tokens, cache, logits, done, *consts,
                                                **weights)
+        position += 1
+        # Reading `done` waits for the device: without a callback, look every
+        # few steps (steps after every row is done only write padding).
+        if callback is None and position % DONE_CHECK_EVERY and position < final:
+            continue
         done_now = np.asarray(ops.convert_to_numpy(done))
         if callback is not None:
-            produced = np.asarray(ops.convert_to_numpy(tokens[:, position]))
-            callback(produced, (position >= lengths) & ~done_before)
+            produced = np.asarray(ops.convert_to_numpy(tokens[:, position - 1]))
+            callback(produced, (position - 1 >= lengths) & ~done_before)
             done_before = done_now
-        position += 1
         if done_now.all():
             return tokens
 

@@ -271,7 +271,7 @@ class GPT(keras.Model):
         The prompt is run once (prefill), then one token per step is decoded
         from a fixed-size key/value cache inside a loop compiled for the
         backend (see `keras_gpt.generation`). Compiled programs are cached per
-        batch size and power-of-two cache length: repeated calls with similar
+        batch size and bucketed cache length: repeated calls with similar
         shapes do not recompile.
 
         Args:

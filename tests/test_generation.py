@@ -198,6 +198,7 @@ def test_no_recompilation_within_a_bucket(model):
     assert [bucket_length(n, 1024) for n in (129, 160, 161, 193, 225, 256)] == [
         160, 160, 192, 224, 256, 256]
     assert bucket_length(900, 512) == 512
+    assert bucket_length(21, 1024, per_doubling=1) == 32
     # The program cache must not keep the model (or its compiled programs) alive.
     ref = weakref.ref(fresh)
     del fresh
