@@ -63,8 +63,7 @@ def bucket_length(length: int, cap: int, per_doubling: int = 4) -> int:
     With `per_doubling=4` (cache lengths), a length in (P/2, P], P a power of
     two, is rounded up to a multiple of P/8 (5P/8, 6P/8, 7P/8 or P): attention
     runs over the whole cache, so a cache at most 25% longer than needed
-    decodes faster than a power of two (up to 2× longer; JAX, bench-small,
-    batch 1: ~1.25× faster at 160 positions than at 256), for at most four
+    decodes faster than a power of two (up to 2× longer), for at most four
     compiled programs per doubling of the length. `per_doubling=1` (prefill
     lengths) rounds up to a power of two.
 
@@ -388,8 +387,8 @@ def torch_weight_values(model: keras.Model) -> tuple:
     embedding `(vocabulary, hidden)` is multiplied transposed for the logits;
     on CPU it is passed as the `(vocabulary, hidden)` view of a column-major
     copy, so that product runs as a plain row-major matmul: MKL's transposed
-    matrix-vector product was ~3× slower (bench-small, batch 1). Lookups
-    still read rows of the same values.
+    matrix-vector product was much slower at batch 1 (see docs/benchmarks.md).
+    Lookups still read rows of the same values.
 
     Args:
         model: the model whose `variables` the program takes.
