@@ -281,7 +281,9 @@ def ddp_fit(
     `fit(x, y, batch_size=batch_size, shuffle=False)` to float32 rounding. With
     a padding mask, each process' loss is re-weighted by its share of the
     global real tokens, so the step still minimises the mean over all real
-    tokens of the global batch.
+    tokens of the global batch. Dropout draws one device's masks too: each
+    process offsets `PortableDropout`'s hash by the elements of the ranks
+    before it (`keras_gpt.backend.replica_index`).
 
     Logged values are global: the loss is the mean over the global batch, and
     metric states are summed over processes before `result()`. Checkpoints
@@ -440,7 +442,10 @@ def tf_strategy(devices: list[str] | None = None, multi_worker: bool = False) ->
     Build and compile the model inside `strategy.scope()`; `fit` then splits
     each global batch over the replicas. `GPT.compute_loss` divides its loss
     by the number of replicas, as Keras' own losses do, because the optimizer
-    sums the replicas' gradients.
+    sums the replicas' gradients. Keras `fit` gives replica r the r-th
+    contiguous slice of each global batch, and `PortableDropout` offsets its
+    hash by the elements of the replicas before it, so dropout masks are one
+    device's when the global batch size is divisible by the replicas.
 
     Args:
         devices: device names for `MirroredStrategy`, e.g.

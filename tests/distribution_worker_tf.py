@@ -11,6 +11,10 @@ Adam; both are fixed in keras_gpt and checked here:
    all-reduce concatenates (rows repeated once per replica) and Keras' Adam then
    squares slice by slice (now dense; `keras_gpt.backend.dense_gradient`). The
    "untied" case covers the same bug on token embeddings.
+
+Both run with dropout 0.1: each replica offsets its dropout hash by the
+elements of the replicas before it, so together they draw one device's masks
+(Keras `fit` gives replica r the r-th contiguous slice of each global batch).
 """
 
 import json
@@ -35,7 +39,7 @@ import keras_gpt  # noqa: E402
 from keras_gpt import distribution  # noqa: E402
 
 CONFIG = dict(vocabulary_size=64, num_layers=1, num_heads=2, hidden_dim=16,
-              max_sequence_length=12, seed=0)
+              max_sequence_length=12, dropout=0.1, seed=0)
 STEPS, BATCH = 20, 8
 TOKENS = np.random.default_rng(0).integers(0, 64, (STEPS * BATCH, 13)).astype("int32")
 

@@ -1,7 +1,7 @@
 """PyTorch DDP worker: `torchrun --nproc_per_node 2 tests/distribution_worker_torch.py OUT`.
 
-Run by tests/test_distribution.py. Each process builds the same GPT and trains
-with `keras_gpt.distribution.ddp_fit` over gloo:
+Run by tests/test_distribution.py. Each process builds the same GPT (dropout
+0.1) and trains with `keras_gpt.distribution.ddp_fit` over gloo:
 
 1. 20 steps from the seed, saving a checkpoint after step 10 and at the end;
 2. 10 steps resumed from OUT/single_10.keras, a one-device checkpoint the test
@@ -24,7 +24,7 @@ import keras_gpt  # noqa: E402
 from keras_gpt import distribution  # noqa: E402
 
 CONFIG = dict(vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=16,
-              max_sequence_length=12, seed=0)
+              max_sequence_length=12, dropout=0.1, seed=0)
 STEPS, BATCH = 20, 8
 
 

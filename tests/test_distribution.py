@@ -4,6 +4,10 @@ The engine tests spawn their own processes (JAX with 8 virtual CPU devices,
 two torchrun processes over gloo, TensorFlow with logical CPU devices), so each
 runs only in the pytest run of the backend it drives.
 
+All three train with dropout 0.1: each replica offsets the dropout hash by the
+elements of the replicas before it (`keras_gpt.backend.replica_index`), so the
+replicas draw one device's mask for the global batch.
+
 Tolerances: 1e-5 on losses and weights after 20 steps (the issue's bound).
 What is measured is float32 summation order: the batch (or a weight matrix)
 is split, so partial sums are added in a different order; the measured
@@ -22,6 +26,7 @@ import pytest
 
 import keras_gpt
 from keras_gpt import distribution
+from keras_gpt.backend import replica_index
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BACKEND = keras.backend.backend()
@@ -77,6 +82,11 @@ def test_layout_map_and_configure_reject_bad_input():
     with pytest.raises(ValueError, match="model_parallel"):
         distribution.configure(model_parallel=0)
     assert distribution.configure() is None  # nothing requested: nothing set
+
+
+def test_replica_index_is_zero_outside_a_data_parallel_engine():
+    # Outside DDP and tf.distribute (and always on JAX), dropout hashes are not offset.
+    assert replica_index() == 0
 
 
 @pytest.mark.skipif(BACKEND == "jax", reason="on JAX `configure` works")

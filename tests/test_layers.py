@@ -145,6 +145,20 @@ def test_hash_is_uniform_and_collision_free():
     assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
 
 
+def test_hash_offset_places_a_slice_in_the_whole_batch():
+    # A data-parallel replica hashes its rows of the global batch with an offset
+    # of the elements before them, and so draws one device's mask for those rows.
+    counter = keras.ops.convert_to_tensor(5, "int32")
+    whole = to_numpy(hash_ints((4, 3, 5), seed=7, counter=counter))
+    first = to_numpy(hash_ints((2, 3, 5), seed=7, counter=counter))
+    second = to_numpy(hash_ints((2, 3, 5), seed=7, counter=counter, offset=30))
+    second_tensor_offset = to_numpy(hash_ints(
+        (2, 3, 5), seed=7, counter=counter, offset=keras.ops.convert_to_tensor(30, "int32")))
+    np.testing.assert_array_equal(np.concatenate([first, second]), whole)
+    np.testing.assert_array_equal(second_tensor_offset, second)
+    assert (first != second).any()
+
+
 def test_portable_dropout_rate_scale_and_fresh_masks():
     layer = PortableDropout(0.25, seed=0)
     x = np.ones((64, 64), "float32")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_gpt.backend import replica_index
 from keras_gpt.initializers import fresh_seed
 
 # Two primes below 2**15 with p % 3 == 2, so x -> x**3 is a bijection mod p and
@@ -18,23 +19,32 @@ _ROUNDS = 4
 HASH_RANGE = _P1 * _P2
 
 
-def hash_ints(shape, seed: int, counter):
+def hash_ints(shape, seed: int, counter, offset=0):
     """Uniform int32 values in [0, HASH_RANGE) from a counter-based hash.
 
     Element i of the flattened `shape` is hashed from the pair
-    (i mod P1, i mod P2), which is unique for the first P1*P2 (about 1.07e9)
-    elements, keyed by `seed` and `counter`. Each round is a bijection on the
-    pair, so distinct elements never collide.
+    (j mod P1, j mod P2) with j = i + `offset`, which is unique for the first
+    P1*P2 (about 1.07e9) values of j, keyed by `seed` and `counter`. Each round
+    is a bijection on the pair, so distinct elements never collide.
+
+    `offset` places this tensor inside a larger one: the hash of rows
+    `[r, r + n)` of a batch is that of the whole batch's rows, with `offset` the
+    number of elements before row r. The arithmetic is int32 and exact only
+    while `offset + size` stays below P1*P2 (`HASH_RANGE`); past that, indices
+    wrap and masks repeat.
 
     Args:
         shape: output shape (static or dynamic dimensions).
         seed: integer key (the layer's seed).
         counter: int32 scalar tensor, advanced once per call.
+        offset: int or int32 scalar tensor added to every element index.
     """
     size = 1
     for dim in shape:
         size = size * dim
     index = ops.arange(0, size, dtype="int32")
+    if not (isinstance(offset, int) and offset == 0):
+        index = index + ops.cast(offset, "int32")
     counter = ops.cast(counter, "int32")
     key1 = (counter % _P1 + seed % _P1) % _P1
     key2 = ((counter // _P1) % _P2 + (seed // _P1) % _P2) % _P2
@@ -44,6 +54,19 @@ def hash_ints(shape, seed: int, counter):
         a = ((a * a % _P1) * a % _P1 + b % _P1 + key1 + r) % _P1
         b = ((b * b % _P2) * b % _P2 + a % _P2 + key2 + r) % _P2
     return ops.reshape(a * _P2 + b, shape)
+
+
+def _replica_offset(shape):
+    """Elements before this replica's slice of a data-parallel global batch."""
+    replica = replica_index()
+    if isinstance(replica, int) and replica == 0:
+        return 0
+    size = 1
+    for dim in shape:
+        size = size * dim
+    if isinstance(replica, int) and isinstance(size, int):
+        return replica * size
+    return ops.cast(replica, "int32") * ops.cast(size, "int32")
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt")
@@ -56,6 +79,12 @@ class PortableDropout(keras.layers.Layer):
     masks, and therefore training with dropout, match across backends. The
     counter is a non-trainable variable: it is saved with the model and a
     resumed run continues the same sequence of masks.
+
+    Under PyTorch DDP (`ddp_fit`) and `tf.distribute.MirroredStrategy`, each
+    replica offsets the index by the elements of the replicas before it
+    (`keras_gpt.backend.replica_index`), so the replicas' masks together are
+    the mask one device draws for the global batch: inputs must be
+    batch-first, and the global batch split into equal contiguous slices.
 
     Args:
         rate: fraction of the inputs to drop, in [0, 1).
@@ -91,7 +120,8 @@ class PortableDropout(keras.layers.Layer):
         # Compare integers, not floats: a float division rounds differently
         # across backends and would flip elements at the threshold.
         threshold = int(round(self.rate * HASH_RANGE))
-        keep = hash_ints(ops.shape(inputs), self.seed, self.counter) >= threshold
+        shape = ops.shape(inputs)
+        keep = hash_ints(shape, self.seed, self.counter, _replica_offset(shape)) >= threshold
         # Advance only after the mask is drawn: on TensorFlow and PyTorch the
         # variable is read lazily, so reading it after `assign` sees the new value.
         self.counter.assign(self.counter + 1)
