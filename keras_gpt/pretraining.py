@@ -33,7 +33,7 @@ import numpy as np
 from keras_gpt.data import RandomWindows, SequentialWindows, TokenStream, prepare, stdlib_corpus
 from keras_gpt.gpt import GPT
 from keras_gpt.metrics import Perplexity
-from keras_gpt.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+from keras_gpt.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, load_tokenizer
 from keras_gpt.training import (
     RunConfig,
     Throughput,
@@ -175,7 +175,7 @@ def make_tokenizer(name: str, inputs: list[str]):
     raise ValueError(f"tokenizer must be 'byte', 'char' or a tokenizer directory, got {name!r}.")
 
 
-def tokenize_corpus(inputs: list[str], directory: str | os.PathLike, tokenizer,
+def tokenize_corpus(inputs: list[str], directory: str | os.PathLike, tokenizer: Tokenizer,
                     validation_fraction: float = 0.1) -> tuple[TokenStream, TokenStream]:
     """Tokenises `inputs` into `directory` with `prepare`; returns the train and validation streams.
 
