@@ -1,14 +1,16 @@
 """Distributed training on each backend's own engine equals one-device training.
 
 The engine tests spawn their own processes (JAX with 8 virtual CPU devices,
-two torchrun processes over gloo, TensorFlow with logical CPU devices), so each
-runs only in the pytest run of the backend it drives.
+two JAX processes joined by `distribution.initialize` over gloo, two torchrun
+processes over gloo, TensorFlow with logical CPU devices), so each runs only in
+the pytest run of the backend it drives.
 
 All three train with dropout 0.1: each replica offsets the dropout hash by the
 elements of the replicas before it (`keras_gpt.backend.replica_index`), so the
 replicas draw one device's mask for the global batch.
 
-Tolerances: 1e-5 on losses and weights after 20 steps (the issue's bound).
+Tolerances: 1e-5 on losses and weights after 20 steps (10 for the two JAX
+processes; the issue's bound).
 What is measured is float32 summation order: the batch (or a weight matrix)
 is split, so partial sums are added in a different order; the measured
 differences are ~5e-7.
@@ -17,8 +19,10 @@ differences are ~5e-7.
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -129,6 +133,87 @@ def test_jax_data_and_model_parallel_match_one_device():
     assert result["resumed_weight_diff"] < TOLERANCE
     assert result["configure_mesh"] == [4, 2]
     assert result["configure_axes"] == ["batch", "model"]
+
+
+# -- JAX: two processes on localhost, joined by `distribution.initialize` -----------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(script, args_per_process, timeout, log_dir):
+    """Starts one process per argument list; fails clearly if any fails or hangs.
+
+    Output goes to files (a full pipe would block a process while the other is waited on).
+    """
+    environ = dict(os.environ, OMP_NUM_THREADS="1")
+    environ.pop("XLA_FLAGS", None)
+    logs = [log_dir / f"process_{rank}.log" for rank in range(len(args_per_process))]
+    processes = []
+    for args, log in zip(args_per_process, logs):
+        with open(log, "w") as out:
+            processes.append(subprocess.Popen(
+                [sys.executable, script, *args], env=environ, cwd=os.path.dirname(TESTS),
+                stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    hung = []
+    for process in processes:
+        try:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            hung.append(False)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            hung.append(True)
+    # Report a crash before the hangs it causes (the other process waits for it).
+    for rank in sorted(range(len(processes)), key=lambda r: hung[r]):
+        if processes[rank].returncode:
+            reason = (f"was still running after {timeout} s and was killed" if hung[rank]
+                      else f"failed (exit {processes[rank].returncode})")
+            pytest.fail(f"process {rank} of {len(processes)} {reason}; "
+                        f"its output ends with:\n{logs[rank].read_text()[-3000:]}")
+
+
+@only_on("jax")
+def test_jax_two_processes_match_one_device(tmp_path):
+    # Two OS processes with two CPU devices each, joined over gloo (JAX's CPU
+    # cross-process collectives); DataParallel over the four global devices,
+    # each process feeding its half of every global batch.
+    sys.path.insert(0, TESTS)
+    try:
+        import distribution_worker_jax_multiprocess as worker
+    finally:
+        sys.path.remove(TESTS)
+    port = str(free_port())
+    run_processes(os.path.join(TESTS, "distribution_worker_jax_multiprocess.py"),
+                  [[str(rank), port, str(tmp_path)] for rank in range(worker.PROCESSES)],
+                  timeout=120, log_dir=tmp_path)
+    run = np.load(tmp_path / "run.npz")
+    assert int(run["processes"]) == 2 and int(run["local_devices"]) == 2
+    assert int(run["devices"]) == int(run["batch_devices"]) == 4
+    assert int(run["iterations"]) == worker.STEPS
+
+    class StepLosses(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.losses = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(float(logs["loss"]))
+
+    single = keras_gpt.GPT(**worker.CONFIG)
+    single.compile(optimizer=keras.optimizers.AdamW(worker.LEARNING_RATE))
+    tokens, steps = worker.global_batches(), StepLosses()
+    single.fit(tokens[:, :-1], tokens[:, 1:], batch_size=worker.BATCH, shuffle=False,
+               verbose=0, callbacks=[steps])
+    np.testing.assert_allclose(run["losses"], steps.losses, rtol=0, atol=TOLERANCE)
+    trained = np.load(tmp_path / "weights.npz")
+    assert len(trained.files) == len(single.weights)
+    for i, variable in enumerate(single.weights):  # creation order: paths differ
+        np.testing.assert_allclose(trained[str(i)], keras.ops.convert_to_numpy(variable.value),
+                                   rtol=0, atol=TOLERANCE, err_msg=variable.path)
 
 
 # -- PyTorch: torchrun + DistributedDataParallel -----------------------------------
