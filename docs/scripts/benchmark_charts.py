@@ -38,8 +38,12 @@ LABELS = {"keras_gpt": "keras_gpt", "keras_hub": "KerasHub GPT-2",
           "hugging_face": "Hugging Face GPT-2 (eager)"}
 
 
-def grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]]) -> None:
-    """Bars for each series side by side within each group, value on top."""
+def grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]],
+                 legend: bool = True) -> None:
+    """Bars for each series side by side within each group, value on top.
+
+    The legend goes below the axes so it never covers a bar.
+    """
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):
         for j, value in enumerate(values):
@@ -52,7 +56,11 @@ def grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]]) -
             ax.text(x, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(groups)), groups)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(frameon=False, fontsize=8)
+    top = max(v for values in series.values() for v in values if v is not None)
+    ax.set_ylim(0, top * 1.1)  # room for the value labels
+    if legend:
+        ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                  ncol=len(series))
 
 
 def train_chart(result: dict) -> plt.Figure:
@@ -67,7 +75,7 @@ def train_chart(result: dict) -> plt.Figure:
 
 
 def generate_chart(result: dict) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
     for ax, batch in zip(axes, (1, 8)):
         backends = [b for b in BACKENDS if "error" not in result["results"].get(b, {"error": 1})]
         series = {}
@@ -76,9 +84,12 @@ def generate_chart(result: dict) -> plt.Figure:
                       for b in backends]
             if any(v is not None for v in values):
                 series[lib] = values
-        grouped_bars(ax, backends, series)
+        grouped_bars(ax, backends, series, legend=False)
         ax.set_title(f"batch {batch}", fontsize=10)
     axes[0].set_ylabel("generated tokens/s (higher is better)")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize=8, loc="outside lower center",
+               ncol=len(labels))
     fig.suptitle(f"Generation, steady state, {result['date']}", fontsize=10)
     return fig
 
@@ -113,9 +124,9 @@ def main() -> None:
             print(f"skipped {name}: no {path}")
             continue
         figure = draw(json.loads(path.read_text()))
-        figure.tight_layout()
         out = args.out / f"bench_{name}.svg"
-        figure.savefig(out, metadata={"Date": None})
+        # "tight" keeps long tick labels and the legends below the axes in the picture.
+        figure.savefig(out, metadata={"Date": None}, bbox_inches="tight")
         plt.close(figure)
         print(f"wrote {out}")
 
