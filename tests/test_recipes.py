@@ -1,0 +1,111 @@
+"""The generation and export recipes, run as scripts (`runpy`) on a preset made here.
+
+The pretraining and fine-tuning recipes are exercised through the same
+`keras_gpt.cli.main` in test_pretraining.py and test_finetuning.py.
+"""
+
+import builtins
+import os
+import runpy
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gpt
+from keras_gpt.tokenizers import CharTokenizer
+
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+CONTEXT = 16
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    tokenizer = CharTokenizer("abcdefgh \n")
+    model = keras_gpt.GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=2, num_heads=2,
+                          hidden_dim=16, max_sequence_length=CONTEXT, seed=3)
+    directory = str(tmp_path_factory.mktemp("preset"))
+    model.save_to_preset(directory, tokenizer=tokenizer)
+    return directory, model, tokenizer
+
+
+def run_recipe(name, args, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(os.path.join(RECIPES, name), run_name="__main__")
+
+
+def greedy_by_recomputation(model, ids, steps):
+    """Greedy continuation by running the whole sequence each step (no cache, no generate)."""
+    ids = list(ids)
+    for _ in range(steps):
+        logits = keras.ops.convert_to_numpy(model(np.array([ids], "int32")))[0, -1]
+        top2 = np.sort(logits)[-2:]
+        # A near-tie could flip between the cached and the full computation (~1e-6 apart).
+        assert top2[1] - top2[0] > 1e-4, "near-tie in the reference: pick another seed"
+        ids.append(int(np.argmax(logits)))
+    return ids
+
+
+def test_generate_recipe_streams_the_greedy_continuation(preset, monkeypatch, capsys):
+    directory, model, tokenizer = preset
+    run_recipe("generate.py", ["--preset", directory, "--prompt", "abc", "--temperature", "0",
+                               "--max-new-tokens", "6"], monkeypatch)
+    expected = greedy_by_recomputation(model, tokenizer.encode("abc"), 6)
+    assert capsys.readouterr().out == tokenizer.decode(expected) + "\n"
+
+
+def test_generate_recipe_interactive_loop_answers_each_prompt(preset, monkeypatch, capsys):
+    directory, model, tokenizer = preset
+    prompts = iter(["ab", "hg f"])
+
+    def fake_input(message):
+        try:
+            return next(prompts)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    run_recipe("generate.py", ["--preset", directory, "--interactive", "--temperature", "0",
+                               "--max-new-tokens", "4"], monkeypatch)
+    out = capsys.readouterr().out
+    for prompt in ("ab", "hg f"):
+        expected = tokenizer.decode(greedy_by_recomputation(model, tokenizer.encode(prompt), 4))
+        assert expected + "\n" in out
+
+
+def test_generate_recipe_samples_reproducibly_with_a_seed(preset, monkeypatch, capsys):
+    directory, _, _ = preset
+    args = ["--preset", directory, "--prompt", "a", "--top-k", "5", "--seed", "7",
+            "--max-new-tokens", "8", "--num-samples", "2"]
+    run_recipe("generate.py", args, monkeypatch)
+    first = capsys.readouterr().out
+    run_recipe("generate.py", args, monkeypatch)
+    assert capsys.readouterr().out == first
+    samples = [s for s in first.split("-" * 40 + "\n") if s]
+    assert len(samples) == 2 and all(len(s) == len("a") + 8 + 1 for s in samples)
+
+
+def test_generate_recipe_rejects_a_prompt_longer_than_the_context(preset, monkeypatch):
+    directory, _, _ = preset
+    with pytest.raises(SystemExit, match=f"context is {CONTEXT}"):
+        run_recipe("generate.py", ["--preset", directory, "--prompt", "a" * CONTEXT],
+                   monkeypatch)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="exports from every backend are tested in test_export.py; the "
+                           "recipe is the same command, run once")
+def test_export_recipe_writes_a_servable_saved_model(preset, monkeypatch, tmp_path):
+    import tensorflow as tf
+
+    directory, model, _ = preset
+    out = str(tmp_path / "served" / "1")
+    run_recipe("export.py", [directory, out, "--max-new-tokens", "4"], monkeypatch)
+    served = tf.saved_model.load(out)
+    assert {"logits", "generate"} <= set(served.signatures)
+    ids = np.array([[1, 2, 3, 4]], "int32")
+    logits = served.signatures["logits"](token_ids=tf.constant(ids),
+                                         padding_mask=tf.ones_like(ids))["logits"]
+    np.testing.assert_allclose(logits.numpy(), keras.ops.convert_to_numpy(model(ids)),
+                               rtol=0, atol=1e-4)
