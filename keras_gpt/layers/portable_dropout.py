@@ -50,9 +50,13 @@ def hash_ints(shape, seed: int, counter, offset=0):
     key2 = ((counter // _P1) % _P2 + (seed // _P1) % _P2) % _P2
     a = index % _P1
     b = index % _P2
+    # Each round is a = (a**3 + b + key1 + r) mod P1, then the same for b with the new a.
+    # One reduction after the cube's first product and one at the end suffice:
+    # (P - 1)**2 plus the three small terms stays below 2**31, and integer `%`
+    # is the costly op on CPUs (PyTorch runs it element by element).
     for r in range(_ROUNDS):
-        a = ((a * a % _P1) * a % _P1 + b % _P1 + key1 + r) % _P1
-        b = ((b * b % _P2) * b % _P2 + a % _P2 + key2 + r) % _P2
+        a = ((a * a % _P1) * a + b + key1 + r) % _P1
+        b = ((b * b % _P2) * b + a + key2 + r) % _P2
     return ops.reshape(a * _P2 + b, shape)
 
 
