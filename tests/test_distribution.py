@@ -16,6 +16,7 @@ is split, so partial sums are added in a different order; the measured
 differences are ~5e-7.
 """
 
+import importlib
 import json
 import os
 import re
@@ -135,7 +136,27 @@ def test_jax_data_and_model_parallel_match_one_device():
     assert result["configure_axes"] == ["batch", "model"]
 
 
+class BatchLogs(keras.callbacks.Callback):
+    """Every logged value of every training step, by name."""
+
+    def on_train_begin(self, logs=None):
+        self.logs = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in logs.items():
+            self.logs.setdefault(key, []).append(float(value))
+
+
 # -- JAX: two processes on localhost, joined by `distribution.initialize` -----------
+
+
+def import_worker(name):
+    """A worker script in tests/ as a module (for its constants and data helpers)."""
+    sys.path.insert(0, TESTS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(TESTS)
 
 
 def free_port():
@@ -182,11 +203,7 @@ def test_jax_two_processes_match_one_device(tmp_path):
     # Two OS processes with two CPU devices each, joined over gloo (JAX's CPU
     # cross-process collectives); DataParallel over the four global devices,
     # each process feeding its half of every global batch.
-    sys.path.insert(0, TESTS)
-    try:
-        import distribution_worker_jax_multiprocess as worker
-    finally:
-        sys.path.remove(TESTS)
+    worker = import_worker("distribution_worker_jax_multiprocess")
     port = str(free_port())
     run_processes(os.path.join(TESTS, "distribution_worker_jax_multiprocess.py"),
                   [[str(rank), port, str(tmp_path)] for rank in range(worker.PROCESSES)],
@@ -196,19 +213,12 @@ def test_jax_two_processes_match_one_device(tmp_path):
     assert int(run["devices"]) == int(run["batch_devices"]) == 4
     assert int(run["iterations"]) == worker.STEPS
 
-    class StepLosses(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.losses = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.losses.append(float(logs["loss"]))
-
     single = keras_gpt.GPT(**worker.CONFIG)
     single.compile(optimizer=keras.optimizers.AdamW(worker.LEARNING_RATE))
-    tokens, steps = worker.global_batches(), StepLosses()
+    tokens, steps = worker.global_batches(), BatchLogs()
     single.fit(tokens[:, :-1], tokens[:, 1:], batch_size=worker.BATCH, shuffle=False,
                verbose=0, callbacks=[steps])
-    np.testing.assert_allclose(run["losses"], steps.losses, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(run["losses"], steps.logs["loss"], rtol=0, atol=TOLERANCE)
     trained = np.load(tmp_path / "weights.npz")
     assert len(trained.files) == len(single.weights)
     for i, variable in enumerate(single.weights):  # creation order: paths differ
@@ -217,15 +227,6 @@ def test_jax_two_processes_match_one_device(tmp_path):
 
 
 # -- PyTorch: torchrun + DistributedDataParallel -----------------------------------
-
-
-class BatchLogs(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.logs = {}
-
-    def on_train_batch_end(self, batch, logs=None):
-        for key, value in logs.items():
-            self.logs.setdefault(key, []).append(float(value))
 
 
 def weights(model):
@@ -239,11 +240,7 @@ def max_weight_diff(a, b):
 
 @only_on("torch")
 def test_torch_ddp_two_processes_match_one_device(tmp_path):
-    sys.path.insert(0, TESTS)
-    try:
-        import distribution_worker_torch as worker
-    finally:
-        sys.path.remove(TESTS)
+    worker = import_worker("distribution_worker_torch")
     x, y = worker.data()
     steps, batch = worker.STEPS, worker.BATCH
 
