@@ -7,11 +7,18 @@ block preceded on the line just above its fence by `<!-- docs: skip -->` is
 not run (use it for shell-dependent or long snippets; say why in the text).
 Docs use tiny configs so that the whole file runs in seconds per backend.
 
+Each page runs in one backend's pass, the pages dealt out in turn over
+TensorFlow, JAX and PyTorch (`make test` runs all three, so every page runs
+once): the library code the pages call is tested on every backend by the
+other test files, and running every page three times cost ~3 of the suite's
+minutes. `KERAS_GPT_DOCS_EVERY_BACKEND=1` runs every page on the current backend.
+
 Tracebacks point at the Markdown file and line of the failing code.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 from dataclasses import dataclass
@@ -65,10 +72,21 @@ def runnable_pages() -> list[pathlib.Path]:
     return [p for p in pages() if any(not b.skipped for b in code_blocks(p))]
 
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def page_backend(page: pathlib.Path) -> str:
+    """The backend whose pass runs `page`: pages are dealt out in turn."""
+    return BACKENDS[runnable_pages().index(page) % len(BACKENDS)]
+
+
 @pytest.mark.parametrize(
     "page", runnable_pages(), ids=lambda p: str(p.relative_to(ROOT))
 )
 def test_page_code_runs(page, tmp_path, monkeypatch):
+    backend = page_backend(page)
+    if keras.backend.backend() != backend and not os.environ.get("KERAS_GPT_DOCS_EVERY_BACKEND"):
+        pytest.skip(f"this page runs in the {backend} pass")
     monkeypatch.chdir(tmp_path)
     keras.backend.clear_session()
     namespace = {"__name__": "__docs__"}
