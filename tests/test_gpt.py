@@ -156,6 +156,27 @@ def test_fit_on_arrays_reduces_loss():
     assert after < 0.7 * before
 
 
+def test_default_compile_uses_xla_where_it_can_and_trains_the_same(tmp_path):
+    # TensorFlow: our `compile` turns XLA on (Keras leaves it off on CPU);
+    # JAX: Keras' own "auto" jit; PyTorch: eager. XLA may fuse and reorder
+    # float32 arithmetic, so the losses agree to 1e-5 relative, not bitwise.
+    data = repeating_data()
+    auto, plain = GPT(**TINY), GPT(**TINY)
+    auto.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    plain.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=False)
+    assert auto.jit_compile is (keras.backend.backend() != "torch")
+    assert plain.jit_compile is False
+    losses = [m.fit(data[:, :-1], data[:, 1:], batch_size=8, epochs=3, verbose=0,
+                    shuffle=False).history["loss"] for m in (auto, plain)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    # A saved compiled model loads compiled (our `compile` is custom, so Keras
+    # would skip it without `compile_from_config`) and keeps training.
+    auto.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.compiled and loaded.jit_compile is auto.jit_compile
+    loaded.fit(data[:8, :-1], data[:8, 1:], batch_size=8, epochs=1, verbose=0)
+
+
 def test_fit_on_tf_data_and_pydataset():
     import tensorflow as tf
 
