@@ -10,7 +10,9 @@ randomly initialised models of the same shape. Prints one JSON object.
     python benchmarks/generate.py --gpt2-small            # also 124M, batch 1, ours only
 
 bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
-float32; prompt 32 tokens, 128 new tokens, batch 1 and 8. `first_call_s` is
+float32; prompt 32 tokens, 128 new tokens, batch 1 and 8. `matmul_floor` is
+not a library: it runs only the step's weight products (see `matmul_floor`), a
+lower bound for any float32 decoder of this shape. `first_call_s` is
 the first call's wall time (compilation included), `tokens_per_s` is
 batch · new tokens / median wall time of the following calls. Stop tokens are
 off in every library so that each row decodes all 128 tokens.
@@ -83,6 +85,73 @@ def hugging_face_generate(shape):
     return run
 
 
+def matmul_floor(shape):
+    """Only the matrix products of each decode step, compiled as tightly as the backend allows.
+
+    Per step and layer the four weight products (QKV, attention output, MLP up
+    and down; `tanh` stands in for attention and GELU to keep values bounded),
+    then the logits against the embedding table (stored transposed, the
+    fastest layout) and the argmax's row as the next input: the same weights
+    read in the same order as a real step, with no attention, norms or
+    sampling. At batch 1 these matrix-vector products stream every weight
+    once per token, so this is a lower bound on a step's time for float32
+    weights, not a library to beat.
+    """
+    import keras
+    import numpy as np
+    from keras import ops
+
+    rng = np.random.default_rng(0)
+    d, v = shape["hidden_dim"], shape["vocabulary_size"]
+
+    def normal(*dims):
+        return ops.convert_to_tensor(rng.normal(0, 0.02, dims).astype("float32"))
+
+    layers = [(normal(d, 3 * d), normal(d, d), normal(d, 4 * d), normal(4 * d, d))
+              for _ in range(shape["num_layers"])]
+    table = normal(v, d)
+    table_t = ops.transpose(table) + 0  # a contiguous (hidden, vocabulary) copy
+
+    def steps(h, n):
+        def body(_, h):
+            for qkv, out, up, down in layers:
+                h = h + ops.matmul(ops.tanh(ops.matmul(h, qkv)[:, :d]), out)
+                h = h + ops.matmul(ops.tanh(ops.matmul(h, up)), down)
+            return ops.take(table, ops.argmax(ops.matmul(h, table_t), axis=-1), axis=0)
+
+        return ops.fori_loop(0, n, body, h)
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        steps = jax.jit(steps, static_argnums=1)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        steps = tf.function(steps, jit_compile=True, reduce_retracing=True)
+    else:
+        import torch
+
+        # Plain torch calls: Keras' per-op checks would dominate an eager loop.
+        table_t = table_t.contiguous()  # `+ 0` kept the transposed strides
+
+        @torch.no_grad()
+        def steps(h, n):
+            for _ in range(n):
+                for qkv, out, up, down in layers:
+                    h = h + torch.tanh((h @ qkv)[:, :d]) @ out
+                    h = h + torch.tanh(h @ up) @ down
+                h = table[torch.argmax(h @ table_t, dim=-1)]
+            return h
+
+    def run(prompt, new):
+        out = ops.convert_to_numpy(steps(ops.take(table, prompt[:, -1], axis=0), new))
+        return np.zeros((prompt.shape[0], PROMPT + new)) + out[:, :1]
+
+    return run
+
+
 def measure(run, batch: int, new: int, repeats: int, vocabulary: int) -> dict:
     import numpy as np
 
@@ -115,7 +184,8 @@ def worker(args) -> dict:
         from keras_gpt import generation
 
         generation.TORCH_STEP = args.torch_step
-    libraries = {"keras_gpt": keras_gpt_generate, "keras_hub": keras_hub_generate}
+    libraries = {"keras_gpt": keras_gpt_generate, "keras_hub": keras_hub_generate,
+                 "matmul_floor": matmul_floor}
     if backend == "torch":
         libraries["hugging_face"] = hugging_face_generate
     libraries = {k: v for k, v in libraries.items() if k in args.libraries}
@@ -140,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
     parser.add_argument("--libraries", nargs="+",
-                        default=["keras_gpt", "keras_hub", "hugging_face"])
+                        default=["keras_gpt", "keras_hub", "hugging_face", "matmul_floor"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
     parser.add_argument("--threads", type=int, default=0,

@@ -5,6 +5,7 @@ rounds of `fit` so that machine load affects both alike. Prints one JSON object.
 
     python benchmarks/train.py                    # bench-small, all backends
     python benchmarks/train.py --backends jax --steps 20 --rounds 3
+    python benchmarks/train.py --floor            # also the matmuls alone (a bound)
 
 bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
 batch 8, float32, AdamW; default `compile()` settings for both models.
@@ -27,9 +28,46 @@ SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
 BATCH = 8
 
 
+def matmul_floor(dtype: str):
+    """Only bench-small's weight products (and its loss and AdamW), trained by the same `fit`.
+
+    Per layer the four weight matrices (QKV, attention output, MLP up and
+    down, with `tanh` standing in for attention and GELU), then the tied
+    logits: the same parameters and matmul FLOPs as the GPT, without
+    attention scores, LayerNorm or dropout. A lower bound on the step time of
+    any Keras GPT of this shape, not a library to beat.
+    """
+    import keras
+    from keras import ops
+
+    d = SHAPE["hidden_dim"]
+
+    class MatmulFloor(keras.Model):
+        def __init__(self):
+            super().__init__(dtype=dtype)
+            self.embedding = keras.layers.Embedding(SHAPE["vocabulary_size"], d, dtype=dtype)
+            self.blocks = [[keras.layers.Dense(width, use_bias=False, dtype=dtype)
+                            for width in (3 * d, d, 4 * d, d)]
+                           for _ in range(SHAPE["num_layers"])]
+
+        def call(self, x):
+            h = self.embedding(x)
+            for qkv, out, up, down in self.blocks:
+                h = h + out(ops.tanh(qkv(h)[..., :d]))
+                h = h + down(ops.tanh(up(h)))
+            return ops.matmul(h, ops.transpose(self.embedding.embeddings))
+
+    return MatmulFloor()
+
+
 def build(kind: str, dtype: str):
     import keras
 
+    if kind == "matmul_floor":
+        model = matmul_floor(dtype)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model, lambda x: x
     if kind == "keras_gpt":
         import keras_gpt
 
@@ -69,7 +107,7 @@ def worker(args) -> dict:
     data = rng.integers(0, SHAPE["vocabulary_size"], (BATCH * args.steps, length + 1)).astype("int32")
     x, y = data[:, :-1], data[:, 1:]
     models = {}
-    for kind in ("keras_gpt", "keras_hub"):
+    for kind in ("keras_gpt", "keras_hub", "matmul_floor")[:3 if args.floor else 2]:
         start = time.perf_counter()
         model, adapt = build(kind, args.dtype)
         timer = StepTimer()
@@ -84,6 +122,9 @@ def worker(args) -> dict:
         step = statistics.median(timer.times)
         out[kind] = {"tokens_per_second": BATCH * length / step, "median_step_s": step,
                      "first_two_steps_s": warmup, "steps_timed": len(timer.times)}
+    if args.floor:
+        out["keras_hub_share_of_floor"] = (out["keras_hub"]["tokens_per_second"]
+                                           / out["matmul_floor"]["tokens_per_second"])
     out["speedup"] = out["keras_gpt"]["tokens_per_second"] / out["keras_hub"]["tokens_per_second"]
     return out
 
@@ -94,6 +135,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=15, help="steps per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--floor", action="store_true",
+                   help="also time `matmul_floor` (the GPT's matmuls alone) in the same rounds")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -104,7 +147,7 @@ def main() -> None:
                "shape": SHAPE, "dtype": args.dtype, "backends": {}}
     for backend in args.backends.split(","):
         cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps),
-               "--rounds", str(args.rounds), "--dtype", args.dtype]
+               "--rounds", str(args.rounds), "--dtype", args.dtype] + ["--floor"] * args.floor
         proc = subprocess.run(cmd, env={**os.environ, "KERAS_BACKEND": backend},
                               capture_output=True, text=True)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
