@@ -18,6 +18,11 @@ from keras_gpt.samplers import Sampler
 from keras_gpt.tokenizers import Tokenizer
 
 
+#: Models with at least this many parameters compile with XLA on TensorFlow's
+#: CPU under `jit_compile="auto"` (see `GPT.compile`).
+XLA_MIN_PARAMETERS = 2**20
+
+
 @keras.saving.register_keras_serializable(package="keras_gpt")
 class GPT(keras.Model):
     """A GPT-2 style decoder-only transformer.
@@ -443,19 +448,25 @@ class GPT(keras.Model):
     # -- training --------------------------------------------------------------
 
     def compile(self, *args, jit_compile: bool | str = "auto", **kwargs) -> None:
-        """`keras.Model.compile`, with XLA on TensorFlow's CPU too.
+        """`keras.Model.compile`, with XLA on TensorFlow's CPU for models that gain from it.
 
         Keras' `jit_compile="auto"` leaves XLA off for TensorFlow on machines
-        without an accelerator; every op of this model compiles with XLA, and
-        on CPU its training step then runs ~1.25× faster (bench-small:
-        `benchmarks/train.py`), so `"auto"` turns it on there unless a
-        `tf.distribute` strategy is active (Keras' own rule). Pass
-        `jit_compile=False` to train without XLA. Other arguments and
-        backends are unchanged.
+        without an accelerator. Every op of this model compiles with XLA, and
+        for models of `XLA_MIN_PARAMETERS` or more the training step then runs
+        ~1.25× faster on CPU (bench-small, 5.3M parameters:
+        `benchmarks/train.py`), so there `"auto"` turns it on, unless the
+        model was built under a `tf.distribute` strategy (Keras' own rule).
+        Smaller models keep Keras' choice: their steps are short, and XLA's
+        seconds of compiling per train/eval/predict function outweigh what it
+        saves in short runs such as tests and demos. Pass `jit_compile=True`
+        or `False` to decide yourself. Other arguments and backends are
+        unchanged.
         """
         if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
-            # Set when the model was built under a strategy's scope.
-            jit_compile = not getattr(self, "_distribute_strategy", None)
+            built_big = self.built and self.count_params() >= XLA_MIN_PARAMETERS
+            # `_distribute_strategy` is set when the model was built under a strategy.
+            if built_big and not getattr(self, "_distribute_strategy", None):
+                jit_compile = True
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     def compile_from_config(self, config: dict) -> None:
