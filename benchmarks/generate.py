@@ -12,7 +12,7 @@ randomly initialised models of the same shape. Prints one JSON object.
 bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
 float32; prompt 32 tokens, 128 new tokens, batch 1 and 8. `matmul_floor` is
 not a library: it runs only the step's weight products (see `matmul_floor`), a
-lower bound for any float32 decoder of this shape. `first_call_s` is
+rough bound for any float32 decoder of this shape. `first_call_s` is
 the first call's wall time (compilation included), `tokens_per_s` is
 batch · new tokens / median wall time of the following calls. Stop tokens are
 off in every library so that each row decodes all 128 tokens.
@@ -94,8 +94,9 @@ def matmul_floor(shape):
     fastest layout) and the argmax's row as the next input: the same weights
     read in the same order as a real step, with no attention, norms or
     sampling. At batch 1 these matrix-vector products stream every weight
-    once per token, so this is a lower bound on a step's time for float32
-    weights, not a library to beat.
+    once per token, so this roughly bounds a step's time for float32 weights
+    (roughly: it measures memory bandwidth, which varies between runs, and a
+    backend may schedule the real step better); it is not a library to beat.
     """
     import keras
     import numpy as np
@@ -105,12 +106,14 @@ def matmul_floor(shape):
     d, v = shape["hidden_dim"], shape["vocabulary_size"]
 
     def normal(*dims):
-        return ops.convert_to_tensor(rng.normal(0, 0.02, dims).astype("float32"))
+        return rng.normal(0, 0.02, dims).astype("float32")
 
-    layers = [(normal(d, 3 * d), normal(d, d), normal(d, 4 * d), normal(4 * d, d))
+    layers = [tuple(ops.convert_to_tensor(normal(*dims))
+                    for dims in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)))
               for _ in range(shape["num_layers"])]
     table = normal(v, d)
-    table_t = ops.transpose(table) + 0  # a contiguous (hidden, vocabulary) copy
+    # The logits' matrix as a contiguous (hidden, vocabulary) copy: the fastest layout.
+    table, table_t = ops.convert_to_tensor(table), ops.convert_to_tensor(table.T.copy())
 
     def steps(h, n):
         def body(_, h):
@@ -134,8 +137,6 @@ def matmul_floor(shape):
         import torch
 
         # Plain torch calls: Keras' per-op checks would dominate an eager loop.
-        table_t = table_t.contiguous()  # `+ 0` kept the transposed strides
-
         @torch.no_grad()
         def steps(h, n):
             for _ in range(n):

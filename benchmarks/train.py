@@ -107,7 +107,7 @@ def worker(args) -> dict:
     data = rng.integers(0, SHAPE["vocabulary_size"], (BATCH * args.steps, length + 1)).astype("int32")
     x, y = data[:, :-1], data[:, 1:]
     models = {}
-    for kind in ("keras_gpt", "keras_hub", "matmul_floor")[:3 if args.floor else 2]:
+    for kind in ["keras_gpt", "keras_hub"] + ["matmul_floor"] * args.floor:
         start = time.perf_counter()
         model, adapt = build(kind, args.dtype)
         timer = StepTimer()

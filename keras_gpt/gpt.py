@@ -463,9 +463,9 @@ class GPT(keras.Model):
         unchanged.
         """
         if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
-            built_big = self.built and self.count_params() >= XLA_MIN_PARAMETERS
+            big = self.count_params() >= XLA_MIN_PARAMETERS  # built in __init__
             # `_distribute_strategy` is set when the model was built under a strategy.
-            if built_big and not getattr(self, "_distribute_strategy", None):
+            if big and not getattr(self, "_distribute_strategy", None):
                 jit_compile = True
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
@@ -478,8 +478,7 @@ class GPT(keras.Model):
         """
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**{**config, "jit_compile": "auto"})
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        self.optimizer.build(self.trainable_variables)  # so saved optimizer state loads
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Without a compiled `loss`: mean token cross-entropy over unmasked tokens.
