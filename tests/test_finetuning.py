@@ -3,6 +3,7 @@
 import json
 import math
 
+import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
@@ -86,6 +87,11 @@ def accuracy(model, tokenizer, records):
 
 
 @pytest.mark.parametrize("lora_rank", [0, 8])
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="its 300 steps take ~40 s in TensorFlow's graph mode here (~25 s on "
+                    "JAX, ~13 s on PyTorch); the same training is identical across backends "
+                    "(test_cross_backend), and the TensorFlow pass fine-tunes in "
+                    "test_continued_pretraining_on_plain_text_and_exact_resume and test_lora")
 def test_finetuning_learns_to_reverse(tmp_path, lora_rank):
     tok = char_tokenizer()
     base = GPT(vocabulary_size=tok.vocabulary_size, num_layers=2, num_heads=2, hidden_dim=64,

@@ -173,14 +173,19 @@ def test_default_compile_chooses_xla_by_backend_and_size():
                     reason="jit_compile=True means torch.compile on PyTorch, minutes on CPU")
 def test_xla_and_plain_training_agree_and_loaded_models_are_compiled(tmp_path):
     # XLA may fuse and reorder float32 arithmetic: losses agree to 1e-5
-    # relative, not bitwise.
+    # relative, not bitwise. The comparison runs on TensorFlow, where
+    # jit_compile="auto" chooses between the two; JAX's plain mode is
+    # op-by-op eager execution (~30 s for this fit) of the same XLA ops.
     data = repeating_data()
-    xla, plain = GPT(**TINY), GPT(**TINY)
-    xla.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=True)
-    plain.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=False)
+    models = [GPT(**TINY) for _ in range(2 if keras.backend.backend() == "tensorflow" else 1)]
+    for model, jit in zip(models, (True, False)):
+        model.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=jit)
     losses = [m.fit(data[:, :-1], data[:, 1:], batch_size=8, epochs=3, verbose=0,
-                    shuffle=False).history["loss"] for m in (xla, plain)]
-    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+                    shuffle=False).history["loss"] for m in models]
+    assert np.all(np.isfinite(losses[0]))
+    if len(models) == 2:
+        np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    xla = models[0]
     # A saved compiled model loads compiled (our `compile` is custom, so Keras
     # would skip it without `compile_from_config`), XLA chosen afresh.
     xla.save(tmp_path / "m.keras")
