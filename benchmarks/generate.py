@@ -14,7 +14,8 @@ float32; prompt 32 tokens, 128 new tokens, batch 1 and 8. `matmul_floor` is
 not a library: it runs only the step's weight products (see `matmul_floor`), a
 rough bound for any float32 decoder of this shape. `first_call_s` is
 the first call's wall time (compilation included), `tokens_per_s` is
-batch · new tokens / median wall time of the following calls. Stop tokens are
+batch · new tokens / median wall time of the following calls, timed in
+rounds that take every library and batch in turn. Stop tokens are
 off in every library so that each row decodes all 128 tokens.
 """
 
@@ -153,24 +154,42 @@ def matmul_floor(shape):
     return run
 
 
-def measure(run, batch: int, new: int, repeats: int, vocabulary: int) -> dict:
+def measure(runs: dict, batches, new: int, repeats: int, vocabulary: int) -> dict:
+    """First call, then `repeats` rounds timing every (library, batch) once per round.
+
+    Interleaving the rounds spreads the machine's slow spells (other tenants,
+    memory bandwidth) over all libraries alike, so ratios within one run hold
+    better than with each library's repeats back to back.
+    """
     import numpy as np
 
-    prompt = np.random.default_rng(batch).integers(0, vocabulary, (batch, PROMPT)).astype("int32")
-    start = time.perf_counter()
-    out = run(prompt, new)
-    first = time.perf_counter() - start
-    if isinstance(out, dict):  # KerasHub without a preprocessor
-        out = out["token_ids"]
-    assert tuple(out.shape) == (batch, PROMPT + new), tuple(out.shape)
-    times = []
+    results, times, prompts = {}, {}, {}
+    for name, run in runs.items():
+        for batch in batches:
+            key = f"{name}/batch{batch}"
+            prompts[key] = np.random.default_rng(batch).integers(
+                0, vocabulary, (batch, PROMPT)).astype("int32")
+            try:
+                start = time.perf_counter()
+                out = run(prompts[key], new)
+                first = time.perf_counter() - start
+                if isinstance(out, dict):  # KerasHub without a preprocessor
+                    out = out["token_ids"]
+                assert tuple(out.shape) == (batch, PROMPT + new), tuple(out.shape)
+                results[key], times[key] = {"first_call_s": round(first, 3)}, []
+            except Exception as error:  # report it, keep measuring the others
+                results[key] = {"error": repr(error)[-500:]}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run(prompt, new)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"first_call_s": round(first, 3), "steady_s": round(median, 4),
-            "tokens_per_s": round(batch * new / median, 1)}
+        for key in times:
+            run = runs[key.split("/")[0]]
+            start = time.perf_counter()
+            run(prompts[key], new)
+            times[key].append(time.perf_counter() - start)
+    for key, spans in times.items():
+        batch = prompts[key].shape[0]
+        median = statistics.median(spans)
+        results[key].update(steady_s=round(median, 4), tokens_per_s=round(batch * new / median, 1))
+    return results
 
 
 def worker(args) -> dict:
@@ -189,21 +208,13 @@ def worker(args) -> dict:
                  "matmul_floor": matmul_floor}
     if backend == "torch":
         libraries["hugging_face"] = hugging_face_generate
-    libraries = {k: v for k, v in libraries.items() if k in args.libraries}
-    results = {}
-    for name, make in libraries.items():
-        run = make(SHAPE)
-        for batch in args.batches:
-            try:
-                results[f"{name}/batch{batch}"] = measure(run, batch, NEW, args.repeats,
-                                                          SHAPE["vocabulary_size"])
-            except Exception as error:  # report it, keep measuring the others
-                results[f"{name}/batch{batch}"] = {"error": repr(error)[-500:]}
+    runs = {name: make(SHAPE) for name, make in libraries.items() if name in args.libraries}
+    results = measure(runs, args.batches, NEW, args.repeats, SHAPE["vocabulary_size"])
     if args.gpt2_small:
-        run = keras_gpt_generate(GPT2_SMALL)
-        results["keras_gpt/gpt2_small/batch1"] = measure(run, 1, args.gpt2_small_tokens,
-                                                         max(1, args.repeats - 1),
-                                                         GPT2_SMALL["vocabulary_size"])
+        run = {"keras_gpt": keras_gpt_generate(GPT2_SMALL)}
+        small = measure(run, [1], args.gpt2_small_tokens, max(1, args.repeats - 1),
+                        GPT2_SMALL["vocabulary_size"])
+        results["keras_gpt/gpt2_small/batch1"] = small["keras_gpt/batch1"]
     return results
 
 
