@@ -180,11 +180,15 @@ def measure(runs: dict, batches, new: int, repeats: int, vocabulary: int) -> dic
             except Exception as error:  # report it, keep measuring the others
                 results[key] = {"error": repr(error)[-500:]}
     for _ in range(repeats):
-        for key in times:
+        for key in list(times):
             run = runs[key.split("/")[0]]
-            start = time.perf_counter()
-            run(prompts[key], new)
-            times[key].append(time.perf_counter() - start)
+            try:
+                start = time.perf_counter()
+                run(prompts[key], new)
+                times[key].append(time.perf_counter() - start)
+            except Exception as error:
+                results[key] = {"error": repr(error)[-500:]}
+                del times[key]
     for key, spans in times.items():
         batch = prompts[key].shape[0]
         median = statistics.median(spans)

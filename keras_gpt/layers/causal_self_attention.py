@@ -214,7 +214,7 @@ class CausalSelfAttention(keras.layers.Layer):
         # Keys and values read from the cache stay heads-first (b, h, k, d):
         # transposing them to (b, k, h, d), or leaving the query in (b, q, h, d),
         # made XLA copy the cache transposed at every decoding step (JAX CPU
-        # profile: 14 such copies per step of a 4-layer model, then 2).
+        # profile of a 4-layer model: 14 such copies per step, now none).
         scale = 1.0 / math.sqrt(self.head_dim)
         query = query * ops.cast(scale, query.dtype)
         if heads_first:
