@@ -73,15 +73,16 @@ def runnable_pages() -> list[pathlib.Path]:
 
 
 BACKENDS = ("tensorflow", "jax", "torch")
+RUNNABLE_PAGES = runnable_pages()
 
 
 def page_backend(page: pathlib.Path) -> str:
     """The backend whose pass runs `page`: pages are dealt out in turn."""
-    return BACKENDS[runnable_pages().index(page) % len(BACKENDS)]
+    return BACKENDS[RUNNABLE_PAGES.index(page) % len(BACKENDS)]
 
 
 @pytest.mark.parametrize(
-    "page", runnable_pages(), ids=lambda p: str(p.relative_to(ROOT))
+    "page", RUNNABLE_PAGES, ids=lambda p: str(p.relative_to(ROOT))
 )
 def test_page_code_runs(page, tmp_path, monkeypatch):
     backend = page_backend(page)
