@@ -79,30 +79,34 @@ def dense_gradient(table: Tensor) -> Tensor:
     return identity(tf.convert_to_tensor(table))
 
 
-def write_cache(cache: Tensor, update: Tensor, index: int | Tensor) -> Tensor:
-    """`cache` with `update` written at positions `index + [0, seq)` of axis 3.
+def write_at(buffer: Tensor, update: Tensor, index: int | Tensor, axis: int) -> Tensor:
+    """`buffer` with `update` written at positions `index + [0, n)` of `axis`.
 
-    `cache` is a key/value cache `(batch, 2, num_heads, cache_length, head_dim)`
-    and `update` the `(batch, 2, num_heads, seq, head_dim)` keys and values of
-    this call. On PyTorch the write is in place (`index_copy_`) and `cache`
-    itself is returned: `keras.ops.slice_update` would copy the whole cache at
-    every decoding step. Elsewhere it is `keras.ops.slice_update` (XLA updates
-    a loop-carried buffer in place by itself).
+    `n` is `update`'s size along `axis`; the other dimensions match. Decoding
+    writes each step's keys and values into the KV cache (axis 3 of
+    `(batch, 2, num_heads, cache_length, head_dim)`) and each step's token into
+    the token buffer (axis 1). On PyTorch the write is in place (`index_copy_`)
+    and `buffer` itself is returned: `keras.ops.slice_update` would copy the
+    whole buffer at every step. Elsewhere it is `keras.ops.slice_update` (XLA
+    updates a loop-carried buffer in place by itself).
 
     Args:
-        cache: the key/value cache of one attention layer.
-        update: the new keys and values, in the cache's dtype.
-        index: int scalar, the position of `update[:, :, :, 0]`.
+        buffer: the tensor to write into.
+        update: the values to write, in `buffer`'s dtype.
+        index: int scalar, the position of `update`'s first entry along `axis`.
+        axis: the axis written along.
 
     Example:
-    >>> cache = write_cache(cache, new_keys_and_values, cache_index)
+    >>> cache = write_at(cache, new_keys_and_values, cache_index, axis=3)
     """
     if keras.backend.backend() == "torch":
         import torch
 
-        positions = torch.arange(update.shape[3], device=cache.device) + index
-        return cache.index_copy_(3, positions, update)
-    return keras.ops.slice_update(cache, (0, 0, 0, index, 0), update)
+        positions = torch.arange(update.shape[axis], device=buffer.device) + index
+        return buffer.index_copy_(axis, positions, update)
+    start = [0] * len(update.shape)
+    start[axis] = index
+    return keras.ops.slice_update(buffer, tuple(start), update)
 
 
 def replica_index() -> int | Tensor:

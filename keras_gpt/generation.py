@@ -34,7 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gpt.backend import Tensor
+from keras_gpt.backend import Tensor, write_at
 from keras_gpt.layers.portable_dropout import HASH_RANGE
 from keras_gpt.samplers import Sampler, get_sampler
 
@@ -250,7 +250,7 @@ def decode_step(model: keras.Model, sampler: Sampler, position: int | Tensor,
     sampled = sampler(logits, seed, position)
     prompt_token = ops.take(tokens, position, axis=1)
     token = ops.where(in_prompt, prompt_token, ops.where(done, pad, sampled))
-    tokens = ops.slice_update(tokens, (0, position), ops.expand_dims(token, 1))
+    tokens = write_at(tokens, ops.expand_dims(token, 1), position, axis=1)
     stopped = ops.any(ops.expand_dims(sampled, 1) == ops.expand_dims(stop_ids, 0), axis=1)
     generating = ops.logical_and(ops.logical_not(in_prompt), ops.logical_not(done))
     done = ops.logical_or(

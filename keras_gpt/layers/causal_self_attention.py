@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from keras_gpt.backend import Tensor, has_accelerator, write_cache
+from keras_gpt.backend import Tensor, has_accelerator, write_at
 from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
 from keras_gpt.layers.portable_dropout import PortableDropout
 
@@ -192,7 +192,7 @@ class CausalSelfAttention(keras.layers.Layer):
         shape = ops.shape(inputs)
         qkv = self.qkv(inputs)
         qkv = ops.reshape(qkv, (shape[0], shape[1], 3, self.num_heads, self.head_dim))
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        query, key, value = ops.unstack(qkv, 3, axis=2)
 
         start_index = 0
         if cache is not None:
@@ -201,8 +201,8 @@ class CausalSelfAttention(keras.layers.Layer):
             start_index = cache_index
             # Heads-first cache: attention reads each head's keys and values
             # contiguously, with no transposed copy of the cache per step.
-            new = ops.transpose(ops.stack([key, value], axis=1), (0, 1, 3, 2, 4))
-            cache = write_cache(cache, ops.cast(new, cache.dtype), cache_index)
+            new = ops.transpose(qkv[:, :, 1:], (0, 2, 3, 1, 4))  # this call's keys, values
+            cache = write_at(cache, ops.cast(new, cache.dtype), cache_index, axis=3)
             key = ops.cast(cache[:, 0], query.dtype)  # (batch, heads, cache_length, head_dim)
             value = ops.cast(cache[:, 1], query.dtype)
 
