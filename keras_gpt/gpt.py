@@ -240,7 +240,7 @@ class GPT(keras.Model):
         x = self.embeddings(token_ids, start_index=cache_index)
         # Built once, not in every block: a decoding step is many small ops.
         mask = make_attention_mask(ops.shape(token_ids)[1], ops.shape(cache[0])[3],
-                              cache_index, padding_mask)
+                                   cache_index, padding_mask)
         new_cache = []
         for block, block_cache in zip(self.blocks, cache):
             x, block_cache = block(
