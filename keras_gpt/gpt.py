@@ -12,12 +12,7 @@ from keras import ops
 from keras_gpt.backend import Tensor, is_concrete
 from keras_gpt.distribution import replica_scaled
 from keras_gpt.initializers import SeededNormal, derive_seed, fresh_seed
-from keras_gpt.layers import (
-    PortableDropout,
-    TokenAndPositionEmbedding,
-    TransformerBlock,
-    make_attention_mask,
-)
+from keras_gpt.layers import PortableDropout, TokenAndPositionEmbedding, TransformerBlock
 from keras_gpt.losses import causal_lm_loss
 from keras_gpt.samplers import Sampler
 from keras_gpt.tokenizers import Tokenizer
@@ -204,13 +199,8 @@ class GPT(keras.Model):
         token_ids, padding_mask = self._unpack_inputs(inputs, padding_mask)
         x = self.embeddings(token_ids)
         x = self.embeddings_dropout(x, training=training)
-        # One mask for every block (None keeps the kernels' causal fast path).
-        mask = None
-        if padding_mask is not None:
-            length = ops.shape(token_ids)[1]
-            mask = make_attention_mask(length, length, padding_mask=padding_mask)
         for block in self.blocks:
-            x = block(x, attention_mask=mask, training=training)
+            x = block(x, padding_mask=padding_mask, training=training)
         return self._logits(x)
 
     def call_with_cache(
@@ -238,13 +228,10 @@ class GPT(keras.Model):
         """
         token_ids, padding_mask = self._unpack_inputs(token_ids, padding_mask)
         x = self.embeddings(token_ids, start_index=cache_index)
-        # Built once, not in every block: a decoding step is many small ops.
-        mask = make_attention_mask(ops.shape(token_ids)[1], ops.shape(cache[0])[3],
-                                   cache_index, padding_mask)
         new_cache = []
         for block, block_cache in zip(self.blocks, cache):
             x, block_cache = block(
-                x, cache=block_cache, cache_index=cache_index, attention_mask=mask
+                x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index
             )
             new_cache.append(block_cache)
         return self._logits(x), new_cache

@@ -10,7 +10,6 @@ from keras_gpt.layers import (
     PortableDropout,
     TokenAndPositionEmbedding,
     TransformerBlock,
-    make_attention_mask,
 )
 from keras_gpt.layers.portable_dropout import HASH_RANGE, hash_ints
 
@@ -55,20 +54,6 @@ def test_padding_mask_hides_padded_keys():
     y2 = to_numpy(attn(x2, padding_mask=mask))
     keep = [0, 1, 3, 4, 5]
     np.testing.assert_allclose(y[:, keep], y2[:, keep], atol=1e-5)
-
-
-def test_attention_mask_argument_replaces_padding_mask():
-    # GPT passes one precomputed mask to all blocks; it must act like the
-    # padding mask it was built from, and be what the layer actually uses.
-    block = TransformerBlock(2, 8, seed=0)
-    x = hidden(batch=2)
-    padding = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 0]], "int32")
-    shared = make_attention_mask(6, 6, padding_mask=padding)
-    expected = to_numpy(block(x, padding_mask=padding))
-    np.testing.assert_allclose(to_numpy(block(x, attention_mask=shared)), expected, atol=1e-6)
-    # A mask that hides everything but key 0 gives another output: the argument is used.
-    only_first = make_attention_mask(6, 6, padding_mask=np.eye(1, 6, dtype="int32").repeat(2, 0))
-    assert np.abs(to_numpy(block(x, attention_mask=only_first)) - expected).max() > 1e-3
 
 
 def test_cached_attention_matches_full_attention():

@@ -1,6 +1,6 @@
 """Keras layers that compose `keras_gpt.GPT`."""
 
-from keras_gpt.layers.causal_self_attention import CausalSelfAttention, make_attention_mask
+from keras_gpt.layers.causal_self_attention import CausalSelfAttention
 from keras_gpt.layers.portable_dropout import PortableDropout
 from keras_gpt.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from keras_gpt.layers.transformer_block import TransformerBlock
@@ -10,5 +10,4 @@ __all__ = [
     "PortableDropout",
     "TokenAndPositionEmbedding",
     "TransformerBlock",
-    "make_attention_mask",
 ]

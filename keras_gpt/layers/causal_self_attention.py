@@ -14,7 +14,7 @@ from keras_gpt.layers.portable_dropout import PortableDropout
 _IMPLEMENTATIONS = ("auto", "fused", "plain")
 
 
-def make_attention_mask(
+def attention_mask(
     query_length: int | Tensor,
     key_length: int | Tensor,
     start_index: int | Tensor = 0,
@@ -24,18 +24,6 @@ def make_attention_mask(
 
     Query i sits at absolute position start_index + i and sees keys at
     positions <= its own; `padding_mask` (batch, key) removes padded keys.
-    `GPT` builds it once per call and passes it to every block as
-    `attention_mask`.
-
-    Args:
-        query_length: number of queries.
-        key_length: number of keys (the cache length when decoding).
-        start_index: absolute position of the first query.
-        padding_mask: optional (batch, key), 1/True for real tokens.
-
-    Example:
-    >>> mask = make_attention_mask(2, 4, start_index=1)  # (1, 1, 2, 4)
-    >>> # queries at positions 1 and 2 see keys 0-1 and 0-2
     """
     query_pos = ops.arange(0, query_length, dtype="int32") + ops.cast(
         start_index, "int32"
@@ -168,7 +156,6 @@ class CausalSelfAttention(keras.layers.Layer):
         padding_mask: Tensor | None = None,
         cache: Tensor | None = None,
         cache_index: int | Tensor | None = None,
-        attention_mask: Tensor | None = None,
         training: bool | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attends causally over `inputs` (batch, seq, hidden).
@@ -180,9 +167,6 @@ class CausalSelfAttention(keras.layers.Layer):
             cache: optional (batch, 2, num_heads, cache_length, head_dim) keys
                 and values of earlier positions (updated in place on PyTorch).
             cache_index: position of `inputs[:, 0]` in the cache.
-            attention_mask: optional boolean (batch or 1, 1, seq, keys) mask made
-                by `make_attention_mask(...)` with the same arguments; replaces
-                `padding_mask`. `GPT` builds it once for all its blocks.
             training: enables dropout.
 
         Returns:
@@ -206,13 +190,11 @@ class CausalSelfAttention(keras.layers.Layer):
             key = ops.cast(cache[:, 0], query.dtype)  # (batch, heads, cache_length, head_dim)
             value = ops.cast(cache[:, 1], query.dtype)
 
-        if attention_mask is not None:
-            mask = attention_mask
-        elif cache is None and padding_mask is None:
+        if cache is None and padding_mask is None:
             mask = None  # plain causal: let the kernel use its causal fast path
         else:
             keys = ops.shape(key)[2 if cache is not None else 1]
-            mask = make_attention_mask(ops.shape(query)[1], keys, start_index, padding_mask)
+            mask = attention_mask(ops.shape(query)[1], keys, start_index, padding_mask)
 
         if self._use_fused(training):
             if cache is not None:  # the kernel takes (batch, seq, heads, head_dim)
@@ -242,7 +224,7 @@ class CausalSelfAttention(keras.layers.Layer):
             kv = "bkhd"
             scores = ops.einsum("bqhd,bkhd->bhqk", query, key)
         if mask is None:
-            mask = make_attention_mask(ops.shape(query)[1], ops.shape(key)[1])
+            mask = attention_mask(ops.shape(query)[1], ops.shape(key)[1])
         # Softmax in float32: half-precision logits overflow and lose mass.
         scores = ops.where(mask, ops.cast(scores, "float32"), -1e9)
         probs = ops.cast(ops.softmax(scores, axis=-1), query.dtype)

@@ -125,18 +125,13 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_dropout.build()
         self.built = True
 
-    def call(self, inputs, padding_mask=None, cache=None, cache_index=None,
-             attention_mask=None, training=None):
-        """Applies the block; returns `(output, cache)` when `cache` is given.
-
-        The arguments are `CausalSelfAttention.call`'s.
-        """
+    def call(self, inputs, padding_mask=None, cache=None, cache_index=None, training=None):
+        """Applies the block; returns `(output, cache)` when `cache` is given."""
         attended = self.attention(
             self.attention_norm(inputs),
             padding_mask=padding_mask,
             cache=cache,
             cache_index=cache_index,
-            attention_mask=attention_mask,
             training=training,
         )
         if cache is not None:
