@@ -373,8 +373,8 @@ def _torch_compile(model, fn):
 
     def call(*args, values=None):
         # inference_mode, not no_grad: it skips autograd's per-op version and
-        # view tracking, ~3-5 % of a bench-small decode step on CPU (many small
-        # ops a token). Its tensors stay inside `generate`, which returns NumPy.
+        # view tracking, which a decode step of many small ops pays per op.
+        # Its tensors stay inside `generate`, which returns NumPy.
         with torch.inference_mode():
             if TORCH_STEP == "trace":
                 return compiled(*args, values=values)
