@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	KERAS_BACKEND=$(BACKEND) $(PY) recipes/pretrain.py --config recipes/configs/demo.toml $(ARGS)
+	KERAS_BACKEND=$(BACKEND) $(VENV)/bin/keras-gpt pretrain --config recipes/configs/demo.toml $(ARGS)
 
 test: $(VENV)/.installed
 	set -e; for b in $(BACKENDS); do \

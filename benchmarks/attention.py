@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from keras_gpt.backend import has_accelerator
-from keras_gpt.layers import CausalSelfAttention
+from keras_gpt.model.layers import CausalSelfAttention
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def main() -> None:
     import keras
 
     import keras_gpt
-    from keras_gpt.layers.portable_dropout import hash_ints
+    from keras_gpt.model.layers.dropout import hash_ints
 
     heads, context = 6, 256
     shape = (args.batch, heads, context, context)

@@ -7,7 +7,7 @@ draws many random validation windows, as nanoGPT's `get_batch` does, and reports
 the mean loss, the standard error of one nanoGPT-style estimate
 (`batches * batch_size` windows) and the range of several such estimates.
 
-    python recipes/pretrain.py --config recipes/configs/shakespeare_char.toml --seed 1 --out runs/s1
+    keras-gpt pretrain --config recipes/configs/shakespeare_char.toml --seed 1 --out runs/s1
     python benchmarks/eval_noise.py runs/s1/best runs/s2/best
 
 The validation text is the last 10 % of the corpus (as the recipe splits a

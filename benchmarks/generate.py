@@ -204,10 +204,6 @@ def worker(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.torch_step is not None:
-        from keras_gpt import generation
-
-        generation.TORCH_STEP = args.torch_step
     libraries = {"keras_gpt": keras_gpt_generate, "keras_hub": keras_hub_generate,
                  "matmul_floor": matmul_floor}
     if backend == "torch":
@@ -231,8 +227,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch.set_num_threads in the PyTorch process (0: default)")
-    parser.add_argument("--torch-step", choices=["trace", "eager", "compile"], default=None,
-                        help="override keras_gpt.generation.TORCH_STEP")
     parser.add_argument("--gpt2-small", action="store_true",
                         help="also time keras_gpt at the GPT-2 small (124M) shape, batch 1")
     parser.add_argument("--gpt2-small-tokens", type=int, default=64)

@@ -23,11 +23,11 @@ def _overrides(extra: list[str]) -> dict:
 
 
 def pretrain_command(argv: list[str]) -> dict:
-    from keras_gpt.pretraining import load_config, pretrain
+    from keras_gpt.training.pretrain import load_config, pretrain
 
     parser = argparse.ArgumentParser(
         prog="keras-gpt pretrain",
-        description="Pretrain a GPT. Any setting of keras_gpt.pretraining.PretrainConfig "
+        description="Pretrain a GPT. Any setting of keras_gpt.training.pretrain.PretrainConfig "
                     "can be given as --key value (e.g. --max-steps 500 --dropout 0.1).",
     )
     parser.add_argument("--config", help="TOML file of settings")
@@ -39,13 +39,13 @@ def pretrain_command(argv: list[str]) -> dict:
 
 
 def finetune_command(argv: list[str]) -> dict:
-    from keras_gpt.finetuning import FinetuneConfig, finetune
+    from keras_gpt.training.finetune import FinetuneConfig, finetune
 
     parser = argparse.ArgumentParser(
         prog="keras-gpt finetune",
         description="Fine-tune a preset, fully or with LoRA, on instruction JSONL or on plain "
                     "text (continued pretraining; --format auto|instructions|text). Any setting "
-                    "of keras_gpt.finetuning.FinetuneConfig can be given as --key value "
+                    "of keras_gpt.training.finetune.FinetuneConfig can be given as --key value "
                     "(e.g. --preset DIR --data train.jsonl --lora-rank 8).",
     )
     parser.add_argument("--config", help="TOML file of settings")
@@ -58,7 +58,7 @@ def finetune_command(argv: list[str]) -> dict:
 def generate_command(argv: list[str]) -> None:
     import numpy as np
 
-    from keras_gpt import GPT
+    from keras_gpt.model import GPT
     from keras_gpt.presets import load_tokenizer
 
     parser = argparse.ArgumentParser(prog="keras-gpt generate", description="Generate text.")
@@ -112,10 +112,48 @@ def generate_command(argv: list[str]) -> None:
         run(args.prompt)
 
 
-def export_command(argv: list[str]) -> None:
-    from keras_gpt.export import export_command as run
 
-    run(argv)
+def export_command(argv: list[str]) -> None:
+    """`keras-gpt export PRESET PATH [--max-new-tokens N] ...` (see `keras_gpt.export`).
+
+    Args:
+        argv: the command-line arguments after `export`.
+
+    Example:
+    >>> export_command(["my_preset", "served/gpt/1", "--max-new-tokens", "64"])
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="keras-gpt export",
+        description="Export a preset as a TensorFlow SavedModel with `logits` and "
+                    "`generate` signatures (for TensorFlow Serving), or its logits "
+                    "graph as ONNX.")
+    parser.add_argument("preset", help="preset handle or directory")
+    parser.add_argument("path", help="output directory (file for ONNX); must not exist")
+    parser.add_argument("--format", choices=("tf_saved_model", "onnx"),
+                        default="tf_saved_model")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="largest max_new_tokens a request may ask for "
+                             "(default: max_sequence_length - 1)")
+    parser.add_argument("--stop-token-ids", default="",
+                        help="comma-separated ids that end a row, e.g. 50256")
+    parser.add_argument("--pad-token-id", type=int, default=0)
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default=None,
+                        help="backend that traces the graphs (default: the current "
+                             "one if it can, else tensorflow in a child process)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    from keras_gpt.export import export, export_onnx
+
+    if args.format == "onnx":
+        export_onnx(args.preset, args.path, overwrite=args.overwrite, backend=args.backend)
+    else:
+        stops = [int(s) for s in args.stop_token_ids.split(",") if s.strip()]
+        export(args.preset, args.path, max_new_tokens=args.max_new_tokens,
+               stop_token_ids=stops or None, pad_token_id=args.pad_token_id,
+               overwrite=args.overwrite, backend=args.backend)
+    print(args.path)
 
 
 COMMANDS = {"pretrain": pretrain_command, "finetune": finetune_command,

@@ -24,8 +24,8 @@ import pytest
 
 import keras_gpt
 from keras_gpt.export import GENERATE_INPUTS, LOGITS_INPUTS, SIGNATURES, export, export_onnx
-from keras_gpt.generation import compile_function
-from keras_gpt.samplers import DynamicSampler, get_sampler
+from keras_gpt.backend import compile_function, weight_values
+from keras_gpt.generation.samplers import DynamicSampler, get_sampler
 
 CONFIG = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
               max_sequence_length=24, seed=0)
@@ -203,9 +203,9 @@ def test_dynamic_sampler_picks_what_get_sampler_picks(model):
         return ids
 
     # One compiled program for all settings: eager JAX would compile op by op.
-    run = compile_function(model, both)
+    run = compile_function(both, model.variables)
     for position in (0, 5):
-        ids = run(logits, keras.ops.convert_to_tensor(3, "int32"),
+        ids = run(weight_values(model.variables), logits, keras.ops.convert_to_tensor(3, "int32"),
                   keras.ops.convert_to_tensor(position, "int32"))
         for settings, dynamic, reference in zip(SAMPLER_SETTINGS, ids[::2], ids[1::2]):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(dynamic),

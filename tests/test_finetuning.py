@@ -19,7 +19,7 @@ from keras_gpt.data import (
     read_instructions,
 )
 from keras_gpt.data.instructions import is_instruction_file
-from keras_gpt.finetuning import FinetuneConfig, finetune
+from keras_gpt.training.finetune import FinetuneConfig, finetune
 from keras_gpt.presets import load_tokenizer
 from keras_gpt.tokenizers import CharTokenizer
 from keras_gpt.training import read_metrics

@@ -20,7 +20,7 @@ from keras import ops
 import keras_gpt
 from keras_gpt import generation
 from keras_gpt.generation import bucket_length, new_tokens
-from keras_gpt.samplers import GreedySampler, RandomSampler, Sampler, get_sampler
+from keras_gpt.generation.samplers import GreedySampler, RandomSampler, Sampler, get_sampler
 
 CONFIG = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
               max_sequence_length=32, seed=0)

@@ -161,7 +161,7 @@ def test_default_compile_chooses_xla_by_backend_and_size():
     small = GPT(**TINY)
     big = GPT(vocabulary_size=4096, num_layers=2, num_heads=2, hidden_dim=256,
               max_sequence_length=64, seed=0)
-    assert small.count_params() < keras_gpt.gpt.XLA_MIN_PARAMETERS <= big.count_params()
+    assert small.count_params() < keras_gpt.model.gpt.XLA_MIN_PARAMETERS <= big.count_params()
     for model in (small, big):
         model.compile(optimizer="adamw")
     # JAX: Keras' "auto" jit; PyTorch: eager; TensorFlow on CPU: ours, by size.
@@ -294,5 +294,5 @@ def test_dropout_is_deterministic_per_seed():
 
 def test_public_api():
     assert keras_gpt.GPT is GPT
-    assert set(keras_gpt.layers.__all__) >= {"CausalSelfAttention", "TransformerBlock",
+    assert set(keras_gpt.model.layers.__all__) >= {"CausalSelfAttention", "TransformerBlock",
                                              "TokenAndPositionEmbedding"}

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from conftest import to_numpy
 
-from keras_gpt.layers import (
+from keras_gpt.model.layers import (
     CausalSelfAttention,
     PortableDropout,
     TokenAndPositionEmbedding,
     TransformerBlock,
 )
-from keras_gpt.layers.portable_dropout import HASH_RANGE, hash_ints
+from keras_gpt.random import HASH_RANGE, hash_ints
 
 RNG = np.random.default_rng(0)
 

@@ -12,7 +12,7 @@ import pytest
 
 from keras_gpt import GPT
 from keras_gpt.cli import _overrides
-from keras_gpt.pretraining import PretrainConfig, load_config, pretrain
+from keras_gpt.training.pretrain import PretrainConfig, load_config, pretrain
 from keras_gpt.training import read_metrics
 
 TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
@@ -109,7 +109,7 @@ def test_data_parallel_recipe_matches_one_device(tmp_path):
     pretrain(single)
     code = ("import sys; sys.path.insert(0, 'tests');"
             "from test_pretraining import tiny_config; import pathlib;"
-            "from keras_gpt.pretraining import pretrain;"
+            "from keras_gpt.training.pretrain import pretrain;"
             f"pretrain(tiny_config(pathlib.Path({str(tmp_path)!r}), 'parallel', dropout=0.0,"
             " max_steps=4, data_parallel=True))")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

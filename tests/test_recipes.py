@@ -1,12 +1,12 @@
-"""The generation and export recipes, run as scripts (`runpy`) on a preset made here.
+"""The `keras-gpt generate` and `keras-gpt export` commands, run through `keras_gpt.cli.main`
+on a preset made here.
 
-The pretraining and fine-tuning recipes are exercised through the same
-`keras_gpt.cli.main` in test_pretraining.py and test_finetuning.py.
+Pretraining and fine-tuning go through the same `keras_gpt.cli.main` in
+test_pretraining.py and test_finetuning.py.
 """
 
 import builtins
 import os
-import runpy
 import sys
 
 import keras
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import keras_gpt
+from keras_gpt.cli import main
 from keras_gpt.tokenizers import CharTokenizer
 
-RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 CONTEXT = 16
 
 
@@ -31,8 +31,9 @@ def preset(tmp_path_factory):
 
 
 def run_recipe(name, args, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [name, *args])
-    runpy.run_path(os.path.join(RECIPES, name), run_name="__main__")
+    """`keras-gpt NAME ARGS...`, in this process."""
+    monkeypatch.setattr(sys, "argv", ["keras-gpt", name, *args])
+    main()
 
 
 def greedy_by_recomputation(model, ids, steps):
@@ -54,7 +55,7 @@ def greedy_by_recomputation(model, ids, steps):
 
 def test_generate_recipe_streams_the_greedy_continuation(preset, monkeypatch, capsys):
     directory, model, tokenizer = preset
-    run_recipe("generate.py", ["--preset", directory, "--prompt", "abc", "--temperature", "0",
+    run_recipe("generate", ["--preset", directory, "--prompt", "abc", "--temperature", "0",
                                "--max-new-tokens", "6"], monkeypatch)
     expected = greedy_by_recomputation(model, tokenizer.encode("abc"), 6)
     assert capsys.readouterr().out == tokenizer.decode(expected) + "\n"
@@ -71,7 +72,7 @@ def test_generate_recipe_interactive_loop_answers_each_prompt(preset, monkeypatc
             raise EOFError from None
 
     monkeypatch.setattr(builtins, "input", fake_input)
-    run_recipe("generate.py", ["--preset", directory, "--interactive", "--temperature", "0",
+    run_recipe("generate", ["--preset", directory, "--interactive", "--temperature", "0",
                                "--max-new-tokens", "4"], monkeypatch)
     out = capsys.readouterr().out
     for prompt in ("ab", "hg f"):
@@ -83,9 +84,9 @@ def test_generate_recipe_samples_reproducibly_with_a_seed(preset, monkeypatch, c
     directory, _, _ = preset
     args = ["--preset", directory, "--prompt", "a", "--top-k", "5", "--seed", "7",
             "--max-new-tokens", "8", "--num-samples", "2"]
-    run_recipe("generate.py", args, monkeypatch)
+    run_recipe("generate", args, monkeypatch)
     first = capsys.readouterr().out
-    run_recipe("generate.py", args, monkeypatch)
+    run_recipe("generate", args, monkeypatch)
     assert capsys.readouterr().out == first
     samples = [s for s in first.split("-" * 40 + "\n") if s]
     assert len(samples) == 2 and all(len(s) == len("a") + 8 + 1 for s in samples)
@@ -94,7 +95,7 @@ def test_generate_recipe_samples_reproducibly_with_a_seed(preset, monkeypatch, c
 def test_generate_recipe_rejects_a_prompt_longer_than_the_context(preset, monkeypatch):
     directory, _, _ = preset
     with pytest.raises(SystemExit, match=f"context is {CONTEXT}"):
-        run_recipe("generate.py", ["--preset", directory, "--prompt", "a" * CONTEXT],
+        run_recipe("generate", ["--preset", directory, "--prompt", "a" * CONTEXT],
                    monkeypatch)
 
 
@@ -106,7 +107,7 @@ def test_export_recipe_writes_a_servable_saved_model(preset, monkeypatch, tmp_pa
 
     directory, model, _ = preset
     out = str(tmp_path / "served" / "1")
-    run_recipe("export.py", [directory, out, "--max-new-tokens", "4"], monkeypatch)
+    run_recipe("export", [directory, out, "--max-new-tokens", "4"], monkeypatch)
     served = tf.saved_model.load(out)
     assert {"logits", "generate"} <= set(served.signatures)
     ids = np.array([[1, 2, 3, 4]], "int32")

@@ -1,7 +1,15 @@
-"""Data: corpora, text → token shards, batches of token windows, instruction data."""
+"""Data: corpora, text → token shards, batches of token windows, instruction data.
+
+Imports no model code: data is prepared the same way for any model.
+"""
 
 from keras_gpt.data.batches import RandomWindows, SequentialWindows
-from keras_gpt.data.corpus import stdlib_corpus
+from keras_gpt.data.corpus import (
+    make_tokenizer,
+    resolve_data,
+    stdlib_corpus,
+    tokenize_corpus,
+)
 from keras_gpt.data.documents import input_files, read_documents
 from keras_gpt.data.instructions import (
     InstructionBatches,
@@ -14,4 +22,5 @@ from keras_gpt.data.token_stream import TokenStream, read_metadata
 
 __all__ = ["InstructionBatches", "RandomWindows", "SequentialWindows", "TokenStream",
            "encode_example", "format_prompt", "input_files", "prepare", "read_documents",
-           "read_instructions", "read_metadata", "stdlib_corpus"]
+           "make_tokenizer", "read_instructions", "read_metadata", "resolve_data",
+           "stdlib_corpus", "tokenize_corpus"]

@@ -1,9 +1,16 @@
-"""The default corpus: Python's own standard library source, present wherever Python is."""
+"""Corpora: Python's own standard-library source (the default), tinyshakespeare, the user's
+files; choosing a tokenizer for them and tokenising them into shards."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sysconfig
+import urllib.request
+
+from keras_gpt.data.prepare import prepare
+from keras_gpt.data.token_stream import TokenStream
+from keras_gpt.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 
 def stdlib_corpus(max_bytes: int = 8_000_000) -> str:
@@ -33,3 +40,83 @@ def stdlib_corpus(max_bytes: int = 8_000_000) -> str:
     if not parts:
         raise FileNotFoundError(f"No Python source files found under {root}.")
     return "\n".join(parts)
+
+
+
+SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+
+
+SHAKESPEARE_CANDIDATES = ("../shared/data/tinyshakespeare.txt", "data/tinyshakespeare.txt")
+
+
+def resolve_data(data: str | None, cache_dir: pathlib.Path) -> list[str]:
+    """Input paths for `prepare`: the stdlib corpus, Shakespeare, or the user's."""
+    if data in (None, "", "stdlib"):
+        path = cache_dir / "stdlib.txt"
+        if not path.exists():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(stdlib_corpus(), encoding="utf-8")
+            os.replace(tmp, path)
+        return [str(path)]
+    if data == "shakespeare":
+        for candidate in (os.environ.get("KERAS_GPT_SHAKESPEARE"), *SHAKESPEARE_CANDIDATES):
+            if candidate and os.path.exists(candidate):
+                return [candidate]
+        path = cache_dir / "tinyshakespeare.txt"
+        if not path.exists():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                urllib.request.urlretrieve(SHAKESPEARE_URL, path.with_suffix(".tmp"))
+            except OSError as error:
+                raise FileNotFoundError(
+                    "tinyshakespeare not found locally (set KERAS_GPT_SHAKESPEARE or pass "
+                    f"--data PATH) and downloading {SHAKESPEARE_URL} failed: {error}"
+                ) from None
+            os.replace(path.with_suffix(".tmp"), path)
+        return [str(path)]
+    return [data]
+
+
+def make_tokenizer(name: str, inputs: list[str]) -> Tokenizer:
+    """The tokenizer a run config names: `"byte"`, `"char"` (built from `inputs`) or a directory.
+
+    Args:
+        name: `"byte"`, `"char"` or a saved tokenizer's directory.
+        inputs: the corpus files (the character set of `"char"` comes from them).
+    """
+    if name == "byte":
+        return ByteTokenizer()
+    if name == "char":
+        from keras_gpt.data.documents import read_documents
+
+        return CharTokenizer.from_text(read_documents(inputs))
+    if os.path.isdir(name):
+        return load_tokenizer(name)
+    raise ValueError(f"tokenizer must be 'byte', 'char' or a tokenizer directory, got {name!r}.")
+
+
+def tokenize_corpus(inputs: list[str], directory: str | os.PathLike, tokenizer: Tokenizer,
+                    validation_fraction: float = 0.1) -> tuple[TokenStream, TokenStream]:
+    """Tokenises `inputs` into `directory` with `prepare`; returns the train and validation streams.
+
+    `prepare` skips the work when the inputs, tokenizer and arguments are
+    unchanged (a resumed run re-uses the shards). Documents are separated by
+    the tokenizer's `<|endoftext|>` when it has one.
+
+    Args:
+        inputs: files, folders or glob patterns (e.g. from `resolve_data`).
+        directory: where the token shards go.
+        tokenizer: a keras_gpt tokenizer.
+        validation_fraction: the share of tokens, at the end, held out for validation.
+
+    Example:
+    >>> train, val = tokenize_corpus(["corpus.txt"], "runs/x/data/tokens", ByteTokenizer())
+    """
+    end_of_text = "<|endoftext|>" if "<|endoftext|>" in getattr(tokenizer, "special_tokens", ()) else None
+    prepare(inputs, directory, tokenizer, validation_fraction=validation_fraction,
+            end_of_text=end_of_text)
+    return (TokenStream.from_directory(directory, "train"),
+            TokenStream.from_directory(directory, "val"))

@@ -3,6 +3,11 @@
 `from_preset` resolves a handle to a local directory (see `handles.resolve`)
 and reads its `config.json` to tell the format: keras_gpt's own, a Hugging
 Face GPT-2 checkpoint, or a KerasHub GPT-2 preset.
+
+The loaders are given the model class (as KerasHub's loaders are): they build
+`model_class(**config)` and fill its variables by path, so they never import
+the model and `MyGPT.from_preset(...)` returns a `MyGPT`. With no class given,
+`keras_gpt.GPT` is found through Keras' serialization registry.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from typing import Any
 
 import keras
 
-from keras_gpt.presets import huggingface, keras_gpt_format, keras_hub
-from keras_gpt.presets.errors import PresetError
-from keras_gpt.presets.handles import read_json, resolve
 from keras_gpt import tokenizers
+from keras_gpt.presets.errors import PresetError
+from keras_gpt.presets.formats import huggingface, keras_hub
+from keras_gpt.presets.formats import keras_gpt as keras_gpt_format
+from keras_gpt.presets.handles import read_json, resolve
+from keras_gpt.presets.registry import default_model_class
 from keras_gpt.tokenizers import Tokenizer
 
 FORMATS = ("keras_gpt", "huggingface", "keras_hub")
@@ -49,12 +56,16 @@ def preset_format(directory: str, handle: str | None = None) -> str:
     )
 
 
-def from_preset(handle: str | os.PathLike, **overrides: Any) -> keras.Model:
-    """Loads a `keras_gpt.GPT` from a preset handle; see `GPT.from_preset`.
+def from_preset(
+    handle: str | os.PathLike, model_class: type | None = None, **overrides: Any
+) -> keras.Model:
+    """Loads a model from a preset handle; see `GPT.from_preset`.
 
     Args:
         handle: a registered name, local directory, `hf://owner/name` or
             `kaggle://owner/model/framework/variation[/version]`.
+        model_class: the class to build (`keras_gpt.GPT` or a subclass);
+            default `keras_gpt.GPT`.
         **overrides: `GPT` arguments replacing the preset's (e.g. `dropout`,
             `dtype`, `attention_implementation`).
 
@@ -71,7 +82,8 @@ def from_preset(handle: str | os.PathLike, **overrides: Any) -> keras.Model:
         "huggingface": huggingface.load_huggingface,
         "keras_hub": keras_hub.load_keras_hub,
     }
-    return loaders[preset_format(directory, handle)](directory, handle, **overrides)
+    cls = model_class or default_model_class()
+    return loaders[preset_format(directory, handle)](cls, directory, handle, **overrides)
 
 
 def save_to_preset(
@@ -98,19 +110,18 @@ def save_to_preset(
         data_description: free text about the training data (keras_gpt format).
         max_shard_size: shard Keras weights above this many GB.
 
-    A model with LoRA adapters (enabled or merged) is saved with the adapters
-    folded into its kernels, as a plain `GPT`; keep the adapters themselves
-    with `model.save_lora`.
+    A model with LoRA adapters enabled is refused here; `GPT.save_to_preset`
+    saves it with the adapters folded into its kernels, as a plain `GPT`
+    (keep the adapters themselves with `model.save_lora`).
 
     Example:
     >>> save_to_preset(model, "my_preset", data_description="tinyshakespeare")
     """
     if any("lora_kernel" in weight.path for weight in model.weights):
-        # A preset is a plain GPT: fold LoRA adapters into the kernels of a
-        # copy (the model itself keeps training as it was).
-        from keras_gpt.lora import merged_copy
-
-        model = merged_copy(model)
+        raise ValueError(
+            "The model has LoRA adapters: save it with `model.save_to_preset(...)`, which "
+            "folds them into a copy, or call `model.merge_lora()` first."
+        )
     if format == "keras_gpt":
         keras_gpt_format.save_keras_gpt(model, directory, tokenizer=tokenizer,
                                         data_description=data_description,

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keras_gpt.tokenizers.tokenizer import Tokenizer, _as_id_list, _special_pattern, _split_special
+from keras_gpt.tokenizers.tokenizer import (
+    Tokenizer,
+    _as_id_list,
+    _special_pattern,
+    _split_special,
+)
 
 
 class ByteTokenizer(Tokenizer):

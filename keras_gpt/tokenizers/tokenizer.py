@@ -41,20 +41,6 @@ class Tokenizer:
 
     special_tokens: list[str]
 
-    @staticmethod
-    def from_preset(handle: str) -> "Tokenizer":
-        """The tokenizer stored with a preset (any handle `GPT.from_preset` takes).
-
-        Args:
-            handle: a preset name, directory, `hf://...` or `kaggle://...` handle.
-
-        Example:
-        >>> tokenizer = Tokenizer.from_preset("runs/pretrain/best")
-        """
-        from keras_gpt.presets import load_tokenizer as load_preset_tokenizer
-
-        return load_preset_tokenizer(handle)
-
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls

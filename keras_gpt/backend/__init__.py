@@ -1,0 +1,35 @@
+"""The few functions whose code differs between TensorFlow, JAX and PyTorch.
+
+Everything else in keras_gpt is written once with `keras.ops` and
+`keras.layers`; code that must ask the backend directly lives here, in small
+named functions:
+
+- `ops.py`: is a tensor concrete, is there an accelerator, a dense embedding
+  gradient on TensorFlow, in-place buffer writes on PyTorch (`write_at`).
+- `replicas.py`: this data-parallel replica's index, and a loss scaled for
+  `tf.distribute`.
+- `compile.py`: compiling a function of a model's weights (the decode
+  programs): `jax.jit`, `tf.function(jit_compile=True)`, `torch.jit.trace`.
+"""
+
+from keras_gpt.backend.compile import compile_function, weight_values
+from keras_gpt.backend.ops import (
+    Tensor,
+    dense_gradient,
+    has_accelerator,
+    is_concrete,
+    write_at,
+)
+from keras_gpt.backend.replicas import replica_index, replica_scaled
+
+__all__ = [
+    "Tensor",
+    "compile_function",
+    "dense_gradient",
+    "has_accelerator",
+    "is_concrete",
+    "replica_index",
+    "replica_scaled",
+    "weight_values",
+    "write_at",
+]

@@ -1,0 +1,119 @@
+"""Compiling a function of a model's weights: how each backend runs a decode program.
+
+A program here is a Python function of tensors that reads Keras variables
+(a decode step, a whole decode loop). `compile_function` turns it into a
+callable `program(values, *args)`, where `values` comes from `weight_values`
+and is read once per `generate` call, not once per step:
+
+- JAX: `jax.jit`, with the variables' values passed as arguments under a
+  `keras.StatelessScope` (not captured as constants: later weight updates are
+  seen, and nothing recompiles).
+- TensorFlow: `tf.function(jit_compile=True)`; variables are read live, so
+  `values` is `None` and ignored.
+- PyTorch: `torch.jit.trace` of the function, traced once per program (its
+  shapes are fixed), run under `torch.inference_mode`. Measured on CPU with
+  `benchmarks/generate.py` (bench-small, batch 1): 2-3x faster than a Python
+  loop over Keras layers; `torch.compile` took minutes to compile and ran
+  slower than eager.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import keras
+
+from keras_gpt.backend.ops import Tensor
+
+
+def weight_values(variables: Sequence[keras.Variable], column_major: keras.Variable | None = None):
+    """The values a compiled program takes for `variables` (read once per call).
+
+    Args:
+        variables: the variables the program reads, in a fixed order.
+        column_major: PyTorch on CPU: a `(rows, columns)` variable that is
+            multiplied transposed (a tied embedding projecting to logits) is
+            passed as the `(rows, columns)` view of a column-major copy, so
+            that product runs as a plain row-major matmul: MKL's transposed
+            matrix-vector product was much slower at batch 1 (see
+            docs/benchmarks.md). Lookups still read rows of the same values.
+
+    Returns:
+        A list of arrays (JAX), a tuple of tensors (PyTorch), or `None`
+        (TensorFlow, which reads variables live).
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return [v.value for v in variables]
+    if backend == "torch":
+        values = []
+        for variable in variables:
+            value = variable.value.detach()
+            if variable is column_major and value.device.type == "cpu":
+                value = value.t().contiguous().t()
+            values.append(value)
+        return tuple(values)
+    return None
+
+
+def compile_function(
+    fn: Callable[..., Tensor],
+    variables: Sequence[keras.Variable],
+    donate: Sequence[int] = (),
+) -> Callable[..., Tensor]:
+    """`fn` compiled for the backend, as `program(values, *args)`.
+
+    Args:
+        fn: a function of tensors (positional arguments) that reads `variables`.
+        variables: every variable `fn` reads (`model.variables`).
+        donate: JAX only: positions in `args` of arguments whose buffers the
+            program may reuse for its outputs (the KV cache). A donated
+            argument must not be used after the call.
+
+    Returns:
+        `program(values, *args)`, with `values = weight_values(variables)`.
+
+    Example:
+    >>> program = compile_function(step, model.variables, donate=(2,))
+    >>> outputs = program(weight_values(model.variables), *inputs)
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(fn, jit_compile=True)
+        return lambda values, *args: compiled(*args)
+    variables = list(variables)
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*args)
+
+    if backend == "jax":
+        import jax
+
+        return jax.jit(pure, donate_argnums=tuple(d + 1 for d in donate))
+    if backend == "torch":
+        return _torch_traced(pure)
+    return lambda values, *args: fn(*args)
+
+
+def _torch_traced(pure: Callable) -> Callable:
+    import torch
+
+    traced = []
+
+    def call(values, *args):
+        # inference_mode, not no_grad: it skips autograd's per-op version and
+        # view tracking, which a decode step of many small ops pays per op.
+        with torch.inference_mode():
+            if not traced:
+                # The tracer warns about the model's eager-only input checks,
+                # which run once here and are rightly left out of the trace.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    traced.append(torch.jit.trace(pure, (values, *args), check_trace=False))
+            return traced[0](values, *args)
+
+    return call

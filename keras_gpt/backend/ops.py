@@ -1,0 +1,110 @@
+"""Tensor questions and writes whose answer depends on the Keras backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+#: A backend tensor (`tf.Tensor`, `jax.Array`, `torch.Tensor`) or a NumPy array.
+Tensor = Any
+
+
+
+def is_concrete(x) -> bool:
+    """True when `x` holds values now (eager), False while tracing or building.
+
+    Value checks (e.g. token ids in range) can only run on concrete tensors.
+    """
+    if keras.backend.is_keras_tensor(x):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "torch":
+        import torch
+
+        return not torch.compiler.is_compiling()
+    return True
+
+
+def has_accelerator() -> bool:
+    """True when the backend runs on a GPU or TPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def dense_gradient(table: Tensor) -> Tensor:
+    """`table` as a tensor whose TensorFlow gradient is dense (a no-op elsewhere).
+
+    A gather (`ops.take`) gives TensorFlow a `tf.IndexedSlices` gradient with one
+    slice per looked-up row, repeats included, and Keras' TensorFlow optimizers
+    update Adam's second moment slice by slice: a row looked up twice (the same
+    token twice in a batch, or the replicas' slices joined by a `tf.distribute`
+    all-reduce) gets g₁² + g₂² instead of (g₁ + g₂)². A dense gradient sums the
+    slices first, as JAX and PyTorch do.
+
+    Args:
+        table: an embedding table (a variable) about to be gathered from.
+
+    Example:
+    >>> rows = keras.ops.take(dense_gradient(self.embeddings), ids, axis=0)
+    """
+    if keras.backend.backend() != "tensorflow":
+        return table
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def identity(x):
+        return tf.identity(x), lambda upstream: tf.convert_to_tensor(upstream)
+
+    return identity(tf.convert_to_tensor(table))
+
+
+def write_at(buffer: Tensor, update: Tensor, index: int | Tensor, axis: int) -> Tensor:
+    """`buffer` with `update` written at positions `index + [0, n)` of `axis`.
+
+    `n` is `update`'s size along `axis`; the other dimensions match. Decoding
+    writes each step's keys and values into the KV cache (axis 3 of
+    `(batch, 2, num_heads, cache_length, head_dim)`) and each step's token into
+    the token buffer (axis 1). On PyTorch the write is in place (`index_copy_`)
+    and `buffer` itself is returned: `keras.ops.slice_update` would copy the
+    whole buffer at every step. Elsewhere it is `keras.ops.slice_update` (XLA
+    updates a loop-carried buffer in place by itself).
+
+    Args:
+        buffer: the tensor to write into.
+        update: the values to write, in `buffer`'s dtype.
+        index: int scalar, the position of `update`'s first entry along `axis`.
+        axis: the axis written along.
+
+    Example:
+    >>> cache = write_at(cache, new_keys_and_values, cache_index, axis=3)
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        positions = torch.arange(update.shape[axis], device=buffer.device) + index
+        return buffer.index_copy_(axis, positions, update)
+    start = [0] * len(update.shape)
+    start[axis] = index
+    return keras.ops.slice_update(buffer, tuple(start), update)
+

@@ -1,0 +1,611 @@
+"""The GPT model: embeddings → transformer blocks → final LayerNorm → logits."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gpt import presets
+from keras_gpt.backend import Tensor, is_concrete, replica_scaled
+from keras_gpt.generation import GenerationEngine, Sampler
+from keras_gpt.model import lora
+from keras_gpt.model.layers import (
+    PortableDropout,
+    TokenAndPositionEmbedding,
+    TransformerBlock,
+)
+from keras_gpt.model.layout import layout_map
+from keras_gpt.model.losses import causal_lm_loss
+from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
+from keras_gpt.tokenizers import Tokenizer
+
+#: Models with at least this many parameters compile with XLA on TensorFlow's
+#: CPU under `jit_compile="auto"` (see `GPT.compile`).
+XLA_MIN_PARAMETERS = 2**20
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt")
+class GPT(keras.Model):
+    """A GPT-2 style decoder-only transformer.
+
+    `model(token_ids)` returns next-token logits `(batch, seq, vocabulary_size)`.
+    Inputs are an int tensor of token ids, or a dict with `"token_ids"` and an
+    optional `"padding_mask"` (1 for real tokens). Compiled without a loss, the
+    model trains on sparse cross-entropy from logits, ignoring padded positions
+    (see `compute_loss`).
+
+    Weights are initialised as in GPT-2 (N(0, 0.02), the two residual output
+    projections of each block scaled by 1/√(2·num_layers), zero biases, unit
+    LayerNorm scales) from NumPy generators: the same `seed` gives bit-identical
+    initial weights on TensorFlow, JAX and PyTorch, and dropout masks are the
+    same on all three too.
+
+    Args:
+        vocabulary_size: number of token ids.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads per block.
+        hidden_dim: model width; divisible by `num_heads`.
+        intermediate_dim: MLP width; defaults to 4·hidden_dim.
+        max_sequence_length: longest sequence (size of the position table).
+        dropout: dropout on embeddings, attention probabilities and residuals.
+        layer_norm_epsilon: LayerNorm epsilon (GPT-2: 1e-5).
+        activation: `"gelu_approximate"`, `"gelu"` or `"relu"`.
+        position_embedding: `"learned"` or `"sinusoidal"`.
+        tie_embeddings: project to logits with the token embedding matrix
+            (logits = h · Eᵀ) instead of a separate output kernel.
+        attention_implementation: `"auto"`, `"fused"` or `"plain"`; see
+            `CausalSelfAttention`.
+        use_bias: biases in the Dense layers and LayerNorms, as in GPT-2.
+            `False` is nanoGPT's `bias=False` (a little faster and, in
+            nanoGPT's experience, a little better); such a model exports to
+            GPT-2 formats with zero biases.
+        seed: integer seed for weights and dropout; `None` picks one (and
+            records it in the config).
+        dtype: Keras dtype policy, e.g. `"float32"` or `"mixed_bfloat16"`.
+
+    Example:
+    >>> model = GPT(vocabulary_size=256, num_layers=2, num_heads=2,
+    ...             hidden_dim=32, max_sequence_length=64, seed=0)
+    >>> logits = model(np.zeros((1, 8), "int32"))        # (1, 8, 256)
+    >>> model.compile(optimizer="adamw")
+    >>> model.fit(x=tokens[:, :-1], y=tokens[:, 1:], epochs=1)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        num_layers: int,
+        num_heads: int,
+        hidden_dim: int,
+        intermediate_dim: int | None = None,
+        max_sequence_length: int = 1024,
+        dropout: float = 0.0,
+        layer_norm_epsilon: float = 1e-5,
+        activation: str = "gelu_approximate",
+        position_embedding: str = "learned",
+        tie_embeddings: bool = True,
+        attention_implementation: str = "auto",
+        use_bias: bool = True,
+        seed: int | None = None,
+        dtype: str | keras.DTypePolicy | None = None,
+        **kwargs,
+    ):
+        super().__init__(dtype=dtype, **kwargs)
+        for name, value in (
+            ("vocabulary_size", vocabulary_size),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("hidden_dim", hidden_dim),
+            ("max_sequence_length", max_sequence_length),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by "
+                f"`num_heads` ({num_heads})."
+            )
+        self.vocabulary_size = int(vocabulary_size)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.hidden_dim = int(hidden_dim)
+        self.intermediate_dim = int(intermediate_dim or 4 * hidden_dim)
+        self.max_sequence_length = int(max_sequence_length)
+        self.dropout = float(dropout)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.activation = activation
+        self.position_embedding = position_embedding
+        self.tie_embeddings = bool(tie_embeddings)
+        self.attention_implementation = attention_implementation
+        self.use_bias = bool(use_bias)
+        self.seed = fresh_seed() if seed is None else int(seed)
+
+        policy = self.dtype_policy
+        init_stddev = 0.02
+        self.embeddings = TokenAndPositionEmbedding(
+            self.vocabulary_size,
+            self.max_sequence_length,
+            self.hidden_dim,
+            position_embedding=position_embedding,
+            init_stddev=init_stddev,
+            seed=derive_seed(self.seed, 0),
+            dtype=policy,
+            name="embeddings",
+        )
+        self.embeddings_dropout = PortableDropout(
+            self.dropout, seed=derive_seed(self.seed, 1), dtype=policy,
+            name="embeddings_dropout",
+        )
+        self.blocks = [
+            TransformerBlock(
+                self.num_heads,
+                self.hidden_dim,
+                intermediate_dim=self.intermediate_dim,
+                dropout=self.dropout,
+                activation=activation,
+                layer_norm_epsilon=self.layer_norm_epsilon,
+                attention_implementation=attention_implementation,
+                init_stddev=init_stddev,
+                residual_init_stddev=init_stddev / math.sqrt(2 * self.num_layers),
+                use_bias=self.use_bias,
+                seed=derive_seed(self.seed, 2, i),
+                dtype=policy,
+                name=f"block_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            name="final_norm",
+        )
+        self.lm_head = None
+        if not self.tie_embeddings:
+            self.lm_head = keras.layers.Dense(
+                self.vocabulary_size,
+                use_bias=False,
+                kernel_initializer=SeededNormal(init_stddev, derive_seed(self.seed, 3)),
+                dtype=policy,
+                name="lm_head",
+            )
+        self.build()
+        self.lora_config = None
+
+    def build(self, input_shape=None):
+        hidden_shape = (None, None, self.hidden_dim)
+        self.embeddings.build((None, None))
+        self.embeddings_dropout.build()
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        if self.lm_head is not None:
+            self.lm_head.build(hidden_shape)
+        self.built = True
+
+    # -- forward -------------------------------------------------------------
+
+    def call(
+        self,
+        inputs: Tensor | dict[str, Tensor],
+        padding_mask: Tensor | None = None,
+        training: bool | None = None,
+    ) -> Tensor:
+        """Logits (batch, seq, vocabulary_size) for `inputs`.
+
+        Args:
+            inputs: int token ids (batch, seq), or a dict with `"token_ids"` and
+                optionally `"padding_mask"`.
+            padding_mask: optional (batch, seq), 1/True for real tokens.
+            training: enables dropout.
+        """
+        token_ids, padding_mask = self._unpack_inputs(inputs, padding_mask)
+        x = self.embeddings(token_ids)
+        x = self.embeddings_dropout(x, training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, training=training)
+        return self._logits(x)
+
+    def call_with_cache(
+        self,
+        token_ids: Tensor,
+        cache: list[Tensor],
+        cache_index: int | Tensor,
+        padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One decoding step over a key/value cache (inference only, no dropout).
+
+        Args:
+            token_ids: int (batch, seq) ids placed at positions
+                cache_index + [0, seq).
+            cache: list with one (batch, 2, num_heads, cache_length, head_dim)
+                tensor per block, as made by `init_cache`. On PyTorch these
+                tensors are updated in place (keep a `.clone()` to reuse an
+                older cache).
+            cache_index: int scalar, where `token_ids[:, 0]` goes in the cache.
+            padding_mask: optional (batch, cache_length), 1 for real positions.
+
+        Returns:
+            `(logits, cache)`: logits (batch, seq, vocabulary_size) and the
+            cache with this step's keys and values written in.
+        """
+        token_ids, padding_mask = self._unpack_inputs(token_ids, padding_mask)
+        x = self.embeddings(token_ids, start_index=cache_index)
+        new_cache = []
+        for block, block_cache in zip(self.blocks, cache):
+            x, block_cache = block(
+                x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index
+            )
+            new_cache.append(block_cache)
+        return self._logits(x), new_cache
+
+    def init_cache(
+        self, batch_size: int, cache_length: int, dtype: str | None = None
+    ) -> list[Tensor]:
+        """An all-zero key/value cache for `call_with_cache`.
+
+        Args:
+            batch_size: number of sequences.
+            cache_length: positions to hold; at most `max_sequence_length`.
+            dtype: cache dtype; defaults to the model's compute dtype.
+        """
+        if cache_length > self.max_sequence_length:
+            raise ValueError(
+                f"`cache_length` ({cache_length}) exceeds the model's "
+                f"`max_sequence_length` ({self.max_sequence_length})."
+            )
+        head_dim = self.hidden_dim // self.num_heads
+        shape = (batch_size, 2, self.num_heads, cache_length, head_dim)
+        dtype = dtype or self.compute_dtype
+        return [ops.zeros(shape, dtype=dtype) for _ in range(self.num_layers)]
+
+    def generate(
+        self,
+        prompt_ids: Tensor | list[list[int]],
+        max_new_tokens: int,
+        sampler: str | Sampler = "greedy",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_token_ids: list[int] | None = None,
+        seed: int | None = None,
+        padding_mask: Tensor | None = None,
+        pad_token_id: int = 0,
+        return_lengths: bool = False,
+        callback: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Continues each prompt by up to `max_new_tokens` tokens.
+
+        The prompt is run once (prefill), then one token per step is decoded
+        from a fixed-size key/value cache inside a loop compiled for the
+        backend (see `keras_gpt.generation`). Compiled programs are cached per
+        batch size and bucketed cache length: repeated calls with similar
+        shapes do not recompile.
+
+        Args:
+            prompt_ids: the prompts: an int array `(batch, length)` or
+                `(length,)`, or a list of lists of ids whose lengths may differ
+                (ragged). A padded array may come with `padding_mask`.
+            max_new_tokens: tokens to add to each row; the longest prompt +
+                `max_new_tokens` must fit in `max_sequence_length`.
+            sampler: `"greedy"` (most likely token), `"temperature"` (sample
+                from all tokens), `"top_k"`, `"top_p"`, or a
+                `keras_gpt.generation.samplers.Sampler` instance.
+            temperature: divides the logits before sampling (0 = greedy).
+            top_k: with `"top_k"` (or `"top_p"`): sample among the k most likely
+                tokens.
+            top_p: with `"top_p"`: sample among the smallest set of most likely
+                tokens whose probability mass reaches p.
+            stop_token_ids: a row stops right after generating one of these ids
+                (the stop token is kept); its later positions hold `pad_token_id`.
+            seed: sampling seed: the same seed gives the same tokens on a
+                backend (and, with the hash-based sampler noise, usually the
+                same tokens on every backend). `None` draws one.
+            padding_mask: with a `(batch, length)` array: 1/True marks each
+                row's real prompt tokens (left or right padding).
+            pad_token_id: id written after a row's last token.
+            return_lengths: also return each row's length (prompt + generated
+                tokens, through the stop token); row r's new tokens are
+                `ids[r, prompt_length_r:lengths[r]]`
+                (`keras_gpt.generation.new_tokens` slices them all).
+            callback: streaming: called after every decoding step as
+                `callback(token_ids, is_new)` with two `(batch,)` NumPy arrays,
+                the ids written at this step's position and which rows
+                generated a new token there (rows still inside a longer
+                prompt, or already stopped, did not). Runs a Python loop over
+                the compiled step, so it is a little slower.
+
+        Returns:
+            int32 NumPy array `(batch, longest_prompt + max_new_tokens)`: each
+            row's prompt followed by its continuation, then `pad_token_id`.
+            With `return_lengths`, a tuple `(token_ids, lengths)`.
+
+        Example:
+        >>> model = GPT(vocabulary_size=256, num_layers=2, num_heads=2,
+        ...             hidden_dim=32, max_sequence_length=64, seed=0)
+        >>> ids = model.generate(np.array([[1, 2, 3]]), max_new_tokens=5)  # (1, 8)
+        >>> ids, lengths = model.generate([[1, 2, 3], [4]], 5, sampler="top_k",
+        ...                               top_k=10, seed=0, stop_token_ids=[0],
+        ...                               return_lengths=True)
+        """
+        return self.generation_engine.generate(
+                        prompt_ids, max_new_tokens, sampler=sampler,
+                        temperature=temperature, top_k=top_k, top_p=top_p,
+                        stop_token_ids=stop_token_ids, seed=seed,
+                        padding_mask=padding_mask, pad_token_id=pad_token_id,
+                        return_lengths=return_lengths, callback=callback)
+
+    @property
+    def generation_engine(self) -> GenerationEngine:
+        """The engine that runs `generate`: it owns this model's compiled decoding programs."""
+        engine = self.__dict__.get("_generation_engine")
+        if engine is None:
+            engine = GenerationEngine(self)
+            # Not a Keras-tracked attribute: the engine holds no variables.
+            object.__setattr__(self, "_generation_engine", engine)
+        return engine
+
+    @property
+    def tied_embedding(self) -> keras.Variable | None:
+        """The token embedding when it also projects to logits (`tie_embeddings`), else None."""
+        return self.embeddings.token_embeddings if self.tie_embeddings else None
+
+    # -- LoRA ------------------------------------------------------------------
+
+    def enable_lora(
+        self,
+        rank: int,
+        alpha: float | None = None,
+        target: tuple[str, ...] = ("qkv", "attn_out", "mlp_in", "mlp_out"),
+        train_biases: bool = False,
+        train_norms: bool = False,
+    ) -> None:
+        """Adds rank-`rank` adapters to the chosen projections and freezes the rest.
+
+        Every other weight (embeddings, biases, LayerNorms unless asked) becomes
+        non-trainable; adapters start with B = 0, so logits are unchanged until
+        training. Compile (again) after calling this.
+
+        Args:
+            rank: adapter rank r.
+            alpha: scale numerator (updates are scaled by alpha/r); default r.
+            target: projections to adapt, from `"qkv"`, `"attn_out"`,
+                `"mlp_in"`, `"mlp_out"`.
+            train_biases: keep biases trainable.
+            train_norms: keep LayerNorm scales and offsets trainable.
+
+        Example:
+        >>> model.enable_lora(rank=8, target=("qkv", "attn_out"))
+        >>> model.compile(optimizer="adamw")
+        """
+        lora.enable_lora(self, rank, alpha, target, train_biases, train_norms)
+
+    def merge_lora(self) -> None:
+        """Folds the adapters into the base kernels; the model becomes a plain GPT.
+
+        Logits are unchanged. After merging, every weight is trainable again and
+        the model saves, exports and loads like one that never had adapters.
+        """
+        lora.merge_lora(self)
+
+    def save_lora(self, path: str) -> None:
+        """Saves only the adapters (and their settings) to a small `.npz` file.
+
+        Arrays are keyed by layer path inside the model (e.g.
+        `block_0/attention/qkv/lora_kernel_a`), so they load onto any instance
+        of the same architecture, such as a freshly loaded preset.
+
+        Args:
+            path: file name ending in `.npz`.
+        """
+        lora.save_lora(self, path)
+
+    def load_lora(self, path: str) -> None:
+        """Loads adapters saved by `save_lora`, enabling LoRA first if needed.
+
+        Args:
+            path: an adapter file written by `save_lora`.
+        """
+        lora.load_lora(self, path)
+
+    def _logits(self, x):
+        x = self.final_norm(x)
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return self.embeddings.project(x)
+
+    def _unpack_inputs(self, inputs, padding_mask):
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"token_ids", "padding_mask"}
+            if unknown or "token_ids" not in inputs:
+                raise ValueError(
+                    "GPT inputs as a dict need the key 'token_ids' and optionally "
+                    f"'padding_mask'; got keys {sorted(inputs)}."
+                )
+            padding_mask = inputs.get("padding_mask", padding_mask)
+            inputs = inputs["token_ids"]
+        self._validate_token_ids(inputs)
+        return inputs, padding_mask
+
+    def _validate_token_ids(self, token_ids):
+        dtype = keras.backend.standardize_dtype(token_ids.dtype)
+        if "int" not in dtype:
+            raise ValueError(
+                f"`token_ids` must be integers, got dtype {dtype}. "
+                "Convert with e.g. `np.asarray(ids, 'int32')`."
+            )
+        if len(token_ids.shape) != 2:
+            raise ValueError(
+                f"`token_ids` must have shape (batch, seq), got {tuple(token_ids.shape)}."
+            )
+        length = token_ids.shape[1]
+        if length is not None and length > self.max_sequence_length:
+            raise ValueError(
+                f"Sequence length {length} exceeds the model's "
+                f"`max_sequence_length` ({self.max_sequence_length})."
+            )
+        if is_concrete(token_ids) and length:
+            low = int(ops.convert_to_numpy(ops.min(token_ids)))
+            high = int(ops.convert_to_numpy(ops.max(token_ids)))
+            if low < 0 or high >= self.vocabulary_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"Token id {bad} is outside [0, {self.vocabulary_size}) "
+                    "(the model's `vocabulary_size`)."
+                )
+
+    # -- training --------------------------------------------------------------
+
+    def compile(self, *args, jit_compile: bool | str = "auto", **kwargs) -> None:
+        """`keras.Model.compile`, with XLA on TensorFlow's CPU for models that gain from it.
+
+        Keras' `jit_compile="auto"` leaves XLA off for TensorFlow on machines
+        without an accelerator. Every op of this model compiles with XLA, and
+        for models of `XLA_MIN_PARAMETERS` or more the training step then runs
+        ~1.25× faster on CPU (bench-small, 5.3M parameters:
+        `benchmarks/train.py`), so there `"auto"` turns it on, unless the
+        model was built under a `tf.distribute` strategy (Keras' own rule).
+        Smaller models keep Keras' choice: their steps are short, and XLA's
+        seconds of compiling per train/eval/predict function outweigh what it
+        saves in short runs such as tests and demos. Pass `jit_compile=True`
+        or `False` to decide yourself. Other arguments and backends are
+        unchanged.
+        """
+        if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
+            big = self.count_params() >= XLA_MIN_PARAMETERS  # built in __init__
+            # `_distribute_strategy` is set when the model was built under a strategy.
+            if big and not getattr(self, "_distribute_strategy", None):
+                jit_compile = True
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    def compile_from_config(self, config: dict) -> None:
+        """Recompiles a loaded model, as Keras does for models that keep its `compile`.
+
+        XLA is chosen afresh (`jit_compile="auto"`): the file may come from
+        another backend (a JAX model's `True` would mean `torch.compile` on
+        PyTorch) or be loaded under a `tf.distribute` strategy.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**{**config, "jit_compile": "auto"})
+        self.optimizer.build(self.trainable_variables)  # so saved optimizer state loads
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Without a compiled `loss`: mean token cross-entropy over unmasked tokens.
+
+        The weights are the `padding_mask` of `x` times any `sample_weight`;
+        see `keras_gpt.causal_lm_loss`.
+        """
+        if self._compile_loss is not None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        loss = causal_lm_loss(y, y_pred, self._token_weights(x, sample_weight))
+        for extra in self.losses:
+            loss = loss + ops.cast(extra, loss.dtype)
+        # tf.distribute sums the replicas' gradients (Keras' own losses scale too).
+        return replica_scaled(loss)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(
+            x, y, y_pred, sample_weight=self._token_weights(x, sample_weight)
+        )
+
+    @staticmethod
+    def _token_weights(x, sample_weight):
+        """Per-token weights: the padding mask times any sample weights."""
+        mask = x.get("padding_mask") if isinstance(x, dict) else None
+        if mask is None:
+            return sample_weight
+        mask = ops.cast(mask, "float32")
+        if sample_weight is None:
+            return mask
+        weights = ops.cast(sample_weight, "float32")
+        if len(weights.shape) == 1:
+            weights = ops.expand_dims(weights, -1)
+        return mask * weights
+
+    @staticmethod
+    def get_layout_map(device_mesh: keras.distribution.DeviceMesh) -> keras.distribution.LayoutMap:
+        """The layout map for `keras.distribution.ModelParallel` (JAX).
+
+        Shards embeddings and the QKV, attention-output and MLP kernels along the
+        mesh's `"model"` axis; see `keras_gpt.distribution.layout_map`.
+
+        Args:
+            device_mesh: a mesh with a `"model"` axis (and usually `"batch"`).
+
+        Example:
+        >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
+        ...                                      keras.distribution.list_devices())
+        >>> keras.distribution.set_distribution(keras.distribution.ModelParallel(
+        ...     layout_map=GPT.get_layout_map(mesh), batch_dim_name="batch"))
+        """
+        return layout_map(device_mesh)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "max_sequence_length": self.max_sequence_length,
+            "dropout": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "activation": self.activation,
+            "position_embedding": self.position_embedding,
+            "tie_embeddings": self.tie_embeddings,
+            "attention_implementation": self.attention_implementation,
+            "use_bias": self.use_bias,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GPT":
+        return cls(**config)
+
+    # -- presets (implemented in keras_gpt.presets) -----------------------------
+
+    @classmethod
+    def from_preset(cls, handle: str, **overrides: Any) -> "GPT":
+        """Loads a model from a preset: keras_gpt, Hugging Face GPT-2 or KerasHub GPT-2.
+
+        Args:
+            handle: a registered name (`keras_gpt.presets.list()`), a local
+                directory, `"hf://owner/name"` or
+                `"kaggle://owner/model/framework/variation[/version]"`.
+            **overrides: `GPT` arguments replacing the preset's, e.g.
+                `dropout=0.1` or `dtype="mixed_bfloat16"`.
+
+        Example:
+        >>> model = GPT.from_preset("my_preset")
+        >>> model = GPT.from_preset("hf://openai-community/gpt2")
+        """
+        return presets.from_preset(handle, model_class=cls, **overrides)
+
+    def save_to_preset(
+        self,
+        directory: str,
+        format: str = "keras_gpt",
+        tokenizer: Tokenizer | None = None,
+        data_description: str | None = None,
+        max_shard_size: float | None = 5.0,
+    ) -> None:
+        """Writes the model as a directory `GPT.from_preset` reads back.
+
+        Args:
+            directory: output directory, created if needed.
+            format: `"keras_gpt"` (config.json, model.weights.h5, tokenizer/,
+                metadata.json) or `"huggingface"` (config.json and
+                model.safetensors for `transformers.GPT2LMHeadModel`).
+            tokenizer: optional tokenizer with a `save(directory)` method.
+            data_description: training data description kept in metadata.json.
+            max_shard_size: shard the weights above this many GB.
+
+        Example:
+        >>> model.save_to_preset("my_preset", data_description="tinyshakespeare")
+        """
+        model = lora.merged_copy(self) if self.lora_config else self
+        presets.save_to_preset(model, directory, format=format, tokenizer=tokenizer,
+                       data_description=data_description, max_shard_size=max_shard_size)

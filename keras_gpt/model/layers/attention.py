@@ -1,0 +1,249 @@
+"""Multi-head causal self-attention with a fused QKV projection and a KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from keras_gpt.backend import Tensor, has_accelerator, write_at
+from keras_gpt.model.layers.dropout import PortableDropout
+from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
+
+_IMPLEMENTATIONS = ("auto", "fused", "plain")
+
+
+def attention_mask(
+    query_length: int | Tensor,
+    key_length: int | Tensor,
+    start_index: int | Tensor = 0,
+    padding_mask: Tensor | None = None,
+) -> Tensor:
+    """Boolean mask (batch or 1, 1, query, key): True where a query may attend.
+
+    Query i sits at absolute position start_index + i and sees keys at
+    positions <= its own; `padding_mask` (batch, key) removes padded keys.
+    """
+    query_pos = ops.arange(0, query_length, dtype="int32") + ops.cast(
+        start_index, "int32"
+    )
+    key_pos = ops.arange(0, key_length, dtype="int32")
+    mask = ops.expand_dims(key_pos, 0) <= ops.expand_dims(query_pos, 1)
+    mask = mask[None, None, :, :]
+    if padding_mask is not None:
+        keys = ops.cast(padding_mask, "bool")[:, None, None, :]
+        mask = ops.logical_and(mask, keys)
+    return mask
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head causal self-attention, as in GPT-2.
+
+    One Dense layer projects to queries, keys and values together (GPT-2's
+    `c_attn`), a second projects the heads back (`c_proj`). With `cache` and
+    `cache_index` the layer attends over a fixed-size key/value cache, writes
+    this call's keys and values into it and returns the updated cache: one
+    compiled shape serves every decoding step.
+
+    Args:
+        num_heads: number of attention heads.
+        hidden_dim: model width; must be divisible by `num_heads`.
+        dropout: dropout on the output projection (GPT-2's `resid_pdrop`).
+        attention_dropout: dropout on attention probabilities (`attn_pdrop`);
+            defaults to `dropout`.
+        attention_implementation: `"fused"` uses `keras.ops.dot_product_attention`,
+            `"plain"` an explicit softmax(QKᵀ/√d)V; `"auto"` picks the one
+            measured fastest on the backend (fused on PyTorch and on
+            accelerators, plain on TensorFlow and JAX CPU). With attention
+            dropout the plain path is used.
+        init_stddev: standard deviation of the QKV kernel initializer.
+        output_init_stddev: standard deviation of the output kernel; GPT
+            scales it by 1/√(2·num_layers). Defaults to `init_stddev`.
+        use_bias: add biases to both projections (GPT-2); nanoGPT's
+            `bias=False` models leave them out.
+        seed: integer seed for weights and dropout; `None` picks one.
+
+    Example:
+    >>> attn = CausalSelfAttention(num_heads=2, hidden_dim=8, seed=0)
+    >>> y = attn(keras.ops.ones((1, 4, 8)))               # (1, 4, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        hidden_dim: int,
+        dropout: float = 0.0,
+        attention_dropout: float | None = None,
+        attention_implementation: str = "auto",
+        init_stddev: float = 0.02,
+        output_init_stddev: float | None = None,
+        use_bias: bool = True,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by "
+                f"`num_heads` ({num_heads})."
+            )
+        if attention_implementation not in _IMPLEMENTATIONS:
+            raise ValueError(
+                f"`attention_implementation` must be one of {_IMPLEMENTATIONS}, "
+                f"got {attention_implementation!r}."
+            )
+        self.num_heads = int(num_heads)
+        self.hidden_dim = int(hidden_dim)
+        self.head_dim = self.hidden_dim // self.num_heads
+        self.dropout = float(dropout)
+        self.attention_dropout = (
+            self.dropout if attention_dropout is None else float(attention_dropout)
+        )
+        self.attention_implementation = attention_implementation
+        self.init_stddev = float(init_stddev)
+        self.output_init_stddev = (
+            self.init_stddev if output_init_stddev is None else float(output_init_stddev)
+        )
+        self.use_bias = bool(use_bias)
+        self.seed = fresh_seed() if seed is None else int(seed)
+
+        self.qkv = keras.layers.Dense(
+            3 * self.hidden_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=SeededNormal(self.init_stddev, derive_seed(self.seed, 0)),
+            dtype=self.dtype_policy,
+            name="qkv",
+        )
+        self.output_dense = keras.layers.Dense(
+            self.hidden_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=SeededNormal(
+                self.output_init_stddev, derive_seed(self.seed, 1)
+            ),
+            dtype=self.dtype_policy,
+            name="output",
+        )
+        # Named, so that variable paths (and checkpoints keyed by them) do not
+        # depend on how many layers the process created before.
+        self.probs_dropout = PortableDropout(
+            self.attention_dropout, seed=derive_seed(self.seed, 2), dtype=self.dtype_policy,
+            name="probs_dropout",
+        )
+        self.output_dropout = PortableDropout(
+            self.dropout, seed=derive_seed(self.seed, 3), dtype=self.dtype_policy,
+            name="output_dropout",
+        )
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.output_dense.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        self.probs_dropout.build()
+        self.output_dropout.build()
+        self.built = True
+
+    def _use_fused(self, training) -> bool:
+        if training and self.attention_dropout > 0:
+            return False
+        if self.attention_implementation == "auto":
+            return keras.backend.backend() == "torch" or has_accelerator()
+        return self.attention_implementation == "fused"
+
+    def call(
+        self,
+        inputs: Tensor,
+        padding_mask: Tensor | None = None,
+        cache: Tensor | None = None,
+        cache_index: int | Tensor | None = None,
+        training: bool | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attends causally over `inputs` (batch, seq, hidden).
+
+        Args:
+            inputs: hidden states, (batch, seq, hidden).
+            padding_mask: (batch, keys) with 1/True for real tokens; keys are the
+                `seq` positions, or the cache positions when decoding.
+            cache: optional (batch, 2, num_heads, cache_length, head_dim) keys
+                and values of earlier positions (updated in place on PyTorch).
+            cache_index: position of `inputs[:, 0]` in the cache.
+            training: enables dropout.
+
+        Returns:
+            The output (batch, seq, hidden), or `(output, cache)` when a cache
+            was given.
+        """
+        shape = ops.shape(inputs)
+        qkv = self.qkv(inputs)
+        qkv = ops.reshape(qkv, (shape[0], shape[1], 3, self.num_heads, self.head_dim))
+        query, key, value = ops.unstack(qkv, 3, axis=2)
+
+        start_index = 0
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("`cache_index` is required with `cache`.")
+            start_index = cache_index
+            # Heads-first cache: attention reads each head's keys and values
+            # contiguously, with no transposed copy of the cache per step.
+            new = ops.transpose(qkv[:, :, 1:], (0, 2, 3, 1, 4))  # this call's keys, values
+            cache = write_at(cache, ops.cast(new, cache.dtype), cache_index, axis=3)
+            key = ops.cast(cache[:, 0], query.dtype)  # (batch, heads, cache_length, head_dim)
+            value = ops.cast(cache[:, 1], query.dtype)
+
+        if cache is None and padding_mask is None:
+            mask = None  # plain causal: let the kernel use its causal fast path
+        else:
+            keys = ops.shape(key)[2 if cache is not None else 1]
+            mask = attention_mask(ops.shape(query)[1], keys, start_index, padding_mask)
+
+        if self._use_fused(training):
+            if cache is not None:  # the kernel takes (batch, seq, heads, head_dim)
+                key = ops.transpose(key, (0, 2, 1, 3))
+                value = ops.transpose(value, (0, 2, 1, 3))
+            out = ops.dot_product_attention(
+                query, key, value, mask=mask, is_causal=mask is None
+            )
+        else:
+            out = self._plain_attention(query, key, value, mask, training,
+                                        heads_first=cache is not None)
+        out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
+        out = self.output_dropout(self.output_dense(out), training=training)
+        return out if cache is None else (out, cache)
+
+    def _plain_attention(self, query, key, value, mask, training, heads_first=False):
+        # Keys and values read from the cache stay heads-first (b, h, k, d):
+        # transposing them to (b, k, h, d), or leaving the query in (b, q, h, d),
+        # made XLA copy the cache transposed at every decoding step (14 % of
+        # the decode's kernel time in `benchmarks/profile_jax.py generate`).
+        scale = 1.0 / math.sqrt(self.head_dim)
+        query = query * ops.cast(scale, query.dtype)
+        if heads_first:
+            kv = "bhkd"
+            scores = ops.einsum("bhqd,bhkd->bhqk", ops.transpose(query, (0, 2, 1, 3)), key)
+        else:
+            kv = "bkhd"
+            scores = ops.einsum("bqhd,bkhd->bhqk", query, key)
+        if mask is None:
+            mask = attention_mask(ops.shape(query)[1], ops.shape(key)[1])
+        # Softmax in float32: half-precision logits overflow and lose mass.
+        scores = ops.where(mask, ops.cast(scores, "float32"), -1e9)
+        probs = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
+        probs = self.probs_dropout(probs, training=training)
+        return ops.einsum(f"bhqk,{kv}->bqhd", probs, value)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "attention_implementation": self.attention_implementation,
+            "init_stddev": self.init_stddev,
+            "output_init_stddev": self.output_init_stddev,
+            "use_bias": self.use_bias,
+            "seed": self.seed,
+        }

@@ -1,0 +1,161 @@
+"""The pre-LayerNorm transformer block of GPT-2."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_gpt.model.layers.attention import CausalSelfAttention
+from keras_gpt.model.layers.dropout import PortableDropout
+from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
+
+ACTIVATIONS = {
+    "gelu_approximate": lambda x: keras.activations.gelu(x, approximate=True),
+    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "relu": keras.activations.relu,
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt")
+class TransformerBlock(keras.layers.Layer):
+    """x + Attention(LN(x)), then x + MLP(LN(x)).
+
+    Args:
+        num_heads: number of attention heads.
+        hidden_dim: model width.
+        intermediate_dim: MLP width; defaults to 4·hidden_dim.
+        dropout: residual and attention dropout rate.
+        activation: `"gelu_approximate"` (GPT-2's tanh GELU), `"gelu"` (exact)
+            or `"relu"`.
+        layer_norm_epsilon: LayerNorm epsilon; GPT-2 uses 1e-5 (Keras'
+            default 1e-3 would not match GPT-2 checkpoints).
+        attention_implementation: see `CausalSelfAttention`.
+        init_stddev: standard deviation of input-side kernels.
+        residual_init_stddev: standard deviation of the two kernels that write
+            into the residual stream; defaults to `init_stddev`.
+        use_bias: biases in the Dense layers and LayerNorms (GPT-2); `False`
+            is nanoGPT's `bias=False`.
+        seed: integer seed for weights and dropout; `None` picks one.
+
+    Example:
+    >>> block = TransformerBlock(num_heads=2, hidden_dim=8, seed=0)
+    >>> y = block(keras.ops.ones((1, 4, 8)))               # (1, 4, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        hidden_dim: int,
+        intermediate_dim: int | None = None,
+        dropout: float = 0.0,
+        activation: str = "gelu_approximate",
+        layer_norm_epsilon: float = 1e-5,
+        attention_implementation: str = "auto",
+        init_stddev: float = 0.02,
+        residual_init_stddev: float | None = None,
+        use_bias: bool = True,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"`activation` must be one of {sorted(ACTIVATIONS)}, got {activation!r}."
+            )
+        self.num_heads = int(num_heads)
+        self.hidden_dim = int(hidden_dim)
+        self.intermediate_dim = int(intermediate_dim or 4 * hidden_dim)
+        self.dropout = float(dropout)
+        self.activation = activation
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.attention_implementation = attention_implementation
+        self.init_stddev = float(init_stddev)
+        self.residual_init_stddev = (
+            self.init_stddev if residual_init_stddev is None else float(residual_init_stddev)
+        )
+        self.use_bias = bool(use_bias)
+        self.seed = fresh_seed() if seed is None else int(seed)
+
+        policy = self.dtype_policy
+        self.attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            name="attention_norm",
+        )
+        self.attention = CausalSelfAttention(
+            self.num_heads,
+            self.hidden_dim,
+            dropout=self.dropout,
+            attention_implementation=attention_implementation,
+            init_stddev=self.init_stddev,
+            output_init_stddev=self.residual_init_stddev,
+            use_bias=self.use_bias,
+            seed=derive_seed(self.seed, 0),
+            dtype=policy,
+            name="attention",
+        )
+        self.mlp_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            name="mlp_norm",
+        )
+        self.mlp_in = keras.layers.Dense(
+            self.intermediate_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=SeededNormal(self.init_stddev, derive_seed(self.seed, 1)),
+            dtype=policy,
+            name="mlp_in",
+        )
+        self.mlp_out = keras.layers.Dense(
+            self.hidden_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=SeededNormal(
+                self.residual_init_stddev, derive_seed(self.seed, 2)
+            ),
+            dtype=policy,
+            name="mlp_out",
+        )
+        self.mlp_dropout = PortableDropout(
+            self.dropout, seed=derive_seed(self.seed, 3), dtype=policy, name="mlp_dropout"
+        )
+
+    def build(self, input_shape):
+        self.attention_norm.build(input_shape)
+        self.attention.build(input_shape)
+        self.mlp_norm.build(input_shape)
+        self.mlp_in.build(input_shape)
+        self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.mlp_dropout.build()
+        self.built = True
+
+    def call(self, inputs, padding_mask=None, cache=None, cache_index=None, training=None):
+        """Applies the block; returns `(output, cache)` when `cache` is given."""
+        attended = self.attention(
+            self.attention_norm(inputs),
+            padding_mask=padding_mask,
+            cache=cache,
+            cache_index=cache_index,
+            training=training,
+        )
+        if cache is not None:
+            attended, cache = attended
+        x = inputs + attended
+        h = ACTIVATIONS[self.activation](self.mlp_in(self.mlp_norm(x)))
+        x = x + self.mlp_dropout(self.mlp_out(h), training=training)
+        return x if cache is None else (x, cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "activation": self.activation,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "attention_implementation": self.attention_implementation,
+            "init_stddev": self.init_stddev,
+            "residual_init_stddev": self.residual_init_stddev,
+            "use_bias": self.use_bias,
+            "seed": self.seed,
+        }

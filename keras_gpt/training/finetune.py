@@ -1,0 +1,231 @@
+"""Fine-tuning a preset, fully or with LoRA, on instruction data or plain text.
+
+`keras-gpt finetune` wraps `finetune`. The data is
+read in one of two ways (`format`):
+
+- `"instructions"`: a JSONL file of `{"prompt", "response"}` or
+  `{"messages"}` records, trained on the response tokens only
+  (`keras_gpt.data.InstructionBatches`, padded or packed);
+- `"text"`: continued pretraining on any corpus `keras_gpt.data.prepare`
+  reads (a text file, folder, glob, or JSONL of `{"text"}` documents),
+  tokenised with the preset's own tokenizer and cut into random windows, as
+  in pretraining (`keras_gpt.training.pretrain.tokenize_corpus`).
+
+`"auto"` (the default) picks `"instructions"` for a JSONL file whose first
+record has `prompt`, `response` or `messages`, and `"text"` otherwise.
+
+Outputs match pretraining (`config.toml`, `metrics.jsonl`/`.csv`,
+`loss_curve.png`, `checkpoints/`, `data/` for text, `best/` as a preset with
+merged weights, plus `best/adapters.npz` for LoRA runs). Evaluation runs every
+`eval_interval` steps; training stops early after `patience` evaluations
+without a better validation loss. `resume=True` continues a killed run
+exactly: checkpoints hold every model variable (adapters unmerged) and the
+optimizer state, and batches are a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+
+import keras
+import numpy as np
+
+from keras_gpt.data import (
+    InstructionBatches,
+    RandomWindows,
+    SequentialWindows,
+    read_instructions,
+    resolve_data,
+    tokenize_corpus,
+)
+from keras_gpt.data.instructions import is_instruction_file
+from keras_gpt.model.gpt import GPT
+from keras_gpt.model.metrics import Perplexity
+from keras_gpt.presets import load_tokenizer
+from keras_gpt.training.config import RunConfig
+from keras_gpt.training.loop import train_loop
+from keras_gpt.training.optimizer import gpt_optimizer
+
+FORMATS = ("auto", "instructions", "text")
+
+
+@dataclasses.dataclass
+class FinetuneConfig(RunConfig):
+    """Every setting of a fine-tuning run.
+
+    Attributes:
+        preset: preset handle or directory to start from.
+        data: JSONL file of `{"prompt", "response"}` or `{"messages"}` records,
+            or plain text: a file, folder, glob, JSONL of `{"text"}`
+            documents, or `"shakespeare"` (see `format`).
+        format: `"instructions"`, `"text"` or `"auto"` (instructions for a
+            JSONL file of such records, text otherwise).
+        validation_data: validation data in the same format; default: a
+            held-out `validation_fraction` of `data` (random records for
+            instructions, the last tokens for text).
+        validation_fraction: share of `data` held out when no validation data.
+        out: output directory.
+        lora_rank: LoRA rank; 0 fine-tunes every weight.
+        lora_alpha: LoRA alpha (default: the rank).
+        lora_target: comma-separated projections to adapt.
+        sequence_length: example or window length (default: the model's context).
+        batch_size: rows per step.
+        pack: instructions: several examples per row (see `InstructionBatches`).
+        max_steps: training steps.
+        max_seconds: stop after this much training time (0: no limit).
+        learning_rate: peak learning rate.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW weight decay on weight matrices.
+        clipnorm: global gradient-norm clipping (0 disables).
+        eval_interval: evaluate, log and checkpoint every this many steps.
+        eval_batches: text: validation batches per evaluation (0: all).
+        patience: stop after this many evaluations without improvement (0: never).
+        seed: shuffling seed.
+        verbose: Keras progress-bar verbosity.
+    """
+
+    preset: str = ""
+    data: str = ""
+    format: str = "auto"
+    validation_data: str | None = None
+    validation_fraction: float = 0.1
+    out: str = "runs/finetune"
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_target: str = "qkv,attn_out,mlp_in,mlp_out"
+    sequence_length: int = 0
+    batch_size: int = 8
+    pack: bool = False
+    max_steps: int = 500
+    max_seconds: float = 0.0
+    learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    clipnorm: float = 1.0
+    eval_interval: int = 50
+    eval_batches: int = 20
+    patience: int = 3
+    seed: int = 0
+    verbose: int = 1
+
+
+def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
+    """Fine-tunes `config.preset` on `config.data`; returns a summary.
+
+    Args:
+        config: the run's settings.
+        resume: continue from `config.out/checkpoints` if it holds a checkpoint.
+
+    Returns:
+        A dict with `steps`, `val_loss`, `best_val_loss`, `trainable_parameters`,
+        `format` and `out`.
+
+    Example:
+    >>> finetune(FinetuneConfig(preset="runs/pretrain/best", data="train.jsonl", lora_rank=8))
+    >>> finetune(FinetuneConfig(preset="runs/pretrain/best", data="books/", out="runs/more"))
+    """
+    if not config.preset or not config.data:
+        raise ValueError("Fine-tuning needs `preset` and `data`.")
+    if config.format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {config.format!r}.")
+    data_format = config.format
+    if data_format == "auto":
+        data_format = "instructions" if is_instruction_file(config.data) else "text"
+    out = pathlib.Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"keras_gpt finetune · backend {keras.backend.backend()} · {data_format} data")
+    for key, value in dataclasses.asdict(config).items():
+        print(f"  {key} = {value!r}")
+    (out / "config.toml").write_text(config.to_toml())
+
+    model = GPT.from_preset(config.preset)
+    tokenizer = load_tokenizer(config.preset)
+    length = config.sequence_length or model.max_sequence_length
+    if length > model.max_sequence_length:
+        raise ValueError(f"sequence_length={length} exceeds the preset's context of "
+                         f"{model.max_sequence_length} tokens.")
+    if data_format == "instructions":
+        batch_at, validation, description = _instruction_data(config, tokenizer, length)
+    else:
+        batch_at, validation, description = _text_data(config, tokenizer, length, out / "data")
+
+    if config.lora_rank:
+        model.enable_lora(config.lora_rank, alpha=config.lora_alpha or None,
+                          target=tuple(t.strip() for t in config.lora_target.split(",")))
+    model.compile(
+        optimizer=gpt_optimizer(config.learning_rate, total_steps=config.max_steps,
+                                warmup_steps=config.warmup_steps,
+                                weight_decay=config.weight_decay,
+                                clipnorm=config.clipnorm or None),
+        metrics=[Perplexity()],
+    )
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    print(f"trainable parameters: {trainable:,} of {model.count_params():,} · {description}")
+
+    def save_best(model):
+        _save_best(model, tokenizer, out / "best", config)
+
+    state = train_loop(model, batch_at, validation, out, max_steps=config.max_steps,
+                       eval_interval=config.eval_interval,
+                       tokens_per_step=config.batch_size * length, resume=resume,
+                       verbose=config.verbose, max_seconds=config.max_seconds,
+                       patience=config.patience, save_best=save_best)
+    return {"steps": state["step"], "val_loss": state["val_loss"],
+            "best_val_loss": state["best_val_loss"], "trainable_parameters": trainable,
+            "format": data_format, "out": str(out)}
+
+
+def _instruction_data(config: FinetuneConfig, tokenizer, length: int):
+    """Batches of a step, validation batches and a description, for instruction JSONL."""
+    records = read_instructions(config.data)
+    if config.validation_data:
+        train_records, val_records = records, read_instructions(config.validation_data)
+    else:
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(records))
+        held = max(1, int(round(config.validation_fraction * len(records))))
+        val_records = [records[i] for i in order[:held]]
+        train_records = [records[i] for i in order[held:]]
+    train = InstructionBatches(train_records, tokenizer, length, config.batch_size,
+                               seed=config.seed, pack=config.pack)
+    validation = InstructionBatches(val_records, tokenizer, length, config.batch_size,
+                                    seed=None, pack=config.pack)
+
+    def batch_at(step: int):
+        return train.batch(step // len(train), step % len(train))
+
+    return batch_at, validation, (f"{len(train_records)} train / {len(val_records)} "
+                                  f"validation examples in {len(train.encoded)} rows")
+
+
+def _text_data(config: FinetuneConfig, tokenizer, length: int, directory: pathlib.Path):
+    """Batches of a step, validation batches and a description, for plain text (as pretraining)."""
+    inputs = resolve_data(config.data, directory)
+    if config.validation_data:
+        train_tokens = tokenize_corpus(inputs, directory / "tokens", tokenizer, 0.0)[0]
+        val_tokens = tokenize_corpus(resolve_data(config.validation_data, directory),
+                                     directory / "validation_tokens", tokenizer, 0.0)[0]
+    else:
+        train_tokens, val_tokens = tokenize_corpus(inputs, directory / "tokens", tokenizer,
+                                                   config.validation_fraction)
+    windows = RandomWindows(train_tokens, length, config.batch_size, steps=config.max_steps,
+                            seed=config.seed)
+    validation = SequentialWindows(val_tokens, length, config.batch_size,
+                                   max_batches=config.eval_batches or None)
+    return windows.__getitem__, validation, (f"{len(train_tokens):,} train / "
+                                             f"{len(val_tokens):,} validation tokens")
+
+
+def _save_best(model, tokenizer, directory: pathlib.Path, config: FinetuneConfig) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_to_preset(  # saves the adapters merged into the kernels
+        str(tmp), tokenizer=tokenizer,
+        data_description=f"fine-tuned from {config.preset} on {config.data}")
+    if model.lora_config:
+        model.save_lora(str(tmp / "adapters.npz"))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)

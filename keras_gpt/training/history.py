@@ -1,0 +1,67 @@
+"""A run's records: metrics.jsonl, metrics.csv, loss_curve.png and atomically written JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+
+
+def write_json_atomic(path: pathlib.Path, obj: object) -> None:
+    """Writes JSON to a temporary name, then renames: readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def append_metrics(out: pathlib.Path, row: dict) -> None:
+    """Appends one evaluation's row to `out/metrics.jsonl` and `out/metrics.csv`."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    csv = out / "metrics.csv"
+    new = not csv.exists()
+    with open(csv, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(str(v) for v in row.values()) + "\n")
+
+
+def read_metrics(out: str | os.PathLike) -> list[dict]:
+    """The rows of a run's `metrics.jsonl`."""
+    path = pathlib.Path(out) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mean_throughput(out: pathlib.Path) -> float:
+    """Mean `tokens_per_second` over a run's evaluations (0 if none)."""
+    rows = read_metrics(out) if (out / "metrics.jsonl").exists() else []
+    return float(np.mean([r["tokens_per_second"] for r in rows])) if rows else 0.0
+
+
+def plot_loss_curve(out: pathlib.Path) -> None:
+    """Writes `out/loss_curve.png` (train and validation loss by step) if matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no loss_curve.png")
+        return
+    rows = read_metrics(out) if (out / "metrics.jsonl").exists() else []
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["train_loss"] for r in rows], label="train")
+    ax.plot(steps, [r["val_loss"] for r in rows], label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{out.name} ({keras.backend.backend()})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,115 @@
+"""The recipes' training loop: train in rounds, evaluate, log, checkpoint, resume."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+
+import keras
+
+from keras_gpt.training.checkpoints import load_checkpoint, save_checkpoint
+from keras_gpt.training.history import append_metrics, plot_loss_curve
+
+
+class StepBatches(keras.utils.PyDataset):
+    """Global steps `start … start + steps` of a batch function, as a `PyDataset`.
+
+    Args:
+        batch_at: returns the batch of a global step (a pure function of the
+            step, so that resuming can jump straight to it).
+        start: first global step.
+        steps: number of steps.
+    """
+
+    def __init__(self, batch_at, start: int, steps: int):
+        super().__init__()
+        self.batch_at, self.start, self.steps = batch_at, start, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int):
+        return self.batch_at(self.start + index)
+
+
+def train_loop(model, batch_at, validation, out: pathlib.Path, *, max_steps: int,
+               eval_interval: int, tokens_per_step: int, resume: bool = False,
+               verbose: int = 1, callbacks: list | None = None, max_seconds: float = 0.0,
+               patience: int = 0, save_best=None, flops_per_token: float = 0.0,
+               peak_flops: float = 0.0) -> dict:
+    """Trains a compiled model in rounds of `eval_interval` steps, with evaluation after each.
+
+    After every round: evaluates on `validation`, calls `save_best(model)` when
+    the validation loss improved, writes a checkpoint (`out/checkpoints`) and
+    appends a row to `out/metrics.jsonl` and `out/metrics.csv`. Ends with
+    `out/loss_curve.png`. With `resume`, continues from the checkpoint.
+
+    Args:
+        model: a compiled `GPT`.
+        batch_at: the batch of a global step (see `StepBatches`).
+        validation: a dataset for `model.evaluate`.
+        out: the run's output directory.
+        max_steps: total training steps.
+        eval_interval: steps per round.
+        tokens_per_step: for tokens/s.
+        resume: continue from `out/checkpoints` if it holds a checkpoint.
+        verbose: Keras progress-bar verbosity.
+        callbacks: extra Keras callbacks for `fit`.
+        max_seconds: stop after this much training time (0: no limit).
+        patience: stop after this many rounds without improvement (0: never).
+        save_best: called with the model when the validation loss improves.
+        flops_per_token: with `peak_flops`, adds `mfu` to the rows.
+        peak_flops: peak FLOP/s of the machine.
+
+    Returns:
+        The final state: `step`, `val_loss`, `best_val_loss`, `elapsed_seconds`, ...
+    """
+    checkpoints = out / "checkpoints"
+    if resume and (checkpoints / "state.json").exists():
+        state = load_checkpoint(model, checkpoints)
+        print(f"resumed from step {state['step']}")
+    else:
+        state = {"step": 0, "val_loss": math.nan, "best_val_loss": math.inf,
+                 "bad_evaluations": 0, "elapsed_seconds": 0.0}
+        for name in ("metrics.jsonl", "metrics.csv"):
+            (out / name).unlink(missing_ok=True)
+    while state["step"] < max_steps:
+        if max_seconds and state["elapsed_seconds"] >= max_seconds:
+            print(f"time budget of {max_seconds:.0f} s reached at step {state['step']}")
+            break
+        if patience and state["bad_evaluations"] >= patience:
+            print(f"early stop at step {state['step']}: no better validation loss in "
+                  f"{patience} evaluations")
+            break
+        steps = min(eval_interval, max_steps - state["step"])
+        start = time.perf_counter()
+        # shuffle=False: Keras shuffles a PyDataset's batch order by default,
+        # which would make the run (and a resumed run) depend on NumPy's global RNG.
+        history = model.fit(StepBatches(batch_at, state["step"], steps), epochs=1,
+                            shuffle=False, verbose=verbose, callbacks=callbacks or [])
+        seconds = time.perf_counter() - start
+        state["step"] += steps
+        state["elapsed_seconds"] += seconds
+        val_loss, val_perplexity = model.evaluate(validation, verbose=0)
+        rate = steps * tokens_per_step / seconds
+        row = {"step": state["step"], "train_loss": float(history.history["loss"][-1]),
+               "val_loss": float(val_loss), "val_perplexity": float(val_perplexity),
+               "tokens_per_second": rate,
+               "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+               "elapsed_seconds": state["elapsed_seconds"]}
+        if flops_per_token and peak_flops:
+            row["mfu"] = rate * flops_per_token / peak_flops
+        print(f"step {row['step']}: train loss {row['train_loss']:.4f} · "
+              f"val loss {val_loss:.4f} · {rate:,.0f} tokens/s")
+        state["val_loss"] = float(val_loss)
+        if val_loss < state["best_val_loss"]:
+            state.update(best_val_loss=float(val_loss), bad_evaluations=0)
+            if save_best is not None:
+                save_best(model)
+        else:
+            state["bad_evaluations"] += 1
+        save_checkpoint(model, state, checkpoints)
+        append_metrics(out, row)
+    plot_loss_curve(out)
+    return state

@@ -1,0 +1,221 @@
+"""Pretraining: config → data → GPT → fit with evaluation, checkpoints and resume.
+
+`keras-gpt pretrain` is a thin wrapper around
+`pretrain`. A run writes into its output directory:
+
+- `config.toml`: every value, as run;
+- `data/`: the tokenised corpus (`keras_gpt.data.prepare`, skipped when unchanged);
+- `metrics.jsonl`: one JSON object per evaluation (`step`, `train_loss`,
+  `val_loss`, `val_perplexity`, `tokens_per_second`, `mfu`, `learning_rate`,
+  `elapsed_seconds`), and the same as `metrics.csv`;
+- `checkpoints/`: every model variable, the optimizer state and the step,
+  written atomically at every evaluation (`keras_gpt.training.save_checkpoint`);
+- `best/`: the model with the lowest validation loss, with its tokenizer;
+- `loss_curve.png`: train and validation loss against step (needs matplotlib).
+
+Resuming (`resume=True`) reloads the checkpoint and continues at its step.
+Batches are a pure function of (seed, step) and dropout masks come from
+counters saved with the model, so a resumed run reproduces the loss curve of
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+
+import keras
+import numpy as np
+
+from keras_gpt.data import (
+    RandomWindows,
+    SequentialWindows,
+    make_tokenizer,
+    resolve_data,
+    tokenize_corpus,
+)
+from keras_gpt.model.gpt import GPT
+from keras_gpt.model.metrics import Perplexity
+from keras_gpt.training.config import RunConfig
+from keras_gpt.training.history import mean_throughput
+from keras_gpt.training.loop import train_loop
+from keras_gpt.training.optimizer import gpt_optimizer
+from keras_gpt.training.throughput import Throughput, flops_per_token, probe_peak_flops
+
+
+@dataclasses.dataclass
+class PretrainConfig(RunConfig):
+    """Every setting of a pretraining run (a TOML file or `--key value` flags).
+
+    Attributes:
+        data: text file, folder, glob or JSONL; `"shakespeare"`; `None` (or
+            `"stdlib"`) for Python's own standard-library source.
+        tokenizer: `"byte"`, `"char"` (vocabulary from the corpus) or a
+            directory holding a saved tokenizer.
+        out: output directory.
+        num_layers: transformer blocks.
+        num_heads: attention heads.
+        hidden_dim: model width.
+        sequence_length: context length (the model's `max_sequence_length`).
+        dropout: dropout rate.
+        use_bias: biases in Dense layers and LayerNorms (GPT-2); `false` is
+            nanoGPT's `bias=False`.
+        batch_size: sequences per step.
+        gradient_accumulation_steps: batches per optimizer update.
+        max_steps: training steps.
+        max_seconds: stop early after this much training time (0 = no limit).
+        learning_rate: peak learning rate.
+        min_learning_rate_ratio: final learning rate as a fraction of the peak.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW decay on weight matrices.
+        beta_1: Adam β1.
+        beta_2: Adam β2.
+        clipnorm: global gradient-norm clipping (0 disables).
+        adam_epsilon: Adam ε (Keras' 1e-7; nanoGPT, through PyTorch, 1e-8).
+        decay_embeddings: weight-decay the embeddings too, as nanoGPT does.
+        dtype: `"float32"` or `"mixed_bfloat16"`.
+        eval_interval: evaluate, log and checkpoint every this many steps.
+        eval_batches: validation batches per evaluation.
+        seed: seed for weights, dropout and batches.
+        data_parallel: JAX: split each batch over all devices
+            (`keras_gpt.distribution.configure`).
+        model_parallel: JAX: shard the weights over this many devices (1: off).
+        peak_flops: peak FLOP/s for MFU; 0 measures it with a matmul probe.
+        tensorboard: also write TensorBoard logs to `out/tensorboard`.
+        verbose: Keras progress-bar verbosity (0, 1 or 2).
+        sample_prompt: prompt for the sample printed at the end.
+        sample_tokens: length of that sample (0: no sample).
+    """
+
+    data: str | None = None
+    tokenizer: str = "byte"
+    out: str = "runs/pretrain"
+    num_layers: int = 4
+    num_heads: int = 4
+    hidden_dim: int = 128
+    sequence_length: int = 128
+    dropout: float = 0.0
+    use_bias: bool = True
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 2000
+    max_seconds: float = 0.0
+    learning_rate: float = 1e-3
+    min_learning_rate_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta_1: float = 0.9
+    beta_2: float = 0.95
+    clipnorm: float = 1.0
+    adam_epsilon: float = 1e-7
+    decay_embeddings: bool = False
+    dtype: str = "float32"
+    eval_interval: int = 250
+    eval_batches: int = 20
+    seed: int = 0
+    data_parallel: bool = False
+    model_parallel: int = 1
+    peak_flops: float = 0.0
+    tensorboard: bool = False
+    verbose: int = 1
+    sample_prompt: str = "\n"
+    sample_tokens: int = 200
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> PretrainConfig:
+    """Reads a pretraining TOML config (flat `key = value`) and applies `overrides`."""
+    return PretrainConfig.load(path, overrides)
+
+
+def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
+    """Runs (or resumes) pretraining; returns a summary of the run.
+
+    Args:
+        config: the run's settings.
+        resume: continue from `config.out/checkpoints` if it holds a checkpoint.
+
+    Returns:
+        A dict with `steps`, `val_loss`, `best_val_loss`, `tokens_per_second`,
+        `out` and, when asked for, `sample`.
+
+    Example:
+    >>> summary = pretrain(load_config("recipes/configs/shakespeare_char.toml"))
+    """
+    out = pathlib.Path(config.out)
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    print(f"keras_gpt pretrain · backend {keras.backend.backend()}")
+    for key, value in dataclasses.asdict(config).items():
+        print(f"  {key} = {value!r}")
+    (out / "config.toml").write_text(config.to_toml())
+
+    inputs = resolve_data(config.data, out / "data")
+    tokenizer = make_tokenizer(config.tokenizer, inputs)
+    train_tokens, val_tokens = tokenize_corpus(inputs, out / "data" / "tokens", tokenizer)
+    windows = RandomWindows(train_tokens, config.sequence_length, config.batch_size,
+                            steps=config.max_steps, seed=config.seed)
+    validation = SequentialWindows(val_tokens, config.sequence_length, config.batch_size,
+                                   max_batches=config.eval_batches)
+
+    if config.data_parallel or config.model_parallel > 1:
+        from keras_gpt.distribution.jax import configure
+
+        # Before the model exists: variables are placed when they are created.
+        configure(data_parallel=config.data_parallel, model_parallel=config.model_parallel)
+    model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=config.num_layers,
+                num_heads=config.num_heads, hidden_dim=config.hidden_dim,
+                max_sequence_length=config.sequence_length, dropout=config.dropout,
+                use_bias=config.use_bias, seed=config.seed, dtype=config.dtype)
+    model.compile(
+        optimizer=gpt_optimizer(
+            config.learning_rate, total_steps=config.max_steps,
+            warmup_steps=config.warmup_steps,
+            min_learning_rate_ratio=config.min_learning_rate_ratio,
+            weight_decay=config.weight_decay, beta_1=config.beta_1, beta_2=config.beta_2,
+            clipnorm=config.clipnorm or None,
+            gradient_accumulation_steps=(config.gradient_accumulation_steps
+                                         if config.gradient_accumulation_steps > 1 else None),
+            epsilon=config.adam_epsilon, decay_embeddings=config.decay_embeddings,
+        ),
+        metrics=[Perplexity()],
+    )
+    print(f"model: {model.count_params():,} parameters · "
+          f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens")
+
+    tokens_per_step = config.batch_size * config.sequence_length
+    peak = config.peak_flops or probe_peak_flops()
+    flops = flops_per_token(model, config.sequence_length)
+    callbacks = [Throughput(tokens_per_step, flops, peak)]
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
+
+    def save_best(model):
+        _save_best(model, tokenizer, out / "best", config)
+
+    state = train_loop(model, windows.__getitem__, validation, out, max_steps=config.max_steps,
+                       eval_interval=config.eval_interval, tokens_per_step=tokens_per_step,
+                       resume=resume, verbose=config.verbose, callbacks=callbacks,
+                       max_seconds=config.max_seconds, save_best=save_best,
+                       flops_per_token=flops, peak_flops=peak)
+    summary = {"steps": state["step"], "val_loss": state["val_loss"],
+               "best_val_loss": state["best_val_loss"], "tokens_per_second": mean_throughput(out),
+               "elapsed_seconds": state["elapsed_seconds"], "out": str(out)}
+    if config.sample_tokens:
+        prompt = tokenizer.encode(config.sample_prompt) or [0]
+        room = config.sequence_length - len(prompt)
+        ids = model.generate(np.array([prompt]), max_new_tokens=min(config.sample_tokens, room),
+                             sampler="top_k", top_k=20, temperature=0.8, seed=config.seed)
+        summary["sample"] = tokenizer.decode(ids[0])
+        print("sample:\n" + summary["sample"])
+    return summary
+
+
+def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_to_preset(tmp, tokenizer=tokenizer,
+                         data_description=f"pretrained on {config.data or 'stdlib'}")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
