@@ -9,7 +9,7 @@ BACKEND ?= tensorflow
 BACKENDS ?= tensorflow jax torch
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-backend docs bench clean
+.PHONY: demo test test-backend lint format docs bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	KERAS_BACKEND=$(BACKEND) $(VENV)/bin/keras-gpt pretrain --config recipes/configs/demo.toml $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	set -e; for b in $(BACKENDS); do \
 		echo "=== pytest on $$b"; \
 		KERAS_BACKEND=$$b $(PY) -m pytest -q -m "not cross_backend" tests; \
@@ -29,6 +29,14 @@ test: $(VENV)/.installed
 
 test-backend: $(VENV)/.installed
 	KERAS_BACKEND=$(BACKEND) $(PY) -m pytest -q -m "not cross_backend" tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict --site-dir site

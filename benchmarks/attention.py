@@ -30,13 +30,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--dtype", default="float32")
     args = p.parse_args()
-    x = np.random.default_rng(0).standard_normal(
-        (args.batch, args.length, args.hidden)).astype("float32")
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((args.batch, args.length, args.hidden))
+        .astype("float32")
+    )
     models = {}
     for impl in ("plain", "fused"):
         inputs = keras.Input((args.length, args.hidden))
-        layer = CausalSelfAttention(args.heads, args.hidden, attention_implementation=impl,
-                                    seed=0, dtype=args.dtype)
+        layer = CausalSelfAttention(
+            args.heads, args.hidden, attention_implementation=impl, seed=0, dtype=args.dtype
+        )
         model = keras.Model(inputs, layer(inputs))
         model.compile(optimizer="sgd", loss="mse")
         model.train_on_batch(x, x)  # compile
@@ -46,8 +50,7 @@ def main() -> None:
             start = time.perf_counter()
             keras.ops.convert_to_numpy(model.train_on_batch(x, x))
             times.append(time.perf_counter() - start)
-    result = {"backend": keras.backend.backend(), "accelerator": has_accelerator(),
-              **vars(args)}
+    result = {"backend": keras.backend.backend(), "accelerator": has_accelerator(), **vars(args)}
     for impl, (_, times) in models.items():
         result[f"{impl}_ms"] = 1000 * statistics.median(times)
     result["fused_speedup"] = result["plain_ms"] / result["fused_ms"]

@@ -25,10 +25,12 @@ import sys
 import time
 
 SHAPES = {
-    "tiny": dict(vocabulary_size=4096, num_layers=2, num_heads=4, hidden_dim=128,
-                 max_sequence_length=128),
-    "bench-small": dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
-                        max_sequence_length=256),
+    "tiny": dict(
+        vocabulary_size=4096, num_layers=2, num_heads=4, hidden_dim=128, max_sequence_length=128
+    ),
+    "bench-small": dict(
+        vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256, max_sequence_length=256
+    ),
 }
 PER_DEVICE_BATCH = 8
 
@@ -48,26 +50,32 @@ def child(devices: int, mode: str, steps: int, shape: dict) -> dict:
         distribution.configure(model_parallel=2, devices=available)
     batch = PER_DEVICE_BATCH * devices
     seq = shape["max_sequence_length"]
-    tokens = np.random.default_rng(0).integers(0, shape["vocabulary_size"],
-                                               (batch * (steps + 2), seq + 1)).astype("int32")
+    tokens = (
+        np.random.default_rng(0)
+        .integers(0, shape["vocabulary_size"], (batch * (steps + 2), seq + 1))
+        .astype("int32")
+    )
     model = keras_gpt.GPT(**shape, seed=0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-4))
     # Two warm-up steps compile the train function; then time `steps` steps.
-    model.fit(tokens[:2 * batch, :-1], tokens[:2 * batch, 1:], batch_size=batch, verbose=0)
+    model.fit(tokens[: 2 * batch, :-1], tokens[: 2 * batch, 1:], batch_size=batch, verbose=0)
     start = time.perf_counter()
-    model.fit(tokens[2 * batch:, :-1], tokens[2 * batch:, 1:], batch_size=batch, verbose=0)
+    model.fit(tokens[2 * batch :, :-1], tokens[2 * batch :, 1:], batch_size=batch, verbose=0)
     seconds = time.perf_counter() - start
-    return {"devices": devices, "mode": mode, "global_batch": batch,
-            "platform": jax.devices()[0].platform,
-            "tokens_per_second": round(batch * seq * steps / seconds, 1),
-            "seconds_per_step": round(seconds / steps, 4)}
+    return {
+        "devices": devices,
+        "mode": mode,
+        "global_batch": batch,
+        "platform": jax.devices()[0].platform,
+        "tokens_per_second": round(batch * seq * steps / seconds, 1),
+        "seconds_per_step": round(seconds / steps, 4),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--modes", nargs="+", default=["data", "model"],
-                        choices=["data", "model"])
+    parser.add_argument("--modes", nargs="+", default=["data", "model"], choices=["data", "model"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     parser.add_argument("--gpu", action="store_true", help="use real GPUs, not virtual CPUs")
@@ -87,17 +95,37 @@ def main() -> None:
                 env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
                 env["JAX_PLATFORMS"] = "cpu"
             done = subprocess.run(
-                [sys.executable, __file__, "--child", str(devices), mode, str(args.steps),
-                 "--shape", args.shape],
-                capture_output=True, text=True, env=env)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(devices),
+                    mode,
+                    str(args.steps),
+                    "--shape",
+                    args.shape,
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if done.returncode:
                 runs.append({"devices": devices, "mode": mode, "error": done.stderr[-500:]})
             else:
                 runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(json.dumps({"benchmark": "distribution", "shape": args.shape,
-                      "model": SHAPES[args.shape],
-                      "per_device_batch": PER_DEVICE_BATCH, "virtual_devices": not args.gpu,
-                      "runs": runs}, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "distribution",
+                "shape": args.shape,
+                "model": SHAPES[args.shape],
+                "per_device_batch": PER_DEVICE_BATCH,
+                "virtual_devices": not args.gpu,
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

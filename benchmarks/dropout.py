@@ -44,27 +44,41 @@ def main() -> None:
     heads, context = 6, 256
     shape = (args.batch, heads, context, context)
     counter = keras.ops.convert_to_tensor(1, "int32")
-    mask_s = seconds(lambda: keras.ops.convert_to_numpy(hash_ints(shape, 0, counter)[0, 0, 0, 0]),
-                     args.repeats)
+    mask_s = seconds(
+        lambda: keras.ops.convert_to_numpy(hash_ints(shape, 0, counter)[0, 0, 0, 0]), args.repeats
+    )
 
     tokens = np.random.default_rng(0).integers(0, 65, (args.batch, context + 1)).astype("int32")
     step_s = {}
     for rate in (0.0, 0.2):
-        model = keras_gpt.GPT(vocabulary_size=65, num_layers=6, num_heads=heads, hidden_dim=384,
-                              max_sequence_length=context, dropout=rate, seed=0)
+        model = keras_gpt.GPT(
+            vocabulary_size=65,
+            num_layers=6,
+            num_heads=heads,
+            hidden_dim=384,
+            max_sequence_length=context,
+            dropout=rate,
+            seed=0,
+        )
         model.compile(optimizer=keras.optimizers.AdamW(1e-3))
-        step_s[str(rate)] = round(seconds(
-            lambda: model.train_on_batch(tokens[:, :-1], tokens[:, 1:]), args.steps), 3)
+        step_s[str(rate)] = round(
+            seconds(lambda: model.train_on_batch(tokens[:, :-1], tokens[:, 1:]), args.steps), 3
+        )
 
-    print(json.dumps({
-        "benchmark": "PortableDropout cost",
-        "backend": keras.backend.backend(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "mask_shape": list(shape),
-        "mask_seconds": round(mask_s, 3),
-        "batch": args.batch,
-        "train_step_seconds_by_dropout": step_s,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "PortableDropout cost",
+                "backend": keras.backend.backend(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "mask_shape": list(shape),
+                "mask_seconds": round(mask_s, 3),
+                "batch": args.batch,
+                "train_step_seconds_by_dropout": step_s,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

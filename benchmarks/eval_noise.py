@@ -26,8 +26,8 @@ def window_losses(model, ids: np.ndarray, starts: np.ndarray, context: int) -> n
     """Mean next-token loss of each window ids[s : s + context] (targets shifted by one)."""
     import keras
 
-    x = np.stack([ids[s:s + context] for s in starts])
-    y = np.stack([ids[s + 1:s + context + 1] for s in starts])
+    x = np.stack([ids[s : s + context] for s in starts])
+    y = np.stack([ids[s + 1 : s + context + 1] for s in starts])
     logits = keras.ops.convert_to_numpy(model.predict(x, batch_size=240, verbose=0))
     logits = logits - logits.max(-1, keepdims=True)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--batches", type=int, default=20, help="nanoGPT's eval_iters")
     parser.add_argument("--batch-size", type=int, default=12)
-    parser.add_argument("--estimates", type=int, default=10,
-                        help="how many nanoGPT-style estimates to draw")
+    parser.add_argument(
+        "--estimates", type=int, default=10, help="how many nanoGPT-style estimates to draw"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -50,7 +51,7 @@ def main() -> None:
     from keras_gpt.presets import load_tokenizer
 
     text = open(args.text, encoding="utf-8").read()
-    validation = text[int(len(text) * (1 - args.validation_fraction)):]
+    validation = text[int(len(text) * (1 - args.validation_fraction)) :]
     per_estimate = args.batches * args.batch_size
     results = {}
     for preset in args.presets:
@@ -58,19 +59,29 @@ def main() -> None:
         ids = np.array(load_tokenizer(preset).encode(validation), "int32")
         context = model.max_sequence_length
         starts = np.random.default_rng(args.seed).integers(
-            0, len(ids) - context, args.estimates * per_estimate)
+            0, len(ids) - context, args.estimates * per_estimate
+        )
         losses = window_losses(model, ids, starts, context)
         estimates = losses.reshape(args.estimates, per_estimate).mean(-1)
         results[preset] = {
             "mean_loss": round(float(losses.mean()), 5),
             "standard_error_of_one_estimate": round(
-                float(losses.std(ddof=1) / np.sqrt(per_estimate)), 5),
+                float(losses.std(ddof=1) / np.sqrt(per_estimate)), 5
+            ),
             "estimates_min": round(float(estimates.min()), 5),
             "estimates_max": round(float(estimates.max()), 5),
         }
-    print(json.dumps({"benchmark": "validation-loss estimate noise",
-                      "windows_per_estimate": per_estimate, "context": context,
-                      "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "validation-loss estimate noise",
+                "windows_per_estimate": per_estimate,
+                "context": context,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

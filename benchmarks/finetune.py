@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 
-SHAPE = dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
-             max_sequence_length=1024)
+SHAPE = dict(
+    vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768, max_sequence_length=1024
+)
 
 
 def worker(mode: str, args) -> dict:
@@ -39,9 +40,13 @@ def worker(mode: str, args) -> dict:
         model.train_on_batch(x[:, :-1], x[:, 1:])
         times.append(time.perf_counter() - start)
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    return {"trainable_parameters": trainable, "total_parameters": model.count_params(),
-            "median_step_s": statistics.median(times[1:]), "first_step_s": times[0],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "trainable_parameters": trainable,
+        "total_parameters": model.count_params(),
+        "median_step_s": statistics.median(times[1:]),
+        "first_step_s": times[0],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -57,14 +62,31 @@ def main() -> None:
         return
     import keras
 
-    result = {"benchmark": "finetune GPT-2 small shape", "date": time.strftime("%Y-%m-%d"),
-              "backend": keras.backend.backend(), "batch": args.batch, "length": args.length,
-              "lora_rank": args.rank}
+    result = {
+        "benchmark": "finetune GPT-2 small shape",
+        "date": time.strftime("%Y-%m-%d"),
+        "backend": keras.backend.backend(),
+        "batch": args.batch,
+        "length": args.length,
+        "lora_rank": args.rank,
+    }
     for mode in ("full", "lora"):
-        cmd = [sys.executable, __file__, "--worker", mode, "--steps", str(args.steps),
-               "--batch", str(args.batch), "--length", str(args.length), "--rank", str(args.rank)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            mode,
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--length",
+            str(args.length),
+            "--rank",
+            str(args.rank),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        lines = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
         result[mode] = json.loads(lines[-1][7:]) if lines else {"error": proc.stderr[-1500:]}
     print(json.dumps(result, indent=2))
 

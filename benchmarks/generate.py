@@ -31,10 +31,12 @@ import time
 
 from machine import cpu_name
 
-SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
-             max_sequence_length=256)
-GPT2_SMALL = dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
-                  max_sequence_length=1024)
+SHAPE = dict(
+    vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256, max_sequence_length=256
+)
+GPT2_SMALL = dict(
+    vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768, max_sequence_length=1024
+)
 PROMPT, NEW = 32, 128
 
 
@@ -49,8 +51,9 @@ def keras_hub_generate(shape):
     import keras_hub
     import numpy as np
 
-    backbone = keras_hub.models.GPT2Backbone(**shape, intermediate_dim=4 * shape["hidden_dim"],
-                                             dropout=0.0)
+    backbone = keras_hub.models.GPT2Backbone(
+        **shape, intermediate_dim=4 * shape["hidden_dim"], dropout=0.0
+    )
     model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     model.compile(sampler="greedy")
 
@@ -70,18 +73,28 @@ def hugging_face_generate(shape):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=shape["vocabulary_size"], n_positions=shape["max_sequence_length"],
-                        n_embd=shape["hidden_dim"], n_layer=shape["num_layers"],
-                        n_head=shape["num_heads"], resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=shape["vocabulary_size"],
+        n_positions=shape["max_sequence_length"],
+        n_embd=shape["hidden_dim"],
+        n_layer=shape["num_layers"],
+        n_head=shape["num_heads"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(config).eval()
 
     def run(prompt, new):
         with torch.no_grad():
-            return model.generate(torch.as_tensor(prompt, dtype=torch.long),
-                                  attention_mask=torch.ones(prompt.shape, dtype=torch.long),
-                                  max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                  pad_token_id=0)
+            return model.generate(
+                torch.as_tensor(prompt, dtype=torch.long),
+                attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )
 
     return run
 
@@ -109,9 +122,13 @@ def matmul_floor(shape):
     def normal(*dims):
         return rng.normal(0, 0.02, dims).astype("float32")
 
-    layers = [tuple(ops.convert_to_tensor(normal(*dims))
-                    for dims in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)))
-              for _ in range(shape["num_layers"])]
+    layers = [
+        tuple(
+            ops.convert_to_tensor(normal(*dims))
+            for dims in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d))
+        )
+        for _ in range(shape["num_layers"])
+    ]
     table = normal(v, d)
     # The logits' matrix as a contiguous (hidden, vocabulary) copy: the fastest layout.
     table, table_t = ops.convert_to_tensor(table), ops.convert_to_tensor(table.T.copy())
@@ -167,8 +184,11 @@ def measure(runs: dict, batches, new: int, repeats: int, vocabulary: int) -> dic
     for name, run in runs.items():
         for batch in batches:
             key = f"{name}/batch{batch}"
-            prompts[key] = np.random.default_rng(batch).integers(
-                0, vocabulary, (batch, PROMPT)).astype("int32")
+            prompts[key] = (
+                np.random.default_rng(batch)
+                .integers(0, vocabulary, (batch, PROMPT))
+                .astype("int32")
+            )
             try:
                 start = time.perf_counter()
                 out = run(prompts[key], new)
@@ -204,16 +224,24 @@ def worker(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    libraries = {"keras_gpt": keras_gpt_generate, "keras_hub": keras_hub_generate,
-                 "matmul_floor": matmul_floor}
+    libraries = {
+        "keras_gpt": keras_gpt_generate,
+        "keras_hub": keras_hub_generate,
+        "matmul_floor": matmul_floor,
+    }
     if backend == "torch":
         libraries["hugging_face"] = hugging_face_generate
     runs = {name: make(SHAPE) for name, make in libraries.items() if name in args.libraries}
     results = measure(runs, args.batches, NEW, args.repeats, SHAPE["vocabulary_size"])
     if args.gpt2_small:
         run = {"keras_gpt": keras_gpt_generate(GPT2_SMALL)}
-        small = measure(run, [1], args.gpt2_small_tokens, max(1, args.repeats - 1),
-                        GPT2_SMALL["vocabulary_size"])
+        small = measure(
+            run,
+            [1],
+            args.gpt2_small_tokens,
+            max(1, args.repeats - 1),
+            GPT2_SMALL["vocabulary_size"],
+        )
         results["keras_gpt/gpt2_small/batch1"] = small["keras_gpt/batch1"]
     return results
 
@@ -221,22 +249,36 @@ def worker(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
-    parser.add_argument("--libraries", nargs="+",
-                        default=["keras_gpt", "keras_hub", "hugging_face", "matmul_floor"])
+    parser.add_argument(
+        "--libraries", nargs="+", default=["keras_gpt", "keras_hub", "hugging_face", "matmul_floor"]
+    )
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch.set_num_threads in the PyTorch process (0: default)")
-    parser.add_argument("--gpt2-small", action="store_true",
-                        help="also time keras_gpt at the GPT-2 small (124M) shape, batch 1")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads in the PyTorch process (0: default)",
+    )
+    parser.add_argument(
+        "--gpt2-small",
+        action="store_true",
+        help="also time keras_gpt at the GPT-2 small (124M) shape, batch 1",
+    )
     parser.add_argument("--gpt2-small-tokens", type=int, default=64)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    report = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "shape": SHAPE, "prompt": PROMPT, "new_tokens": NEW, "results": {}}
+    report = {
+        "cpu": cpu_name(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "shape": SHAPE,
+        "prompt": PROMPT,
+        "new_tokens": NEW,
+        "results": {},
+    }
     for backend in args.backends:
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
         command = [sys.executable, __file__, "--worker", *sys.argv[1:]]

@@ -17,7 +17,8 @@ nanoGPT-style estimates. It also records the estimates nanoGPT itself would
 print every 250 iterations. Written from a reading of nanoGPT; no code copied.
 
     python benchmarks/nanogpt_reference.py --seeds 0 1 2 3
-    python benchmarks/nanogpt_reference.py --seeds 1337 --out benchmarks/results/nanogpt_reference_1337.json
+    python benchmarks/nanogpt_reference.py --seeds 1337 \
+        --out benchmarks/results/nanogpt_reference_1337.json
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from machine import cpu_name
+from torch import nn
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 from keras_gpt.data.batches import SequentialWindows  # noqa: E402
@@ -64,16 +64,26 @@ class Block(nn.Module):
     def __init__(self):
         super().__init__()
         self.ln_1 = Norm(WIDTH)
-        self.attn = nn.ModuleDict(dict(c_attn=nn.Linear(WIDTH, 3 * WIDTH, bias=False),
-                                       c_proj=nn.Linear(WIDTH, WIDTH, bias=False)))
+        self.attn = nn.ModuleDict(
+            dict(
+                c_attn=nn.Linear(WIDTH, 3 * WIDTH, bias=False),
+                c_proj=nn.Linear(WIDTH, WIDTH, bias=False),
+            )
+        )
         self.ln_2 = Norm(WIDTH)
-        self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(WIDTH, 4 * WIDTH, bias=False),
-                                      c_proj=nn.Linear(4 * WIDTH, WIDTH, bias=False)))
+        self.mlp = nn.ModuleDict(
+            dict(
+                c_fc=nn.Linear(WIDTH, 4 * WIDTH, bias=False),
+                c_proj=nn.Linear(4 * WIDTH, WIDTH, bias=False),
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2)
-                   for z in self.attn.c_attn(self.ln_1(x)).chunk(3, dim=-1))
+        q, k, v = (
+            z.view(b, t, HEADS, -1).transpose(1, 2)
+            for z in self.attn.c_attn(self.ln_1(x)).chunk(3, dim=-1)
+        )
         heads = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.attn.c_proj(heads.transpose(1, 2).reshape(b, t, WIDTH))
         return x + self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x))))  # exact (erf) GELU
@@ -84,9 +94,14 @@ class GPT(nn.Module):
 
     def __init__(self, vocab: int):
         super().__init__()
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(vocab, WIDTH), wpe=nn.Embedding(CONTEXT, WIDTH),
-            h=nn.ModuleList(Block() for _ in range(LAYERS)), ln_f=Norm(WIDTH)))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab, WIDTH),
+                wpe=nn.Embedding(CONTEXT, WIDTH),
+                h=nn.ModuleList(Block() for _ in range(LAYERS)),
+                ln_f=Norm(WIDTH),
+            )
+        )
         self.lm_head = nn.Linear(WIDTH, vocab, bias=False)
         self.transformer.wte.weight = self.lm_head.weight
         for module in self.modules_children_first():  # GPT-2 init, in nanoGPT's order
@@ -120,8 +135,8 @@ def learning_rate(it: int, total: int) -> float:
 def random_batch(data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Like nanoGPT's get_batch: BATCH windows at starts drawn from torch's global RNG."""
     starts = torch.randint(len(data) - CONTEXT, (BATCH,)).tolist()
-    x = np.stack([data[s:s + CONTEXT] for s in starts]).astype(np.int64)
-    y = np.stack([data[s + 1:s + 1 + CONTEXT] for s in starts]).astype(np.int64)
+    x = np.stack([data[s : s + CONTEXT] for s in starts]).astype(np.int64)
+    y = np.stack([data[s + 1 : s + 1 + CONTEXT] for s in starts]).astype(np.int64)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -149,9 +164,13 @@ def run(seed: int, train: np.ndarray, val: np.ndarray, vocab: int, iters: int) -
     model = GPT(vocab)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-        lr=PEAK_LR, betas=BETAS)
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=PEAK_LR,
+        betas=BETAS,
+    )
     log = []
     x, y = random_batch(train)
     # nanoGPT's loop runs it = 0..max_iters: at each `it` it evaluates (when it % 250 == 0),
@@ -174,10 +193,17 @@ def run(seed: int, train: np.ndarray, val: np.ndarray, vocab: int, iters: int) -
         optimizer.zero_grad(set_to_none=True)
     model.eval()
     estimates = [estimate(model, val) for _ in range(10)]
-    return {"seed": seed, "steps": iters, "whole_split_val_loss": whole_split(model, val),
-            "estimates": estimates, "estimates_mean": statistics.mean(estimates),
-            "estimates_min": min(estimates), "estimates_max": max(estimates),
-            "nanogpt_log": log, "wall_seconds": round(time.time() - start, 1)}
+    return {
+        "seed": seed,
+        "steps": iters,
+        "whole_split_val_loss": whole_split(model, val),
+        "estimates": estimates,
+        "estimates_mean": statistics.mean(estimates),
+        "estimates_min": min(estimates),
+        "estimates_max": max(estimates),
+        "nanogpt_log": log,
+        "wall_seconds": round(time.time() - start, 1),
+    }
 
 
 def main() -> None:
@@ -193,25 +219,34 @@ def main() -> None:
     text = open(args.text, encoding="utf-8").read()
     index = {c: i for i, c in enumerate(sorted(set(text)))}
     ids = np.array([index[c] for c in text], dtype=np.uint16)
-    train, val = ids[:int(len(ids) * 0.9)], ids[int(len(ids) * 0.9):]
+    train, val = ids[: int(len(ids) * 0.9)], ids[int(len(ids) * 0.9) :]
 
     runs = []
     for seed in args.seeds:
         runs.append(run(seed, train, val, len(index), args.iters))
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "nanogpt_log"}), flush=True)
     losses = [r["whole_split_val_loss"] for r in runs]
-    summary = {"whole_split_mean": statistics.mean(losses),
-               "whole_split_sd": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-               "estimates_mean": statistics.mean(e for r in runs for e in r["estimates"]),
-               "nanogpt_printed_final_val_mean": statistics.mean(r["nanogpt_log"][-1]["val"]
-                                                                 for r in runs)}
+    summary = {
+        "whole_split_mean": statistics.mean(losses),
+        "whole_split_sd": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+        "estimates_mean": statistics.mean(e for r in runs for e in r["estimates"]),
+        "nanogpt_printed_final_val_mean": statistics.mean(
+            r["nanogpt_log"][-1]["val"] for r in runs
+        ),
+    }
     print(json.dumps(summary))
-    report = {"benchmark": "nanoGPT shakespeare_char CPU procedure, plain PyTorch",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": f"{cpu_name()}, {os.cpu_count()} cores, threads {args.threads}",
-              "torch": torch.__version__, "iters": args.iters, "vocab": len(index),
-              "train_tokens": len(train), "val_tokens": len(val),
-              "summary": summary, "runs": runs}
+    report = {
+        "benchmark": "nanoGPT shakespeare_char CPU procedure, plain PyTorch",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, threads {args.threads}",
+        "torch": torch.__version__,
+        "iters": args.iters,
+        "vocab": len(index),
+        "train_tokens": len(train),
+        "val_tokens": len(val),
+        "summary": summary,
+        "runs": runs,
+    }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)

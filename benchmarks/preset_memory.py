@@ -58,14 +58,18 @@ def child(mode: str, directory: str) -> None:
         model = keras_gpt.GPT.from_preset(os.path.join(directory, mode))
     done.set()
     sampler.join()
-    print(json.dumps({
-        "rss_before_mb": round(before),
-        "peak_rss_mb": round(_status_mb("VmHWM")),
-        "peak_rss_anonymous_mb_sampled": round(peaks["RssAnon"]),
-        "peak_rss_file_mb_sampled": round(peaks["RssFile"]),
-        "rss_after_mb": round(_status_mb("VmRSS")),
-        "parameters": sum(_size(w) for w in model.trainable_weights),
-    }))
+    print(
+        json.dumps(
+            {
+                "rss_before_mb": round(before),
+                "peak_rss_mb": round(_status_mb("VmHWM")),
+                "peak_rss_anonymous_mb_sampled": round(peaks["RssAnon"]),
+                "peak_rss_file_mb_sampled": round(peaks["RssFile"]),
+                "rss_after_mb": round(_status_mb("VmRSS")),
+                "parameters": sum(_size(w) for w in model.trainable_weights),
+            }
+        )
+    )
 
 
 def _size(weight) -> int:
@@ -95,15 +99,21 @@ def main() -> None:
         del model
     results = {"backend": keras.backend.backend(), "weights_mb": round(124_439_808 * 4 / 2**20)}
     for mode in ("build", "keras_gpt", "huggingface"):
-        proc = subprocess.run([sys.executable, __file__, "--dir", args.dir, "--child", mode],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--dir", args.dir, "--child", mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     for mode in ("keras_gpt", "huggingface"):
         results[f"{mode}_load_overhead_mb"] = (
-            results[mode]["peak_rss_mb"] - results["build"]["peak_rss_mb"])
+            results[mode]["peak_rss_mb"] - results["build"]["peak_rss_mb"]
+        )
         results[f"{mode}_load_overhead_anonymous_mb"] = (
             results[mode]["peak_rss_anonymous_mb_sampled"]
-            - results["build"]["peak_rss_anonymous_mb_sampled"])
+            - results["build"]["peak_rss_anonymous_mb_sampled"]
+        )
     print(json.dumps(results, indent=2))
 
 

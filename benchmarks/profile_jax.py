@@ -29,8 +29,9 @@ import time
 
 from machine import cpu_name
 
-SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
-             max_sequence_length=256)
+SHAPE = dict(
+    vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256, max_sequence_length=256
+)
 
 
 def category(name: str) -> str:
@@ -50,8 +51,11 @@ def kernel_times(trace_dir: str) -> dict[str, list]:
     for event in events:
         name = event.get("name", "")
         # Python frames start with "$"; executor and thread-pool spans wrap the kernels.
-        if event.get("ph") != "X" or name.startswith(("$", "end:")) or any(
-                word in name for word in ("Thunk", "Slinky", "Pjit", "Execute", "DevicePut")):
+        if (
+            event.get("ph") != "X"
+            or name.startswith(("$", "end:"))
+            or any(word in name for word in ("Thunk", "Slinky", "Pjit", "Execute", "DevicePut"))
+        ):
             continue
         kernels[name][0] += 1
         kernels[name][1] += event["dur"]
@@ -73,8 +77,9 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="profile_jax_")
     os.environ["KERAS_BACKEND"] = "jax"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_dump_to={work}/hlo --xla_dump_hlo_as_text")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={work}/hlo --xla_dump_hlo_as_text"
+    )
     import jax
     import keras
     import numpy as np
@@ -108,16 +113,32 @@ def main() -> None:
         by_category[category(name)] += micros
     total = sum(by_category.values())
     slowest = sorted(kernels.items(), key=lambda item: -item[1][1])[: args.top]
-    print(json.dumps({
-        "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "what": args.what, "wall_s_unprofiled": round(wall, 4),
-        "kernel_ms_profiled": round(total / 1000, 1),
-        "share": {k: round(v / total, 3) for k, v in by_category.most_common()},
-        "launches": {k: sum(n for name, (n, _) in kernels.items() if category(name) == k)
-                     for k in by_category},
-        "slowest": [{"kernel": name, "shape": shapes.get(name, "?"), "launches": n,
-                     "ms": round(micros / 1000, 2)} for name, (n, micros) in slowest],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "cpu": cpu_name(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "what": args.what,
+                "wall_s_unprofiled": round(wall, 4),
+                "kernel_ms_profiled": round(total / 1000, 1),
+                "share": {k: round(v / total, 3) for k, v in by_category.most_common()},
+                "launches": {
+                    k: sum(n for name, (n, _) in kernels.items() if category(name) == k)
+                    for k in by_category
+                },
+                "slowest": [
+                    {
+                        "kernel": name,
+                        "shape": shapes.get(name, "?"),
+                        "launches": n,
+                        "ms": round(micros / 1000, 2),
+                    }
+                    for name, (n, micros) in slowest
+                ],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def bytes_to_ranks(vocabulary: dict[str, int], special: str) -> dict[bytes, int]
     from keras_gpt.tokenizers import bytes_to_unicode
 
     to_byte = {c: b for b, c in bytes_to_unicode().items()}
-    return {bytes(to_byte[c] for c in token): i for token, i in vocabulary.items() if token != special}
+    return {
+        bytes(to_byte[c] for c in token): i for token, i in vocabulary.items() if token != special
+    }
 
 
 def timed(function, repeat: int = 1) -> float:
@@ -61,8 +63,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--vocabulary-size", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--keras-hub-bytes", type=int, default=20_000,
-                        help="size of the slice KerasHub's TensorFlow path tokenizes")
+    parser.add_argument(
+        "--keras-hub-bytes",
+        type=int,
+        default=20_000,
+        help="size of the slice KerasHub's TensorFlow path tokenizes",
+    )
     parser.add_argument("--batches", type=int, default=2000, help="batches timed per batch source")
     args = parser.parse_args(argv)
 
@@ -82,24 +88,31 @@ def main(argv=None) -> dict:
 
     from tokenizers.implementations import ByteLevelBPETokenizer
 
-    hf = ByteLevelBPETokenizer.from_file(str(work / "bpe" / "vocab.json"),
-                                         str(work / "bpe" / "merges.txt"), add_prefix_space=False)
+    hf = ByteLevelBPETokenizer.from_file(
+        str(work / "bpe" / "vocab.json"), str(work / "bpe" / "merges.txt"), add_prefix_space=False
+    )
     hf.add_special_tokens(["<|endoftext|>"])
-    ours_hf = BytePairTokenizer(ours.vocabulary, ours.merges, ours.special_tokens, engine="tokenizers")
+    ours_hf = BytePairTokenizer(
+        ours.vocabulary, ours.merges, ours.special_tokens, engine="tokenizers"
+    )
     contenders = {
         "keras_gpt BytePairTokenizer": lambda t: ours.encode(t),
         "keras_gpt BytePairTokenizer (engine='tokenizers')": lambda t: ours_hf.encode(t),
         "huggingface tokenizers": lambda t: hf.encode(t).ids,
     }
     threads = min(8, os.cpu_count() or 1)
-    notes = {"keras_gpt BytePairTokenizer": f"engine={ours.engine!r}, pieces on up to {threads} threads"}
+    notes = {
+        "keras_gpt BytePairTokenizer": f"engine={ours.engine!r}, pieces on up to {threads} threads"
+    }
     try:
         import tiktoken
 
         encoding = tiktoken.Encoding(
-            "bench", mergeable_ranks=bytes_to_ranks(ours.vocabulary, "<|endoftext|>"),
-            pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-            special_tokens={"<|endoftext|>": ours.token_to_id("<|endoftext|>")})
+            "bench",
+            mergeable_ranks=bytes_to_ranks(ours.vocabulary, "<|endoftext|>"),
+            pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",  # noqa: E501 (GPT-2's split regex)
+            special_tokens={"<|endoftext|>": ours.token_to_id("<|endoftext|>")},
+        )
         contenders["tiktoken"] = lambda t: encoding.encode_ordinary(t)
         notes["tiktoken"] = f"tiktoken {tiktoken.__version__}"
     except ImportError:
@@ -120,22 +133,31 @@ def main(argv=None) -> dict:
         import keras_hub
         import tensorflow  # noqa: F401  (its GPT-2 path runs in TensorFlow)
 
-        piece = text[:args.keras_hub_bytes]
+        piece = text[: args.keras_hub_bytes]
         lines = piece.splitlines(keepends=True)
         piece_size = len(piece.encode("utf-8"))
-        for label, python_path in (("keras_hub BytePairTokenizer (TF path)", False),
-                                   ("keras_hub BytePairTokenizer (Python path)", True)):
+        for label, python_path in (
+            ("keras_hub BytePairTokenizer (TF path)", False),
+            ("keras_hub BytePairTokenizer (Python path)", True),
+        ):
             kh = keras_hub.tokenizers.BytePairTokenizer(
-                str(work / "bpe" / "vocab.json"), str(work / "bpe" / "merges.txt"),
-                unsplittable_tokens=["<|endoftext|>"], _allow_python_workflow=python_path)
+                str(work / "bpe" / "vocab.json"),
+                str(work / "bpe" / "merges.txt"),
+                unsplittable_tokens=["<|endoftext|>"],
+                _allow_python_workflow=python_path,
+            )
             kh.tokenize(lines[:10])  # trace / build outside the timing
             ids = [np.asarray(r).tolist() for r in kh.tokenize(lines)]
             same = ids == ours.encode_batch(lines)
-            speeds = [piece_size / timed(lambda: kh.tokenize(lines)) / 1e6
-                      for _ in range(max(1, args.rounds - 1))]
+            speeds = [
+                piece_size / timed(lambda: kh.tokenize(lines)) / 1e6
+                for _ in range(max(1, args.rounds - 1))
+            ]
             results[label] = round(statistics.median(speeds), 4)
-            notes[label] = (f"keras-hub {keras_hub.__version__}, first {piece_size:,} bytes as "
-                            f"{len(lines):,} lines; ids equal to ours: {same}")
+            notes[label] = (
+                f"keras-hub {keras_hub.__version__}, first {piece_size:,} bytes as "
+                f"{len(lines):,} lines; ids equal to ours: {same}"
+            )
     except ImportError as error:
         notes["keras_hub"] = f"skipped: {error}"
 
@@ -155,7 +177,9 @@ def main(argv=None) -> dict:
     random_windows = RandomWindows(train, 256, 8, steps=args.batches, seed=0)
     sequential = SequentialWindows(val, 256, 8)
     random_rate = args.batches / timed(lambda: [random_windows[i] for i in range(args.batches)])
-    sequential_rate = len(sequential) / timed(lambda: [sequential[i] for i in range(len(sequential))])
+    sequential_rate = len(sequential) / timed(
+        lambda: [sequential[i] for i in range(len(sequential))]
+    )
 
     report = {
         "benchmark": "tokenize",
@@ -171,7 +195,9 @@ def main(argv=None) -> dict:
         "notes": notes,
         "prepare_MB_per_s": round(size / prepare_seconds / 1e6, 3),
         "batches_per_s (batch 8, context 256)": {
-            "RandomWindows": round(random_rate), "SequentialWindows": round(sequential_rate)},
+            "RandomWindows": round(random_rate),
+            "SequentialWindows": round(sequential_rate),
+        },
     }
     print(json.dumps(report, indent=2))
     return report

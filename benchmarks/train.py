@@ -23,8 +23,9 @@ import time
 
 from machine import cpu_name
 
-SHAPE = dict(vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256,
-             max_sequence_length=256)
+SHAPE = dict(
+    vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256, max_sequence_length=256
+)
 BATCH = 8
 
 
@@ -46,9 +47,13 @@ def matmul_floor(dtype: str):
         def __init__(self):
             super().__init__(dtype=dtype)
             self.embedding = keras.layers.Embedding(SHAPE["vocabulary_size"], d, dtype=dtype)
-            self.blocks = [[keras.layers.Dense(width, use_bias=False, dtype=dtype)
-                            for width in (3 * d, d, 4 * d, d)]
-                           for _ in range(SHAPE["num_layers"])]
+            self.blocks = [
+                [
+                    keras.layers.Dense(width, use_bias=False, dtype=dtype)
+                    for width in (3 * d, d, 4 * d, d)
+                ]
+                for _ in range(SHAPE["num_layers"])
+            ]
 
         def call(self, x):
             h = self.embedding(x)
@@ -65,8 +70,10 @@ def build(kind: str, dtype: str):
 
     if kind == "matmul_floor":
         model = matmul_floor(dtype)
-        model.compile(optimizer=keras.optimizers.AdamW(1e-4),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.AdamW(1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         return model, lambda x: x
     if kind == "keras_gpt":
         import keras_gpt
@@ -76,11 +83,14 @@ def build(kind: str, dtype: str):
         return model, lambda x: x
     import keras_hub
 
-    backbone = keras_hub.models.GPT2Backbone(**SHAPE, intermediate_dim=4 * SHAPE["hidden_dim"],
-                                             dropout=0.0, dtype=dtype)
+    backbone = keras_hub.models.GPT2Backbone(
+        **SHAPE, intermediate_dim=4 * SHAPE["hidden_dim"], dropout=0.0, dtype=dtype
+    )
     model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model, lambda x: {"token_ids": x, "padding_mask": (x >= 0).astype("int32")}
 
 
@@ -104,27 +114,41 @@ def worker(args) -> dict:
 
     length = SHAPE["max_sequence_length"]
     rng = np.random.default_rng(0)
-    data = rng.integers(0, SHAPE["vocabulary_size"], (BATCH * args.steps, length + 1)).astype("int32")
+    data = rng.integers(0, SHAPE["vocabulary_size"], (BATCH * args.steps, length + 1)).astype(
+        "int32"
+    )
     x, y = data[:, :-1], data[:, 1:]
     models = {}
     for kind in ["keras_gpt", "keras_hub"] + ["matmul_floor"] * args.floor:
         start = time.perf_counter()
         model, adapt = build(kind, args.dtype)
         timer = StepTimer()
-        model.fit(adapt(x[:BATCH * 2]), y[:BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)
+        model.fit(adapt(x[: BATCH * 2]), y[: BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)
         models[kind] = (model, adapt, timer, time.perf_counter() - start)
     for _ in range(args.rounds):
         for kind, (model, adapt, timer, _) in models.items():
-            model.fit(adapt(x), y, batch_size=BATCH, epochs=1, verbose=0,
-                      callbacks=[timer.callback], shuffle=False)
+            model.fit(
+                adapt(x),
+                y,
+                batch_size=BATCH,
+                epochs=1,
+                verbose=0,
+                callbacks=[timer.callback],
+                shuffle=False,
+            )
     out = {}
     for kind, (model, _, timer, warmup) in models.items():
         step = statistics.median(timer.times)
-        out[kind] = {"tokens_per_second": BATCH * length / step, "median_step_s": step,
-                     "first_two_steps_s": warmup, "steps_timed": len(timer.times)}
+        out[kind] = {
+            "tokens_per_second": BATCH * length / step,
+            "median_step_s": step,
+            "first_two_steps_s": warmup,
+            "steps_timed": len(timer.times),
+        }
     if args.floor:
-        out["keras_hub_share_of_floor"] = (out["keras_hub"]["tokens_per_second"]
-                                           / out["matmul_floor"]["tokens_per_second"])
+        out["keras_hub_share_of_floor"] = (
+            out["keras_hub"]["tokens_per_second"] / out["matmul_floor"]["tokens_per_second"]
+        )
     out["speedup"] = out["keras_gpt"]["tokens_per_second"] / out["keras_hub"]["tokens_per_second"]
     return out
 
@@ -135,24 +159,44 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=15, help="steps per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--floor", action="store_true",
-                   help="also time `matmul_floor` (the GPT's matmuls alone) in the same rounds")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time `matmul_floor` (the GPT's matmuls alone) in the same rounds",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args)))
         return
-    results = {"benchmark": "train bench-small", "date": time.strftime("%Y-%m-%d"),
-               "machine": f"{cpu_name()}, {os.cpu_count()} cores", "batch": BATCH,
-               "shape": SHAPE, "dtype": args.dtype, "backends": {}}
+    results = {
+        "benchmark": "train bench-small",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "batch": BATCH,
+        "shape": SHAPE,
+        "dtype": args.dtype,
+        "backends": {},
+    }
     for backend in args.backends.split(","):
-        cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps),
-               "--rounds", str(args.rounds), "--dtype", args.dtype] + ["--floor"] * args.floor
-        proc = subprocess.run(cmd, env={**os.environ, "KERAS_BACKEND": backend},
-                              capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        results["backends"][backend] = (json.loads(lines[-1][7:]) if lines
-                                        else {"error": proc.stderr[-2000:]})
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--steps",
+            str(args.steps),
+            "--rounds",
+            str(args.rounds),
+            "--dtype",
+            args.dtype,
+        ] + ["--floor"] * args.floor
+        proc = subprocess.run(
+            cmd, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True
+        )
+        lines = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
+        results["backends"][backend] = (
+            json.loads(lines[-1][7:]) if lines else {"error": proc.stderr[-2000:]}
+        )
     print(json.dumps(results, indent=2))
 
 

@@ -28,11 +28,12 @@ def pretrain_command(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(
         prog="keras-gpt pretrain",
         description="Pretrain a GPT. Any setting of keras_gpt.training.pretrain.PretrainConfig "
-                    "can be given as --key value (e.g. --max-steps 500 --dropout 0.1).",
+        "can be given as --key value (e.g. --max-steps 500 --dropout 0.1).",
     )
     parser.add_argument("--config", help="TOML file of settings")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoints if present")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoints if present"
+    )
     args, extra = parser.parse_known_args(argv)
     config = load_config(args.config, _overrides(extra))
     return pretrain(config, resume=args.resume)
@@ -44,13 +45,14 @@ def finetune_command(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(
         prog="keras-gpt finetune",
         description="Fine-tune a preset, fully or with LoRA, on instruction JSONL or on plain "
-                    "text (continued pretraining; --format auto|instructions|text). Any setting "
-                    "of keras_gpt.training.finetune.FinetuneConfig can be given as --key value "
-                    "(e.g. --preset DIR --data train.jsonl --lora-rank 8).",
+        "text (continued pretraining; --format auto|instructions|text). Any setting "
+        "of keras_gpt.training.finetune.FinetuneConfig can be given as --key value "
+        "(e.g. --preset DIR --data train.jsonl --lora-rank 8).",
     )
     parser.add_argument("--config", help="TOML file of settings")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoints if present")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoints if present"
+    )
     args, extra = parser.parse_known_args(argv)
     return finetune(FinetuneConfig.load(args.config, _overrides(extra)), resume=args.resume)
 
@@ -83,8 +85,10 @@ def generate_command(argv: list[str]) -> None:
         ids = tokenizer.encode(prompt) or [0]
         room = model.max_sequence_length - len(ids)
         if room <= 0:
-            raise SystemExit(f"the prompt has {len(ids)} tokens; the model's context is "
-                             f"{model.max_sequence_length}")
+            raise SystemExit(
+                f"the prompt has {len(ids)} tokens; the model's context is "
+                f"{model.max_sequence_length}"
+            )
         for n in range(args.num_samples):
             printed = []
 
@@ -95,10 +99,16 @@ def generate_command(argv: list[str]) -> None:
                 sys.stdout.flush()
 
             sys.stdout.write(prompt)
-            model.generate(np.array([ids]), max_new_tokens=min(args.max_new_tokens, room),
-                           sampler=sampler, temperature=args.temperature or 1.0,
-                           top_k=args.top_k, top_p=args.top_p,
-                           seed=None if args.seed is None else args.seed + n, callback=stream)
+            model.generate(
+                np.array([ids]),
+                max_new_tokens=min(args.max_new_tokens, room),
+                sampler=sampler,
+                temperature=args.temperature or 1.0,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=None if args.seed is None else args.seed + n,
+                callback=stream,
+            )
             sys.stdout.write("\n" + ("-" * 40 + "\n" if args.num_samples > 1 else ""))
 
     if args.interactive:
@@ -110,7 +120,6 @@ def generate_command(argv: list[str]) -> None:
             run(prompt)
     else:
         run(args.prompt)
-
 
 
 def export_command(argv: list[str]) -> None:
@@ -127,21 +136,29 @@ def export_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="keras-gpt export",
         description="Export a preset as a TensorFlow SavedModel with `logits` and "
-                    "`generate` signatures (for TensorFlow Serving), or its logits "
-                    "graph as ONNX.")
+        "`generate` signatures (for TensorFlow Serving), or its logits "
+        "graph as ONNX.",
+    )
     parser.add_argument("preset", help="preset handle or directory")
     parser.add_argument("path", help="output directory (file for ONNX); must not exist")
-    parser.add_argument("--format", choices=("tf_saved_model", "onnx"),
-                        default="tf_saved_model")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="largest max_new_tokens a request may ask for "
-                             "(default: max_sequence_length - 1)")
-    parser.add_argument("--stop-token-ids", default="",
-                        help="comma-separated ids that end a row, e.g. 50256")
+    parser.add_argument("--format", choices=("tf_saved_model", "onnx"), default="tf_saved_model")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="largest max_new_tokens a request may ask for (default: max_sequence_length - 1)",
+    )
+    parser.add_argument(
+        "--stop-token-ids", default="", help="comma-separated ids that end a row, e.g. 50256"
+    )
     parser.add_argument("--pad-token-id", type=int, default=0)
-    parser.add_argument("--backend", choices=("tensorflow", "jax"), default=None,
-                        help="backend that traces the graphs (default: the current "
-                             "one if it can, else tensorflow in a child process)")
+    parser.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax"),
+        default=None,
+        help="backend that traces the graphs (default: the current "
+        "one if it can, else tensorflow in a child process)",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     from keras_gpt.export import export, export_onnx
@@ -150,14 +167,24 @@ def export_command(argv: list[str]) -> None:
         export_onnx(args.preset, args.path, overwrite=args.overwrite, backend=args.backend)
     else:
         stops = [int(s) for s in args.stop_token_ids.split(",") if s.strip()]
-        export(args.preset, args.path, max_new_tokens=args.max_new_tokens,
-               stop_token_ids=stops or None, pad_token_id=args.pad_token_id,
-               overwrite=args.overwrite, backend=args.backend)
+        export(
+            args.preset,
+            args.path,
+            max_new_tokens=args.max_new_tokens,
+            stop_token_ids=stops or None,
+            pad_token_id=args.pad_token_id,
+            overwrite=args.overwrite,
+            backend=args.backend,
+        )
     print(args.path)
 
 
-COMMANDS = {"pretrain": pretrain_command, "finetune": finetune_command,
-            "generate": generate_command, "export": export_command}
+COMMANDS = {
+    "pretrain": pretrain_command,
+    "finetune": finetune_command,
+    "generate": generate_command,
+    "export": export_command,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

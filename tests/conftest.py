@@ -16,16 +16,19 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _JAX_CACHE = None
 if os.environ["KERAS_BACKEND"] == "jax" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _JAX_CACHE = tempfile.mkdtemp(prefix="keras_gpt_jax_cache_")
-    os.environ.update(JAX_COMPILATION_CACHE_DIR=_JAX_CACHE,
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=_JAX_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 import keras  # noqa: E402
 
 import keras_gpt  # noqa: E402
 
-TINY = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
-            max_sequence_length=12, seed=0)
+TINY = dict(
+    vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, max_sequence_length=12, seed=0
+)
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ import numpy as np
 
 import keras_gpt
 
-CONFIG = dict(vocabulary_size=61, num_layers=2, num_heads=2, hidden_dim=32,
-              max_sequence_length=16, seed=1234)
+CONFIG = dict(
+    vocabulary_size=61, num_layers=2, num_heads=2, hidden_dim=32, max_sequence_length=16, seed=1234
+)
 STEPS, BATCH = 50, 4
 
 
@@ -38,8 +39,15 @@ def train(model: keras_gpt.GPT, data: np.ndarray, steps: int) -> list[float]:
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=3e-3, weight_decay=0.1))
     # One step per epoch (the iterator carries on across epochs) so that
     # history["loss"] holds each step's loss, not a running mean.
-    history = model.fit(data[:, :-1], data[:, 1:], batch_size=BATCH, epochs=steps,
-                        steps_per_epoch=1, shuffle=False, verbose=0)
+    history = model.fit(
+        data[:, :-1],
+        data[:, 1:],
+        batch_size=BATCH,
+        epochs=steps,
+        steps_per_epoch=1,
+        shuffle=False,
+        verbose=0,
+    )
     return history.history["loss"]
 
 

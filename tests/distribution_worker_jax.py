@@ -20,8 +20,15 @@ from keras_gpt import distribution  # noqa: E402
 
 # Dropout on: its hash-based masks are drawn over the global batch, so they
 # must not depend on how the batch is split.
-CONFIG = dict(vocabulary_size=64, num_layers=1, num_heads=4, hidden_dim=32,
-              max_sequence_length=12, dropout=0.1, seed=0)
+CONFIG = dict(
+    vocabulary_size=64,
+    num_layers=1,
+    num_heads=4,
+    hidden_dim=32,
+    max_sequence_length=12,
+    dropout=0.1,
+    seed=0,
+)
 STEPS, BATCH = 20, 16
 TOKENS = np.random.default_rng(0).integers(0, 64, (STEPS * BATCH, 13)).astype("int32")
 
@@ -39,8 +46,14 @@ def train(dist):
         model = keras_gpt.GPT(**CONFIG)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3))
         steps = StepLosses()
-        model.fit(TOKENS[:, :-1], TOKENS[:, 1:], batch_size=BATCH, shuffle=False,
-                  verbose=0, callbacks=[steps])
+        model.fit(
+            TOKENS[:, :-1],
+            TOKENS[:, 1:],
+            batch_size=BATCH,
+            shuffle=False,
+            verbose=0,
+            callbacks=[steps],
+        )
     return model, steps.losses
 
 
@@ -74,15 +87,16 @@ def main():
 
     mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"), devices)
     model_parallel = keras.distribution.ModelParallel(
-        layout_map=keras_gpt.GPT.get_layout_map(mesh), batch_dim_name="batch")
+        layout_map=keras_gpt.GPT.get_layout_map(mesh), batch_dim_name="batch"
+    )
     mp_model, mp_losses = train(model_parallel)
     result["mp_loss_diff"] = float(np.abs(np.subtract(mp_losses, single_losses)).max())
     result["mp_weight_diff"] = max_diff(weights(mp_model), weights(single))
     result["steps"] = len(mp_losses)
-    result["mp_layouts"] = {
-        k: list(v) for k, v in distribution.variable_layouts(mp_model).items()}
+    result["mp_layouts"] = {k: list(v) for k, v in distribution.variable_layouts(mp_model).items()}
     result["mp_shard_shapes"] = {
-        v.path: list(v.value.addressable_shards[0].data.shape) for v in mp_model.weights}
+        v.path: list(v.value.addressable_shards[0].data.shape) for v in mp_model.weights
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
         # Sharded checkpoint → one device.
@@ -96,10 +110,12 @@ def main():
         with model_parallel.scope():
             resumed = keras.saving.load_model(os.path.join(tmp, "single.keras"))
             result["single_to_mp_layouts"] = {
-                k: list(v) for k, v in distribution.variable_layouts(resumed).items()}
+                k: list(v) for k, v in distribution.variable_layouts(resumed).items()
+            }
             result["single_to_mp_diff"] = max_diff(weights(resumed), weights(single))
-            resumed.fit(TOKENS[:64, :-1], TOKENS[:64, 1:], batch_size=BATCH,
-                        shuffle=False, verbose=0)
+            resumed.fit(
+                TOKENS[:64, :-1], TOKENS[:64, 1:], batch_size=BATCH, shuffle=False, verbose=0
+            )
         single.fit(TOKENS[:64, :-1], TOKENS[:64, 1:], batch_size=BATCH, shuffle=False, verbose=0)
         result["resumed_weight_diff"] = max_diff(weights(resumed), weights(single))
 

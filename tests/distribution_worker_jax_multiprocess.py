@@ -21,8 +21,15 @@ import numpy as np
 
 # Dropout on: its hash-based masks are drawn over the global batch, so they
 # must not depend on how the batch is split over processes.
-CONFIG = dict(vocabulary_size=64, num_layers=1, num_heads=4, hidden_dim=32,
-              max_sequence_length=12, dropout=0.1, seed=0)
+CONFIG = dict(
+    vocabulary_size=64,
+    num_layers=1,
+    num_heads=4,
+    hidden_dim=32,
+    max_sequence_length=12,
+    dropout=0.1,
+    seed=0,
+)
 STEPS, BATCH, PROCESSES, LOCAL_DEVICES = 10, 8, 2, 2
 LEARNING_RATE = 1e-3
 
@@ -36,7 +43,7 @@ def local_rows(tokens: np.ndarray, process_id: int) -> np.ndarray:
     """This process' contiguous share of every global batch, in step order."""
     share = BATCH // PROCESSES
     steps = tokens.reshape(STEPS, BATCH, -1)
-    return steps[:, process_id * share:(process_id + 1) * share].reshape(STEPS * share, -1)
+    return steps[:, process_id * share : (process_id + 1) * share].reshape(STEPS * share, -1)
 
 
 def main(process_id: int, port: int, out_dir: str) -> None:
@@ -52,8 +59,7 @@ def main(process_id: int, port: int, out_dir: str) -> None:
     import keras_gpt
     from keras_gpt import distribution
 
-    distribution.initialize(f"localhost:{port}", num_processes=PROCESSES,
-                            process_id=process_id)
+    distribution.initialize(f"localhost:{port}", num_processes=PROCESSES, process_id=process_id)
     devices = keras.distribution.list_devices()
     dist = distribution.configure(data_parallel=True)
     # The arrays below are this process' rows already; by default Keras expects
@@ -71,19 +77,31 @@ def main(process_id: int, port: int, out_dir: str) -> None:
     model.compile(optimizer=keras.optimizers.AdamW(LEARNING_RATE))
     tokens = local_rows(global_batches(), process_id)
     steps = StepLosses()
-    model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=BATCH // PROCESSES,
-              shuffle=False, verbose=0, callbacks=[steps])
+    model.fit(
+        tokens[:, :-1],
+        tokens[:, 1:],
+        batch_size=BATCH // PROCESSES,
+        shuffle=False,
+        verbose=0,
+        callbacks=[steps],
+    )
 
     if process_id == 0:
         # Replicated arrays: each process holds the whole value.
-        weights = {f"{i}": np.asarray(keras.ops.convert_to_numpy(v.value))
-                   for i, v in enumerate(model.weights)}
+        weights = {
+            f"{i}": np.asarray(keras.ops.convert_to_numpy(v.value))
+            for i, v in enumerate(model.weights)
+        }
         np.savez(os.path.join(out_dir, "weights.npz"), **weights)
-        np.savez(os.path.join(out_dir, "run.npz"), losses=np.asarray(steps.losses),
-                 devices=len(devices), local_devices=len(jax.local_devices()),
-                 processes=jax.process_count(),
-                 batch_devices=len(dist.device_mesh.devices.ravel()),
-                 iterations=int(model.optimizer.iterations.numpy()))
+        np.savez(
+            os.path.join(out_dir, "run.npz"),
+            losses=np.asarray(steps.losses),
+            devices=len(devices),
+            local_devices=len(jax.local_devices()),
+            processes=jax.process_count(),
+            batch_devices=len(dist.device_mesh.devices.ravel()),
+            iterations=int(model.optimizer.iterations.numpy()),
+        )
     jax.distributed.shutdown()
 
 

@@ -38,8 +38,15 @@ import numpy as np  # noqa: E402
 import keras_gpt  # noqa: E402
 from keras_gpt import distribution  # noqa: E402
 
-CONFIG = dict(vocabulary_size=64, num_layers=1, num_heads=2, hidden_dim=16,
-              max_sequence_length=12, dropout=0.1, seed=0)
+CONFIG = dict(
+    vocabulary_size=64,
+    num_layers=1,
+    num_heads=2,
+    hidden_dim=16,
+    max_sequence_length=12,
+    dropout=0.1,
+    seed=0,
+)
 STEPS, BATCH = 20, 8
 TOKENS = np.random.default_rng(0).integers(0, 64, (STEPS * BATCH, 13)).astype("int32")
 
@@ -58,14 +65,22 @@ def train(strategy, rows=slice(None), model=None, **config):
             model = keras_gpt.GPT(**{**CONFIG, **config})
             model.compile(optimizer=keras.optimizers.Adam(1e-2))
         steps = StepLosses()
-    model.fit(TOKENS[rows, :-1], TOKENS[rows, 1:], batch_size=BATCH, shuffle=False,
-              verbose=0, callbacks=[steps])
+    model.fit(
+        TOKENS[rows, :-1],
+        TOKENS[rows, 1:],
+        batch_size=BATCH,
+        shuffle=False,
+        verbose=0,
+        callbacks=[steps],
+    )
     return model, steps.losses
 
 
 def max_diff(a, b):
-    return max(float(np.abs(np.asarray(x, "float64") - y).max())
-               for x, y in zip(a.get_weights(), b.get_weights()))
+    return max(
+        float(np.abs(np.asarray(x, "float64") - y).max())
+        for x, y in zip(a.get_weights(), b.get_weights())
+    )
 
 
 def main():

@@ -23,8 +23,15 @@ import numpy as np  # noqa: E402
 import keras_gpt  # noqa: E402
 from keras_gpt import distribution  # noqa: E402
 
-CONFIG = dict(vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=16,
-              max_sequence_length=12, dropout=0.1, seed=0)
+CONFIG = dict(
+    vocabulary_size=64,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=16,
+    max_sequence_length=12,
+    dropout=0.1,
+    seed=0,
+)
 STEPS, BATCH = 20, 8
 
 
@@ -46,16 +53,28 @@ def main(out):
     rank, world = distribution.torch_init_process_group()
     x, y = data()
     model = compiled(keras_gpt.GPT(**CONFIG))
-    fresh = distribution.ddp_fit(model, x, y, batch_size=BATCH, steps=STEPS,
-                                 checkpoint_path=os.path.join(out, "ddp.keras"),
-                                 checkpoint_every=10, verbose=False)
+    fresh = distribution.ddp_fit(
+        model,
+        x,
+        y,
+        batch_size=BATCH,
+        steps=STEPS,
+        checkpoint_path=os.path.join(out, "ddp.keras"),
+        checkpoint_every=10,
+        verbose=False,
+    )
 
     resumed_model = keras.saving.load_model(os.path.join(out, "single_10.keras"))
     half = STEPS // 2 * BATCH
     second = {k: v[half:] for k, v in x.items()}
-    resumed = distribution.ddp_fit(resumed_model, second, y[half:], batch_size=BATCH,
-                                   checkpoint_path=os.path.join(out, "resumed.keras"),
-                                   verbose=False)
+    resumed = distribution.ddp_fit(
+        resumed_model,
+        second,
+        y[half:],
+        batch_size=BATCH,
+        checkpoint_path=os.path.join(out, "resumed.keras"),
+        verbose=False,
+    )
     if rank == 0:
         with open(os.path.join(out, "history.json"), "w") as f:
             json.dump({"world": world, "fresh": fresh, "resumed": resumed}, f)

@@ -24,8 +24,10 @@ def main(path: str, requests_file: str, out_file: str) -> None:
     for name, request in requests.items():
         fn = served.signatures[request["signature"]]
         specs = fn.structured_input_signature[1]
-        inputs = {key: tf.constant(np.asarray(value, specs[key].dtype.as_numpy_dtype))
-                  for key, value in request["inputs"].items()}
+        inputs = {
+            key: tf.constant(np.asarray(value, specs[key].dtype.as_numpy_dtype))
+            for key, value in request["inputs"].items()
+        }
         try:
             outputs = fn(**inputs)
         except tf.errors.InvalidArgumentError as error:

@@ -15,8 +15,9 @@ import numpy as np
 
 import keras_gpt
 
-CONFIG = dict(vocabulary_size=61, num_layers=2, num_heads=2, hidden_dim=32,
-              max_sequence_length=64, seed=1234)
+CONFIG = dict(
+    vocabulary_size=61, num_layers=2, num_heads=2, hidden_dim=32, max_sequence_length=64, seed=1234
+)
 PROMPTS = [[5, 9, 2, 33, 17, 8], [40, 1], [12, 12, 60, 3]]
 
 
@@ -25,8 +26,7 @@ def main(out_dir: str) -> None:
     results = {
         "greedy": model.generate(PROMPTS, max_new_tokens=24, stop_token_ids=[7, 30]),
         "top_k": model.generate(PROMPTS, 24, sampler="top_k", top_k=10, seed=5),
-        "top_p": model.generate(PROMPTS, 24, sampler="top_p", top_p=0.9, temperature=0.7,
-                                seed=6),
+        "top_p": model.generate(PROMPTS, 24, sampler="top_p", top_p=0.9, temperature=0.7, seed=6),
     }
     backend = keras.backend.backend()
     np.savez(os.path.join(out_dir, f"generation_{backend}.npz"), **results)

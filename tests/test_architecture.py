@@ -86,8 +86,9 @@ def test_no_module_imports_a_higher_floor_or_the_package_face():
             if there is None:
                 problems.append(f"{module} imports the package face {target}")
             elif there != here and FLOORS[there] >= FLOORS[here]:
-                problems.append(f"{module} (floor {FLOORS[here]}) imports {target} "
-                                f"(floor {FLOORS[there]})")
+                problems.append(
+                    f"{module} (floor {FLOORS[here]}) imports {target} (floor {FLOORS[there]})"
+                )
     assert not problems, "\n".join(sorted(problems))
 
 
@@ -102,7 +103,7 @@ def test_no_import_circles():
         path.append(node)
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+                cycles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target)
         path.pop()

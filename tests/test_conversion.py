@@ -32,8 +32,9 @@ VOCAB, POSITIONS = 61, 32
 
 HF_CONFIGS = {
     "gpt2_defaults": dict(),
-    "untied_gelu_inner_eps": dict(activation_function="gelu", n_inner=48,
-                                  layer_norm_epsilon=1e-6, tie_word_embeddings=False),
+    "untied_gelu_inner_eps": dict(
+        activation_function="gelu", n_inner=48, layer_norm_epsilon=1e-6, tie_word_embeddings=False
+    ),
     "relu": dict(activation_function="relu"),
 }
 
@@ -41,8 +42,16 @@ HF_CONFIGS = {
 def hf_model(**overrides):
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=POSITIONS, n_embd=32, n_layer=2, n_head=4,
-        initializer_range=0.2, bos_token_id=None, eos_token_id=None, **overrides)
+        vocab_size=VOCAB,
+        n_positions=POSITIONS,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.2,
+        bos_token_id=None,
+        eos_token_id=None,
+        **overrides,
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
@@ -70,8 +79,9 @@ def test_huggingface_logits_match(hf_checkpoint, token_ids):
     directory, reference = hf_checkpoint
     model = GPT.from_preset(str(directory))
     assert keras_gpt.presets.preset_format(str(directory)) == "huggingface"
-    np.testing.assert_allclose(to_numpy(model(token_ids)), hf_logits(reference, token_ids),
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        to_numpy(model(token_ids)), hf_logits(reference, token_ids), rtol=0, atol=ATOL
+    )
 
 
 def test_huggingface_config_is_converted(hf_checkpoint):
@@ -81,30 +91,44 @@ def test_huggingface_config_is_converted(hf_checkpoint):
     assert model.intermediate_dim == (hf.n_inner or 4 * hf.n_embd)
     assert model.layer_norm_epsilon == hf.layer_norm_epsilon
     assert model.tie_embeddings == hf.tie_word_embeddings
-    assert model.activation == {"gelu_new": "gelu_approximate", "gelu": "gelu",
-                                "relu": "relu"}[hf.activation_function]
+    assert (
+        model.activation
+        == {"gelu_new": "gelu_approximate", "gelu": "gelu", "relu": "relu"}[hf.activation_function]
+    )
 
 
 def test_export_loads_in_transformers(hf_checkpoint, token_ids, tmp_path):
     directory, reference = hf_checkpoint
     GPT.from_preset(str(directory)).save_to_preset(str(tmp_path), format="huggingface")
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    np.testing.assert_allclose(hf_logits(exported, token_ids), hf_logits(reference, token_ids),
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        hf_logits(exported, token_ids), hf_logits(reference, token_ids), rtol=0, atol=ATOL
+    )
 
 
-@pytest.mark.parametrize("variant", [
-    dict(tie_embeddings=False, activation="relu", intermediate_dim=40),
-    dict(position_embedding="sinusoidal", activation="gelu"),
-    dict(use_bias=False),  # nanoGPT's bias=False: written as GPT-2's zero biases
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(tie_embeddings=False, activation="relu", intermediate_dim=40),
+        dict(position_embedding="sinusoidal", activation="gelu"),
+        dict(use_bias=False),  # nanoGPT's bias=False: written as GPT-2's zero biases
+    ],
+)
 def test_native_model_exports_to_transformers(variant, token_ids, tmp_path):
-    model = GPT(vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=16,
-                max_sequence_length=POSITIONS, seed=3, **variant)
+    model = GPT(
+        vocabulary_size=VOCAB,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=POSITIONS,
+        seed=3,
+        **variant,
+    )
     model.save_to_preset(str(tmp_path), format="huggingface")
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    np.testing.assert_allclose(hf_logits(exported, token_ids), to_numpy(model(token_ids)),
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        hf_logits(exported, token_ids), to_numpy(model(token_ids)), rtol=0, atol=ATOL
+    )
 
 
 def test_greedy_generation_matches_transformers(tmp_path):
@@ -114,9 +138,15 @@ def test_greedy_generation_matches_transformers(tmp_path):
     steps = 10
     with torch.no_grad():
         out = reference.generate(
-            torch.from_numpy(prompt.astype("int64")), attention_mask=torch.ones(prompt.shape),
-            max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
-            output_scores=True, return_dict_in_generate=True)
+            torch.from_numpy(prompt.astype("int64")),
+            attention_mask=torch.ones(prompt.shape),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            pad_token_id=0,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
     # Greedy is only comparable if no step had a near-tie between the top two.
     for scores in out.scores:
         top2 = torch.topk(scores, 2).values
@@ -134,8 +164,9 @@ def test_pickled_checkpoint_without_prefix(hf_checkpoint, token_ids, tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text((directory / "config.json").read_text())
     model = GPT.from_preset(str(tmp_path))
-    np.testing.assert_allclose(to_numpy(model(token_ids)), hf_logits(reference, token_ids),
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        to_numpy(model(token_ids)), hf_logits(reference, token_ids), rtol=0, atol=ATOL
+    )
 
 
 class _RunsCode:
@@ -162,25 +193,34 @@ def test_padded_vocabulary(token_ids, tmp_path):
     from safetensors.numpy import save_file
 
     reference = hf_model()
-    tensors = {k: v.numpy().copy() for k, v in reference.state_dict().items()
-               if k != "lm_head.weight"}
+    tensors = {
+        k: v.numpy().copy() for k, v in reference.state_dict().items() if k != "lm_head.weight"
+    }
     wte = tensors["transformer.wte.weight"]
     tensors["transformer.wte.weight"] = np.concatenate([wte, np.ones((3, wte.shape[1]), "float32")])
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     reference.config.to_json_file(tmp_path / "config.json")
     model = GPT.from_preset(str(tmp_path))
     assert model.vocabulary_size == VOCAB
-    np.testing.assert_allclose(to_numpy(model(token_ids)), hf_logits(reference, token_ids),
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        to_numpy(model(token_ids)), hf_logits(reference, token_ids), rtol=0, atol=ATOL
+    )
 
-    padded = GPT(vocabulary_size=264, num_layers=1, num_heads=2, hidden_dim=16,
-                 max_sequence_length=POSITIONS, seed=0)
+    padded = GPT(
+        vocabulary_size=264,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=POSITIONS,
+        seed=0,
+    )
     tokenizer = ByteTokenizer()  # 257 ids
     padded.save_to_preset(str(tmp_path / "export"), format="huggingface", tokenizer=tokenizer)
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
     assert exported.config.vocab_size == 257
-    np.testing.assert_allclose(hf_logits(exported, token_ids),
-                               to_numpy(padded(token_ids))[..., :257], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        hf_logits(exported, token_ids), to_numpy(padded(token_ids))[..., :257], rtol=0, atol=ATOL
+    )
 
 
 def test_unsupported_huggingface_configs_name_the_problem(tmp_path):
@@ -208,18 +248,28 @@ def test_truncated_safetensors_names_the_handle(tmp_path):
 def test_bpe_tokenizer_exports_for_transformers(tmp_path):
     """A BytePairTokenizer saved with the checkpoint is read the same by
     `transformers.GPT2TokenizerFast` and by `keras_gpt.presets.load_tokenizer`."""
-    texts = ["To be, or not to be, that is the question:",
-             "Whether 'tis nobler in the mind to suffer"] * 20
+    texts = [
+        "To be, or not to be, that is the question:",
+        "Whether 'tis nobler in the mind to suffer",
+    ] * 20
     tokenizer = BytePairTokenizer.train(texts, vocabulary_size=300, min_frequency=1)
-    model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
-                hidden_dim=16, max_sequence_length=POSITIONS, seed=0)
+    model = GPT(
+        vocabulary_size=tokenizer.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=POSITIONS,
+        seed=0,
+    )
     model.save_to_preset(str(tmp_path), format="huggingface", tokenizer=tokenizer)
     text = "To suffer the question, or not: that is nobler.<|endoftext|>"
     reference = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
     loaded = keras_gpt.presets.load_tokenizer(str(tmp_path))
     assert loaded.encode(text) == reference(text)["input_ids"] == tokenizer.encode(text)
-    assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path).config.vocab_size \
+    assert (
+        transformers.GPT2LMHeadModel.from_pretrained(tmp_path).config.vocab_size
         == tokenizer.vocabulary_size
+    )
 
 
 # -- KerasHub ---------------------------------------------------------------------
@@ -230,8 +280,14 @@ def keras_hub_preset(tmp_path_factory):
     """(directory written by GPT2CausalLM.save_to_preset, its backbone)."""
     keras_hub = pytest.importorskip("keras_hub")
     backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=VOCAB, num_layers=2, num_heads=4, hidden_dim=32,
-        intermediate_dim=48, max_sequence_length=POSITIONS, dropout=0.0)
+        vocabulary_size=VOCAB,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=32,
+        intermediate_dim=48,
+        max_sequence_length=POSITIONS,
+        dropout=0.0,
+    )
     # NumPy-drawn weights: the same model on every backend (KerasHub's own init
     # draws from the backend's generator), larger than GPT-2's (module docstring).
     rng = np.random.default_rng(0)
@@ -259,8 +315,9 @@ def test_keras_hub_logits_match(keras_hub_preset, token_ids):
     directory, backbone, _ = keras_hub_preset
     assert keras_gpt.presets.preset_format(str(directory)) == "keras_hub"
     model = GPT.from_preset(str(directory))
-    np.testing.assert_allclose(to_numpy(model(token_ids)), keras_hub_logits(backbone, token_ids),
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        to_numpy(model(token_ids)), keras_hub_logits(backbone, token_ids), rtol=0, atol=ATOL
+    )
 
 
 def test_keras_hub_greedy_generation_matches(keras_hub_preset):

@@ -29,8 +29,13 @@ def results(tmp_path_factory):
 
     def run(backend, *flags):
         env = {**os.environ, "KERAS_BACKEND": backend}
-        proc = subprocess.run([sys.executable, WORKER, str(out), *flags], env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, WORKER, str(out), *flags],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-4000:]}"
 
     for backend in BACKENDS:
@@ -38,8 +43,7 @@ def results(tmp_path_factory):
     # Then every backend loads every backend's saved model.
     for backend in BACKENDS:
         run(backend, "--load")
-    return {b: {**np.load(out / f"{b}.npz"), **np.load(out / f"{b}_loaded.npz")}
-            for b in BACKENDS}
+    return {b: {**np.load(out / f"{b}.npz"), **np.load(out / f"{b}_loaded.npz")} for b in BACKENDS}
 
 
 def pairs():
@@ -76,15 +80,15 @@ def test_loss_curves_match(results, a, b):
 @pytest.mark.parametrize("a, b", pairs())
 def test_final_weights_match(results, a, b):
     for key in weight_keys(results[a], "final_"):
-        np.testing.assert_allclose(results[a][key], results[b][key], rtol=0, atol=1e-4,
-                                   err_msg=key)
+        np.testing.assert_allclose(results[a][key], results[b][key], rtol=0, atol=1e-4, err_msg=key)
 
 
 @pytest.mark.parametrize("a, b", pairs())
 def test_dropout_masks_and_losses_match(results, a, b):
     np.testing.assert_array_equal(results[a]["dropout_mask"], results[b]["dropout_mask"])
-    np.testing.assert_allclose(results[a]["dropout_losses"], results[b]["dropout_losses"],
-                               rtol=1e-5, atol=0)
+    np.testing.assert_allclose(
+        results[a]["dropout_losses"], results[b]["dropout_losses"], rtol=1e-5, atol=0
+    )
 
 
 @pytest.mark.parametrize("saved_on", BACKENDS)
@@ -92,5 +96,6 @@ def test_dropout_masks_and_losses_match(results, a, b):
 def test_saved_model_loads_on_every_backend(results, saved_on, loaded_on):
     key = f"loaded_logits:{saved_on}"
     assert key in results[loaded_on]
-    np.testing.assert_allclose(results[loaded_on][key], results[saved_on]["trained_logits"],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        results[loaded_on][key], results[saved_on]["trained_logits"], rtol=0, atol=1e-5
+    )

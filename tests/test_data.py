@@ -22,10 +22,14 @@ from keras_gpt.data import (
 from keras_gpt.data.documents import stream_pieces
 from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer, CharTokenizer
 
-SHAKESPEARE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+)
 
-HOSTILE = ("emoji 🤖👩‍👩‍👧 e\u0301 中文字 \t\n\n" + " " * 40 + "x\x00\x07\u2028 <|endoftext|> it's "
-           "a\u00a0b  \r\n end")
+HOSTILE = (
+    "emoji 🤖👩‍👩‍👧 e\u0301 中文字 \t\n\n" + " " * 40 + "x\x00\x07\u2028 <|endoftext|> it's "
+    "a\u00a0b  \r\n end"
+)
 
 
 def shakespeare() -> str:
@@ -47,7 +51,9 @@ def corpus(tmp_path) -> pathlib.Path:
     (root / "a.txt").write_text(shakespeare()[:20_000], encoding="utf-8")
     (root / "sub" / "b.md").write_text(HOSTILE * 30, encoding="utf-8")
     records = [{"text": "first record\n"}, {"text": HOSTILE, "id": 2}, {"text": ""}]
-    (root / "c.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8")
+    (root / "c.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8"
+    )
     (root / ".hidden").write_text("not read", encoding="utf-8")
     return root
 
@@ -69,11 +75,14 @@ def all_tokens(directory) -> np.ndarray:
 
 # --- reading inputs ----------------------------------------------------------------------
 
+
 def test_inputs_files_folders_globs_and_jsonl(corpus):
     files = input_files(corpus)
     assert [f.relative_to(corpus).as_posix() for f in files] == ["a.txt", "c.jsonl", "sub/b.md"]
     assert input_files([str(corpus / "**" / "*.md"), corpus / "a.txt"]) == [
-        corpus / "sub" / "b.md", corpus / "a.txt"]
+        corpus / "sub" / "b.md",
+        corpus / "a.txt",
+    ]
     documents = list(read_documents(corpus))
     assert documents == [shakespeare()[:20_000], "first record\n", HOSTILE, "", HOSTILE * 30]
 
@@ -104,6 +113,7 @@ def test_input_errors_name_the_input(tmp_path):
 
 # --- prepare -------------------------------------------------------------------------------
 
+
 def test_prepare_char_shakespeare_matches_nanogpt(tmp_path):
     text = shakespeare()
     tokenizer = CharTokenizer.from_text(text)
@@ -114,16 +124,18 @@ def test_prepare_char_shakespeare_matches_nanogpt(tmp_path):
     assert metadata["dtype"] == "uint16" and metadata["tokens"] == len(text)
     train = np.fromfile(tmp_path / "out" / "train_00000.bin", dtype=np.uint16)
     np.testing.assert_array_equal(train, tokenizer.encode(text[:1_003_854]))
-    assert keras_gpt.tokenizers.load_tokenizer(tmp_path / "out" / "tokenizer").encode("hi") == \
-        tokenizer.encode("hi")
+    assert keras_gpt.tokenizers.load_tokenizer(tmp_path / "out" / "tokenizer").encode(
+        "hi"
+    ) == tokenizer.encode("hi")
 
 
 @pytest.mark.parametrize("kind", ["bpe", "byte"])
 def test_prepare_streams_in_pieces_and_shards_without_changing_tokens(tmp_path, corpus, bpe, kind):
     tokenizer = bpe if kind == "bpe" else ByteTokenizer()
     # Tiny pieces and shards: the streamed result must equal encoding each whole document.
-    metadata = prepare(corpus, tmp_path / "out", tokenizer, shard_tokens=997, chunk_chars=64,
-                       progress=False)
+    metadata = prepare(
+        corpus, tmp_path / "out", tokenizer, shard_tokens=997, chunk_chars=64, progress=False
+    )
     expected = expected_ids(tokenizer, read_documents(corpus))
     np.testing.assert_array_equal(all_tokens(tmp_path / "out"), expected)
     assert metadata["documents"] == 5 and metadata["tokens"] == len(expected)
@@ -136,8 +148,14 @@ def test_prepare_uses_uint32_for_large_vocabularies(tmp_path):
     tokenizer = CharTokenizer(characters)
     text = "".join(characters[::-997]) * 3
     (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
-    metadata = prepare(tmp_path / "wide.txt", tmp_path / "out", tokenizer, end_of_text=None,
-                       validation_fraction=0.0, progress=False)
+    metadata = prepare(
+        tmp_path / "wide.txt",
+        tmp_path / "out",
+        tokenizer,
+        end_of_text=None,
+        validation_fraction=0.0,
+        progress=False,
+    )
     assert metadata["dtype"] == "uint32"
     np.testing.assert_array_equal(all_tokens(tmp_path / "out"), tokenizer.encode(text))
     assert all_tokens(tmp_path / "out").max() > 65_535
@@ -195,13 +213,14 @@ def test_prepare_argument_errors(tmp_path, corpus):
 
 # --- batches -------------------------------------------------------------------------------
 
+
 def test_random_windows_are_seeded_and_backend_independent():
     tokens = np.arange(1000)
     ds = RandomWindows(tokens, sequence_length=4, batch_size=3, steps=10, seed=7)
     x, y = ds[2]
     # NumPy's generator seeded by (seed, batch index): fixed numbers on every backend.
     starts = np.random.default_rng([7, 2]).integers(0, 996, 3)
-    np.testing.assert_array_equal(x, np.stack([tokens[s:s + 4] for s in starts]))
+    np.testing.assert_array_equal(x, np.stack([tokens[s : s + 4] for s in starts]))
     np.testing.assert_array_equal(y, x + 1)
     assert x.dtype == np.int32 and x.shape == (3, 4)
     np.testing.assert_array_equal(RandomWindows(tokens, 4, 3, 10, seed=7)[2][0], x)
@@ -243,8 +262,9 @@ def test_fit_and_evaluate_from_prepared_shards(tmp_path, corpus):
     prepare(corpus, tmp_path / "out", tokenizer, end_of_text=None, progress=False)
     length = TINY["max_sequence_length"]
     train = RandomWindows(TokenStream.from_directory(tmp_path / "out"), length, 4, steps=2, seed=0)
-    val = SequentialWindows(TokenStream.from_directory(tmp_path / "out", "val"), length, 4,
-                            max_batches=1)
+    val = SequentialWindows(
+        TokenStream.from_directory(tmp_path / "out", "val"), length, 4, max_batches=1
+    )
     model = keras_gpt.GPT(**{**TINY, "vocabulary_size": tokenizer.vocabulary_size})
     model.compile(optimizer="adamw")
     history = model.fit(train, epochs=1, verbose=0)

@@ -47,8 +47,14 @@ def only_on(backend):
 def run_worker(args, timeout=600, **env):
     environ = dict(os.environ, OMP_NUM_THREADS="1", **env)
     environ.pop("XLA_FLAGS", None)
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          env=environ, timeout=timeout, cwd=os.path.dirname(TESTS))
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+        cwd=os.path.dirname(TESTS),
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
 
@@ -64,17 +70,32 @@ def fake_mesh(shape=(2, 4), axes=("batch", "model")):
 def test_layout_map_keys_match_every_gpt_weight_they_target():
     # Keras matches layout keys against whole paths: a key that matches no
     # variable shards nothing, silently. Every rule must hit real weights.
-    model = keras_gpt.GPT(**{**dict(vocabulary_size=50, num_layers=2, num_heads=2,
-                                    hidden_dim=16, max_sequence_length=12, seed=0),
-                             "tie_embeddings": False})
+    model = keras_gpt.GPT(
+        **{
+            **dict(
+                vocabulary_size=50,
+                num_layers=2,
+                num_heads=2,
+                hidden_dim=16,
+                max_sequence_length=12,
+                seed=0,
+            ),
+            "tie_embeddings": False,
+        }
+    )
     layouts = keras_gpt.GPT.get_layout_map(fake_mesh())
     paths = [v.path for v in model.weights]
     for key in layouts:
         hits = [p for p in paths if re.fullmatch(key, p)]
         assert hits, f"layout key {key!r} matches no weight"
     sharded = {p for p in paths for key in layouts if re.fullmatch(key, p)}
-    for suffix in ("token_embeddings", "qkv/kernel", "attention/output/kernel",
-                   "mlp_in/kernel", "mlp_out/kernel"):
+    for suffix in (
+        "token_embeddings",
+        "qkv/kernel",
+        "attention/output/kernel",
+        "mlp_in/kernel",
+        "mlp_out/kernel",
+    ):
         assert any(p.endswith(suffix) for p in sharded), suffix
     assert not any("norm" in p for p in sharded)  # LayerNorms stay replicated
 
@@ -176,9 +197,15 @@ def run_processes(script, args_per_process, timeout, log_dir):
     processes = []
     for args, log in zip(args_per_process, logs):
         with open(log, "w") as out:
-            processes.append(subprocess.Popen(
-                [sys.executable, script, *args], env=environ, cwd=os.path.dirname(TESTS),
-                stdout=out, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, script, *args],
+                    env=environ,
+                    cwd=os.path.dirname(TESTS),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     deadline = time.monotonic() + timeout
     hung = []
     for process in processes:
@@ -192,10 +219,15 @@ def run_processes(script, args_per_process, timeout, log_dir):
     # Report a crash before the hangs it causes (the other process waits for it).
     for rank in sorted(range(len(processes)), key=lambda r: hung[r]):
         if processes[rank].returncode:
-            reason = (f"was still running after {timeout} s and was killed" if hung[rank]
-                      else f"failed (exit {processes[rank].returncode})")
-            pytest.fail(f"process {rank} of {len(processes)} {reason}; "
-                        f"its output ends with:\n{logs[rank].read_text()[-3000:]}")
+            reason = (
+                f"was still running after {timeout} s and was killed"
+                if hung[rank]
+                else f"failed (exit {processes[rank].returncode})"
+            )
+            pytest.fail(
+                f"process {rank} of {len(processes)} {reason}; "
+                f"its output ends with:\n{logs[rank].read_text()[-3000:]}"
+            )
 
 
 @only_on("jax")
@@ -205,9 +237,12 @@ def test_jax_two_processes_match_one_device(tmp_path):
     # each process feeding its half of every global batch.
     worker = import_worker("distribution_worker_jax_multiprocess")
     port = str(free_port())
-    run_processes(os.path.join(TESTS, "distribution_worker_jax_multiprocess.py"),
-                  [[str(rank), port, str(tmp_path)] for rank in range(worker.PROCESSES)],
-                  timeout=120, log_dir=tmp_path)
+    run_processes(
+        os.path.join(TESTS, "distribution_worker_jax_multiprocess.py"),
+        [[str(rank), port, str(tmp_path)] for rank in range(worker.PROCESSES)],
+        timeout=120,
+        log_dir=tmp_path,
+    )
     run = np.load(tmp_path / "run.npz")
     assert int(run["processes"]) == 2 and int(run["local_devices"]) == 2
     assert int(run["devices"]) == int(run["batch_devices"]) == 4
@@ -216,14 +251,25 @@ def test_jax_two_processes_match_one_device(tmp_path):
     single = keras_gpt.GPT(**worker.CONFIG)
     single.compile(optimizer=keras.optimizers.AdamW(worker.LEARNING_RATE))
     tokens, steps = worker.global_batches(), BatchLogs()
-    single.fit(tokens[:, :-1], tokens[:, 1:], batch_size=worker.BATCH, shuffle=False,
-               verbose=0, callbacks=[steps])
+    single.fit(
+        tokens[:, :-1],
+        tokens[:, 1:],
+        batch_size=worker.BATCH,
+        shuffle=False,
+        verbose=0,
+        callbacks=[steps],
+    )
     np.testing.assert_allclose(run["losses"], steps.logs["loss"], rtol=0, atol=TOLERANCE)
     trained = np.load(tmp_path / "weights.npz")
     assert len(trained.files) == len(single.weights)
     for i, variable in enumerate(single.weights):  # creation order: paths differ
-        np.testing.assert_allclose(trained[str(i)], keras.ops.convert_to_numpy(variable.value),
-                                   rtol=0, atol=TOLERANCE, err_msg=variable.path)
+        np.testing.assert_allclose(
+            trained[str(i)],
+            keras.ops.convert_to_numpy(variable.value),
+            rtol=0,
+            atol=TOLERANCE,
+            err_msg=variable.path,
+        )
 
 
 # -- PyTorch: torchrun + DistributedDataParallel -----------------------------------
@@ -234,8 +280,9 @@ def weights(model):
 
 
 def max_weight_diff(a, b):
-    return max(float(np.abs(np.asarray(x, "float64") - y).max())
-               for x, y in zip(weights(a), weights(b)))
+    return max(
+        float(np.abs(np.asarray(x, "float64") - y).max()) for x, y in zip(weights(a), weights(b))
+    )
 
 
 @only_on("torch")
@@ -246,8 +293,14 @@ def test_torch_ddp_two_processes_match_one_device(tmp_path):
 
     def fit(model, rows):
         logs = BatchLogs()
-        model.fit({k: v[rows] for k, v in x.items()}, y[rows], batch_size=batch,
-                  shuffle=False, verbose=0, callbacks=[logs])
+        model.fit(
+            {k: v[rows] for k, v in x.items()},
+            y[rows],
+            batch_size=batch,
+            shuffle=False,
+            verbose=0,
+            callbacks=[logs],
+        )
         return logs.logs
 
     # One device: 20 steps in one go, and 10 + checkpoint + 10.
@@ -259,8 +312,17 @@ def test_torch_ddp_two_processes_match_one_device(tmp_path):
     first.save(tmp_path / "single_10.keras")
     second_logs = fit(first, slice(half, None))
 
-    run_worker(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                os.path.join(TESTS, "distribution_worker_torch.py"), str(tmp_path)])
+    run_worker(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            os.path.join(TESTS, "distribution_worker_torch.py"),
+            str(tmp_path),
+        ]
+    )
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["world"] == 2
 
@@ -268,21 +330,34 @@ def test_torch_ddp_two_processes_match_one_device(tmp_path):
     # logs them) and, through the rank-0 checkpoint, the same weights.
     for key in ("loss", "perplexity"):
         assert len(history["fresh"][key]) == steps
-        np.testing.assert_allclose(history["fresh"][key], full_logs[key],
-                                   rtol=0, atol=TOLERANCE * max(1, full_logs[key][0]))
+        np.testing.assert_allclose(
+            history["fresh"][key],
+            full_logs[key],
+            rtol=0,
+            atol=TOLERANCE * max(1, full_logs[key][0]),
+        )
     ddp = keras.saving.load_model(tmp_path / "ddp.keras")  # written by DDP, read here
     assert int(ddp.optimizer.iterations.numpy()) == steps
     assert max_weight_diff(ddp, full) < TOLERANCE
 
     # Resumed from the one-device checkpoint: continues like one device does.
-    np.testing.assert_allclose(history["resumed"]["loss"], second_logs["loss"],
-                               rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(
+        history["resumed"]["loss"], second_logs["loss"], rtol=0, atol=TOLERANCE
+    )
     resumed = keras.saving.load_model(tmp_path / "resumed.keras")
     assert int(resumed.optimizer.iterations.numpy()) == steps
     assert max_weight_diff(resumed, first) < TOLERANCE
-    print(json.dumps({  # measured differences, shown with `pytest -s`
-        "loss": float(np.abs(np.subtract(history["fresh"]["loss"], full_logs["loss"])).max()),
-        "weights": max_weight_diff(ddp, full), "resumed_weights": max_weight_diff(resumed, first)}))
+    print(
+        json.dumps(
+            {  # measured differences, shown with `pytest -s`
+                "loss": float(
+                    np.abs(np.subtract(history["fresh"]["loss"], full_logs["loss"])).max()
+                ),
+                "weights": max_weight_diff(ddp, full),
+                "resumed_weights": max_weight_diff(resumed, first),
+            }
+        )
+    )
 
 
 # -- TensorFlow: MirroredStrategy over logical CPU devices ---------------------------
@@ -309,8 +384,15 @@ def test_tensorflow_embedding_gradients_are_dense():
     # untied embeddings, a repeated token; or any embedding under MirroredStrategy).
     import tensorflow as tf
 
-    model = keras_gpt.GPT(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
-                          max_sequence_length=12, tie_embeddings=False, seed=0)
+    model = keras_gpt.GPT(
+        vocabulary_size=50,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=12,
+        tie_embeddings=False,
+        seed=0,
+    )
     ids = np.array([[3, 3, 3, 7]], "int32")  # token 3 repeated
     tables = [model.embeddings.token_embeddings, model.embeddings.position_embeddings]
     with tf.GradientTape() as tape:

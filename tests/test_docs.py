@@ -29,7 +29,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SKIP_MARKER = "<!-- docs: skip -->"
-FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w#.+-]*)(?P<rest>.*)$")
+FENCE_OPEN = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w#.+-]*)(?P<rest>.*)$"
+)
 
 
 @dataclass
@@ -57,8 +59,10 @@ def code_blocks(path: pathlib.Path) -> list[Block]:
             end += 1
         if match["lang"] == "python":
             above = lines[i - 1].strip() if i > 0 else ""
-            body = [line[len(indent):] if line.startswith(indent) else line.lstrip()
-                    for line in lines[start:end]]
+            body = [
+                line[len(indent) :] if line.startswith(indent) else line.lstrip()
+                for line in lines[start:end]
+            ]
             blocks.append(Block(path, start + 1, "\n".join(body), above == SKIP_MARKER))
         i = end + 1
     return blocks
@@ -81,9 +85,7 @@ def page_backend(page: pathlib.Path) -> str:
     return BACKENDS[RUNNABLE_PAGES.index(page) % len(BACKENDS)]
 
 
-@pytest.mark.parametrize(
-    "page", RUNNABLE_PAGES, ids=lambda p: str(p.relative_to(ROOT))
-)
+@pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_code_runs(page, tmp_path, monkeypatch):
     backend = page_backend(page)
     if keras.backend.backend() != backend and not os.environ.get("KERAS_GPT_DOCS_EVERY_BACKEND"):
@@ -107,7 +109,9 @@ def test_parser_finds_quick_start_and_honours_skip(tmp_path):
     )
     blocks = code_blocks(page)
     assert [(b.line, b.code, b.skipped) for b in blocks] == [
-        (4, "x = 1", False), (9, "raise SystemExit", True), (14, "y = x + 1", False)
+        (4, "x = 1", False),
+        (9, "raise SystemExit", True),
+        (14, "y = x + 1", False),
     ]
     assert DOCS / "index.md" in runnable_pages()
 
@@ -128,5 +132,9 @@ def test_every_page_is_in_the_nav_and_every_nav_entry_exists():
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
     in_nav = set(nav_files(config["nav"]))
     on_disk = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
-    assert not on_disk - in_nav, f"add these pages to `nav` in mkdocs.yml: {sorted(on_disk - in_nav)}"
-    assert not in_nav - on_disk, f"`nav` in mkdocs.yml names missing pages: {sorted(in_nav - on_disk)}"
+    assert not on_disk - in_nav, (
+        f"add these pages to `nav` in mkdocs.yml: {sorted(on_disk - in_nav)}"
+    )
+    assert not in_nav - on_disk, (
+        f"`nav` in mkdocs.yml names missing pages: {sorted(in_nav - on_disk)}"
+    )

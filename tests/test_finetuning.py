@@ -1,4 +1,5 @@
-"""Instruction data with prompt masking and packing, and the fine-tuning recipe on instructions and plain text."""
+"""Instruction data with prompt masking and packing, and the fine-tuning recipe on
+instructions and plain text."""
 
 import json
 import math
@@ -19,10 +20,10 @@ from keras_gpt.data import (
     read_instructions,
 )
 from keras_gpt.data.instructions import is_instruction_file
-from keras_gpt.training.finetune import FinetuneConfig, finetune
 from keras_gpt.presets import load_tokenizer
 from keras_gpt.tokenizers import CharTokenizer
 from keras_gpt.training import read_metrics
+from keras_gpt.training.finetune import FinetuneConfig, finetune
 
 LETTERS = "abcde"
 ALPHABET = LETTERS + "reverse: #InstructionRspn\n<|>aistnu"
@@ -43,8 +44,9 @@ def test_prompt_tokens_get_zero_weight():
 
 def test_messages_train_only_assistant_turns():
     tok = char_tokenizer()
-    record = {"messages": [{"role": "user", "content": "abc"},
-                           {"role": "assistant", "content": "cba"}]}
+    record = {
+        "messages": [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "cba"}]
+    }
     ids, weights = encode_example(tok, record)
     trained = "".join(tok.decode([i]) for i, w in zip(ids, weights) if w)
     assert trained == "cba\n<|endoftext|>"
@@ -59,11 +61,19 @@ def test_bad_records_are_rejected(tmp_path):
 
 def test_masked_batch_loss_matches_hand_computation():
     tok = char_tokenizer()
-    records = [{"prompt": "reverse: ab", "response": "ba"},
-               {"prompt": "reverse: abcde", "response": "edcba"}]
+    records = [
+        {"prompt": "reverse: ab", "response": "ba"},
+        {"prompt": "reverse: abcde", "response": "edcba"},
+    ]
     x, y, w = InstructionBatches(records, tok, 64, 2, seed=None)[0]
-    model = GPT(vocabulary_size=tok.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=16,
-                max_sequence_length=64, seed=0)
+    model = GPT(
+        vocabulary_size=tok.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=64,
+        seed=0,
+    )
     logits = to_numpy(model(x)).astype("float64")
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
@@ -82,7 +92,7 @@ def reverse_records(n, seed):
 def accuracy(model, tokenizer, records):
     prompts = [tokenizer.encode(format_prompt(r["prompt"])) for r in records]
     out = model.generate(np.array(prompts), max_new_tokens=4, sampler="greedy")
-    answers = [tokenizer.decode(row[len(p):len(p) + 3]) for row, p in zip(out, prompts)]
+    answers = [tokenizer.decode(row[len(p) : len(p) + 3]) for row, p in zip(out, prompts)]
     return np.mean([a == r["response"] for a, r in zip(answers, records)])
 
 
@@ -98,18 +108,34 @@ def test_finetuning_learns_to_reverse(tmp_path, lora_rank):
     if keras.backend.backend() != REVERSE_CASE_BACKEND[lora_rank]:
         pytest.skip(f"this case runs in the {REVERSE_CASE_BACKEND[lora_rank]} pass")
     tok = char_tokenizer()
-    base = GPT(vocabulary_size=tok.vocabulary_size, num_layers=2, num_heads=2, hidden_dim=64,
-               max_sequence_length=64, seed=0)
+    base = GPT(
+        vocabulary_size=tok.vocabulary_size,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=64,
+        max_sequence_length=64,
+        seed=0,
+    )
     base.save_to_preset(str(tmp_path / "base"), tokenizer=tok)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in reverse_records(400, 0)))
     test = reverse_records(40, 1)
     assert accuracy(base, tok, test) < 0.1
 
-    summary = finetune(FinetuneConfig(
-        preset=str(tmp_path / "base"), data=str(data), out=str(tmp_path / "run"),
-        lora_rank=lora_rank, batch_size=16, max_steps=300, eval_interval=100,
-        learning_rate=3e-3 if lora_rank == 0 else 1e-2, warmup_steps=20, verbose=0))
+    summary = finetune(
+        FinetuneConfig(
+            preset=str(tmp_path / "base"),
+            data=str(data),
+            out=str(tmp_path / "run"),
+            lora_rank=lora_rank,
+            batch_size=16,
+            max_steps=300,
+            eval_interval=100,
+            learning_rate=3e-3 if lora_rank == 0 else 1e-2,
+            warmup_steps=20,
+            verbose=0,
+        )
+    )
     tuned = GPT.from_preset(str(tmp_path / "run" / "best"))
     assert accuracy(tuned, load_tokenizer(str(tmp_path / "run" / "best")), test) >= 0.8
     assert math.isfinite(summary["best_val_loss"])
@@ -120,9 +146,11 @@ def test_finetuning_learns_to_reverse(tmp_path, lora_rank):
 
 def test_packed_rows_match_hand_computation():
     tok = char_tokenizer()
-    records = [{"prompt": "reverse: ab", "response": "ba"},
-               {"prompt": "reverse: abc", "response": "cba"},
-               {"prompt": "reverse: abcde", "response": "edcba"}]
+    records = [
+        {"prompt": "reverse: ab", "response": "ba"},
+        {"prompt": "reverse: abc", "response": "cba"},
+        {"prompt": "reverse: abcde", "response": "edcba"},
+    ]
     first, second, third = (encode_example(tok, r) for r in records)
     length = len(first[0]) + len(second[0]) + 3  # the first two fit in a row, the third does not
     batches = InstructionBatches(records, tok, length, 4, seed=None, pack=True)
@@ -137,8 +165,8 @@ def test_packed_rows_match_hand_computation():
     # Weights: the responses (with their end of text) only, and never the label
     # that crosses from one example into the next.
     expected = np.zeros(length, "float32")
-    expected[:len(first[0]) - 1] = first[1][1:]
-    expected[len(first[0]):n] = second[1][1:]
+    expected[: len(first[0]) - 1] = first[1][1:]
+    expected[len(first[0]) : n] = second[1][1:]
     np.testing.assert_array_equal(w[0], expected)
     trained = "".join(tok.decode([int(label)]) for label, weight in zip(y[0], w[0]) if weight)
     assert trained == "ba<|endoftext|>cba<|endoftext|>"
@@ -148,14 +176,21 @@ def test_packed_rows_match_hand_computation():
     np.testing.assert_array_equal(x["token_ids"][1], unpacked[0]["token_ids"][0])
     np.testing.assert_array_equal(w[1], unpacked[2][0])
     # The loss over the packed batch is the mean NLL of exactly those tokens.
-    model = GPT(vocabulary_size=tok.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=16,
-                max_sequence_length=length, seed=0)
+    model = GPT(
+        vocabulary_size=tok.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=length,
+        seed=0,
+    )
     logits = to_numpy(model(x)).astype("float64")
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
     model.compile(optimizer="adamw")
     assert model.evaluate(x, y, sample_weight=w, verbose=0) == pytest.approx(
-        (nll * w).sum() / w.sum(), rel=1e-5)
+        (nll * w).sum() / w.sum(), rel=1e-5
+    )
 
 
 def test_data_format_detection(tmp_path):
@@ -175,22 +210,38 @@ def test_data_format_detection(tmp_path):
     assert (config.format, config.pack) == ("text", True)
 
 
-TEXT = "".join(f"{'abcde'[i % 5]} is letter {i % 5}; the fox jumps over the dog.\n"
-               for i in range(200))
+TEXT = "".join(
+    f"{'abcde'[i % 5]} is letter {i % 5}; the fox jumps over the dog.\n" for i in range(200)
+)
 
 
 def text_run(tmp_path, out, **overrides):
     """A tiny continued-pretraining run from a randomly initialised preset on TEXT."""
     if not (tmp_path / "base").exists():
         tok = CharTokenizer.from_text(TEXT, special_tokens=["<|endoftext|>"])
-        base = GPT(vocabulary_size=tok.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=32,
-                   max_sequence_length=32, dropout=0.1, seed=0)
+        base = GPT(
+            vocabulary_size=tok.vocabulary_size,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=32,
+            max_sequence_length=32,
+            dropout=0.1,
+            seed=0,
+        )
         base.save_to_preset(str(tmp_path / "base"), tokenizer=tok)
         (tmp_path / "corpus.txt").write_text(TEXT)
-    config = FinetuneConfig(preset=str(tmp_path / "base"), data=str(tmp_path / "corpus.txt"),
-                            out=str(tmp_path / out), batch_size=8, max_steps=30,
-                            eval_interval=10, eval_batches=4, learning_rate=1e-2,
-                            warmup_steps=4, verbose=0)
+    config = FinetuneConfig(
+        preset=str(tmp_path / "base"),
+        data=str(tmp_path / "corpus.txt"),
+        out=str(tmp_path / out),
+        batch_size=8,
+        max_steps=30,
+        eval_interval=10,
+        eval_batches=4,
+        learning_rate=1e-2,
+        warmup_steps=4,
+        verbose=0,
+    )
     return config.update(overrides)
 
 
@@ -200,8 +251,9 @@ def test_continued_pretraining_on_plain_text_and_exact_resume(tmp_path):
     assert summary["format"] == "text" and summary["steps"] == 30
     out = tmp_path / "run"
     # Validation windows of the text, tokenised with the preset's own tokenizer.
-    validation = SequentialWindows(TokenStream.from_directory(out / "data" / "tokens", "val"),
-                                   32, 8, max_batches=4)
+    validation = SequentialWindows(
+        TokenStream.from_directory(out / "data" / "tokens", "val"), 32, 8, max_batches=4
+    )
     base, tuned = GPT.from_preset(config.preset), GPT.from_preset(str(out / "best"))
     for model in (base, tuned):
         model.compile(optimizer="adamw")
@@ -210,7 +262,9 @@ def test_continued_pretraining_on_plain_text_and_exact_resume(tmp_path):
     # repetitive text take it well below.
     assert after < before - 0.5, (before, after)
     assert after == pytest.approx(summary["best_val_loss"], rel=1e-4)
-    assert load_tokenizer(str(out / "best")).encode("fox") == load_tokenizer(config.preset).encode("fox")
+    assert load_tokenizer(str(out / "best")).encode("fox") == load_tokenizer(config.preset).encode(
+        "fox"
+    )
     expected = read_metrics(out)
     assert [r["step"] for r in expected] == [10, 20, 30]
 

@@ -22,8 +22,9 @@ from keras_gpt import generation
 from keras_gpt.generation import bucket_length, new_tokens
 from keras_gpt.generation.samplers import GreedySampler, RandomSampler, Sampler, get_sampler
 
-CONFIG = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
-              max_sequence_length=32, seed=0)
+CONFIG = dict(
+    vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, max_sequence_length=32, seed=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +89,19 @@ def test_sampler_noise_depends_on_seed_and_position():
     assert (a != draw(sampler, LOGITS, n=64, seed=1)).any()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(sampler="top_k"), "needs `top_k`"),
-    (dict(sampler="top_p"), "needs `top_p`"),
-    (dict(sampler="beam"), "must be one of"),
-    (dict(sampler="greedy", top_k=3), "greedy"),
-    (dict(sampler="top_k", top_k=0), "positive integer"),
-    (dict(sampler="top_p", top_p=1.5), r"\(0, 1\]"),
-    (dict(sampler="temperature", temperature=-1.0), ">= 0"),
-    (dict(sampler=GreedySampler(), top_k=3), "sampler object"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sampler="top_k"), "needs `top_k`"),
+        (dict(sampler="top_p"), "needs `top_p`"),
+        (dict(sampler="beam"), "must be one of"),
+        (dict(sampler="greedy", top_k=3), "greedy"),
+        (dict(sampler="top_k", top_k=0), "positive integer"),
+        (dict(sampler="top_p", top_p=1.5), r"\(0, 1\]"),
+        (dict(sampler="temperature", temperature=-1.0), ">= 0"),
+        (dict(sampler=GreedySampler(), top_k=3), "sampler object"),
+    ],
+)
 def test_bad_sampler_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         get_sampler(**kwargs)
@@ -114,7 +118,9 @@ def test_greedy_matches_full_forward_without_cache(model):
     for row, prompt, length, choice in zip(out, prompts, lengths, choices):
         assert length == len(prompt) + 10
         np.testing.assert_array_equal(row[: len(prompt)], prompt)
-        np.testing.assert_array_equal(row[len(prompt):length], choice[len(prompt) - 1:length - 1])
+        np.testing.assert_array_equal(
+            row[len(prompt) : length], choice[len(prompt) - 1 : length - 1]
+        )
         assert (row[length:] == 0).all()
 
 
@@ -135,10 +141,13 @@ def test_stop_tokens_per_row_and_new_tokens(model):
     prompts = [[1, 2, 3], [4, 5, 6, 7]]
     free = model.generate(prompts, max_new_tokens=8)
     stop = int(free[0, 5])  # row 0's third new token
-    out, lengths = model.generate(prompts, 8, stop_token_ids=[stop], pad_token_id=49,
-                                  return_lengths=True)
-    first_stop = [int(np.flatnonzero(r[len(p):] == stop)[0]) if (r[len(p):] == stop).any()
-                  else None for r, p in zip(free, prompts)]
+    out, lengths = model.generate(
+        prompts, 8, stop_token_ids=[stop], pad_token_id=49, return_lengths=True
+    )
+    first_stop = [
+        int(np.flatnonzero(r[len(p) :] == stop)[0]) if (r[len(p) :] == stop).any() else None
+        for r, p in zip(free, prompts)
+    ]
     for r, (prompt, hit) in enumerate(zip(prompts, first_stop)):
         expected_length = len(prompt) + (8 if hit is None else hit + 1)
         assert lengths[r] == expected_length
@@ -155,8 +164,9 @@ def test_sampling_reproducible_per_seed(model):
     np.testing.assert_array_equal(a, model.generate(prompt, seed=1, **kwargs))
     assert (a != model.generate(prompt, seed=2, **kwargs)).any()
     top_p = model.generate(prompt, 12, sampler="top_p", top_p=0.9, seed=1)
-    np.testing.assert_array_equal(top_p, model.generate(prompt, 12, sampler="top_p",
-                                                        top_p=0.9, seed=1))
+    np.testing.assert_array_equal(
+        top_p, model.generate(prompt, 12, sampler="top_p", top_p=0.9, seed=1)
+    )
 
 
 def test_streaming_callback_sees_every_new_token(model):
@@ -172,7 +182,7 @@ def test_streaming_callback_sees_every_new_token(model):
     out, lengths = model.generate(prompts, callback=callback, return_lengths=True, **kwargs)
     np.testing.assert_array_equal(out, model.generate(prompts, **kwargs))
     for r, prompt in enumerate(prompts):
-        assert seen[r] == list(out[r, len(prompt):lengths[r]])
+        assert seen[r] == list(out[r, len(prompt) : lengths[r]])
 
 
 def test_custom_sampler_object(model):
@@ -196,7 +206,13 @@ def test_no_recompilation_within_a_bucket(model):
     assert len(generation.compiled_programs(fresh)) == 2 * compiled
     assert bucket_length(21, 1024) == 24 and bucket_length(3, 1024) == 16
     assert [bucket_length(n, 1024) for n in (129, 160, 161, 193, 225, 256)] == [
-        160, 160, 192, 224, 256, 256]
+        160,
+        160,
+        192,
+        224,
+        256,
+        256,
+    ]
     assert bucket_length(900, 512) == 512
     assert bucket_length(21, 1024, per_doubling=1) == 32
     # The program cache must not keep the model (or its compiled programs) alive.
@@ -216,24 +232,28 @@ def test_sees_weight_updates_after_compiling():
 
 
 def test_recipe_call(model):
-    out = model.generate(np.array([[1, 2, 3]]), max_new_tokens=5, sampler="top_k",
-                         top_k=20, temperature=0.8, seed=0)
+    out = model.generate(
+        np.array([[1, 2, 3]]), max_new_tokens=5, sampler="top_k", top_k=20, temperature=0.8, seed=0
+    )
     assert out.shape == (1, 8) and ((0 <= out) & (out < 50)).all()
 
 
-@pytest.mark.parametrize("prompt, kwargs, message", [
-    ([], {}, "empty"),
-    ([[1, 2], []], {}, "Prompt 1 is empty"),
-    (np.zeros((1, 0), "int32"), {}, "Prompt 0 is empty"),
-    ([[1, 2, 50]], {}, "token id 50"),
-    ([[1, -1]], {}, "token id -1"),
-    ([[1.5, 2.0]], {}, "integer"),
-    ([[1] * 30], dict(max_new_tokens=3), "exceeds the model's max_sequence_length"),
-    ([[1]], dict(max_new_tokens=-1), "non-negative"),
-    ([[1]], dict(stop_token_ids=[99]), "Stop token id 99"),
-    ([[1]], dict(stop_token_ids=3), r"write \[3\]"),
-    (np.ones((2, 3), "int32"), dict(padding_mask=np.ones((2, 4))), "does not match"),
-])
+@pytest.mark.parametrize(
+    "prompt, kwargs, message",
+    [
+        ([], {}, "empty"),
+        ([[1, 2], []], {}, "Prompt 1 is empty"),
+        (np.zeros((1, 0), "int32"), {}, "Prompt 0 is empty"),
+        ([[1, 2, 50]], {}, "token id 50"),
+        ([[1, -1]], {}, "token id -1"),
+        ([[1.5, 2.0]], {}, "integer"),
+        ([[1] * 30], dict(max_new_tokens=3), "exceeds the model's max_sequence_length"),
+        ([[1]], dict(max_new_tokens=-1), "non-negative"),
+        ([[1]], dict(stop_token_ids=[99]), "Stop token id 99"),
+        ([[1]], dict(stop_token_ids=3), r"write \[3\]"),
+        (np.ones((2, 3), "int32"), dict(padding_mask=np.ones((2, 4))), "does not match"),
+    ],
+)
 def test_bad_input_raises(model, prompt, kwargs, message):
     kwargs = {"max_new_tokens": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -258,12 +278,18 @@ def test_generation_identical_across_backends(tmp_path):
     results = {}
     for backend in ("tensorflow", "jax", "torch"):
         env = {**os.environ, "KERAS_BACKEND": backend}
-        proc = subprocess.run([sys.executable, WORKER, str(tmp_path)], env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, WORKER, str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-4000:]}"
         results[backend] = dict(np.load(tmp_path / f"generation_{backend}.npz"))
     reference = results["tensorflow"]
     for backend in ("jax", "torch"):
         for key in reference:
-            np.testing.assert_array_equal(results[backend][key], reference[key],
-                                          err_msg=f"{key} on {backend}")
+            np.testing.assert_array_equal(
+                results[backend][key], reference[key], err_msg=f"{key} on {backend}"
+            )

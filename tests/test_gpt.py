@@ -21,14 +21,21 @@ def test_same_seed_same_weights_different_seed_different():
     a, b, c = GPT(**TINY), GPT(**TINY), GPT(**{**TINY, "seed": 1})
     for wa, wb in zip(a.weights, b.weights):
         np.testing.assert_array_equal(to_numpy(wa), to_numpy(wb))
-    kernels = [(to_numpy(wa), to_numpy(wc)) for wa, wc in zip(a.weights, c.weights)
-               if wa.name == "kernel"]
+    kernels = [
+        (to_numpy(wa), to_numpy(wc)) for wa, wc in zip(a.weights, c.weights) if wa.name == "kernel"
+    ]
     assert all(np.abs(x - y).max() > 0 for x, y in kernels)
 
 
 def test_gpt2_initialisation():
-    config = dict(vocabulary_size=300, num_layers=4, num_heads=4, hidden_dim=64,
-                  max_sequence_length=128, seed=0)
+    config = dict(
+        vocabulary_size=300,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=64,
+        max_sequence_length=128,
+        seed=0,
+    )
     model = GPT(**config)
     residual_std = 0.02 / math.sqrt(2 * config["num_layers"])
     for weight in model.weights:
@@ -103,7 +110,8 @@ def test_bias_free_model(tmp_path, token_batch):
     loaded = keras.saving.load_model(path)
     assert loaded.get_config()["use_bias"] is False
     np.testing.assert_array_equal(
-        to_numpy(loaded(token_batch[:, :12])), to_numpy(model(token_batch[:, :12])))
+        to_numpy(loaded(token_batch[:, :12])), to_numpy(model(token_batch[:, :12]))
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,8 +167,14 @@ def test_fit_on_arrays_reduces_loss():
 def test_default_compile_chooses_xla_by_backend_and_size():
     backend = keras.backend.backend()
     small = GPT(**TINY)
-    big = GPT(vocabulary_size=4096, num_layers=2, num_heads=2, hidden_dim=256,
-              max_sequence_length=64, seed=0)
+    big = GPT(
+        vocabulary_size=4096,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=256,
+        max_sequence_length=64,
+        seed=0,
+    )
     assert small.count_params() < keras_gpt.model.gpt.XLA_MIN_PARAMETERS <= big.count_params()
     for model in (small, big):
         model.compile(optimizer="adamw")
@@ -169,8 +183,10 @@ def test_default_compile_chooses_xla_by_backend_and_size():
     assert big.jit_compile is (backend != "torch")
 
 
-@pytest.mark.skipif(keras.backend.backend() == "torch",
-                    reason="jit_compile=True means torch.compile on PyTorch, minutes on CPU")
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="jit_compile=True means torch.compile on PyTorch, minutes on CPU",
+)
 def test_xla_and_plain_training_agree_and_loaded_models_are_compiled(tmp_path):
     # XLA may fuse and reorder float32 arithmetic: losses agree to 1e-5
     # relative, not bitwise. The comparison runs on TensorFlow, where
@@ -180,8 +196,12 @@ def test_xla_and_plain_training_agree_and_loaded_models_are_compiled(tmp_path):
     models = [GPT(**TINY) for _ in range(2 if keras.backend.backend() == "tensorflow" else 1)]
     for model, jit in zip(models, (True, False)):
         model.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=jit)
-    losses = [m.fit(data[:, :-1], data[:, 1:], batch_size=8, epochs=3, verbose=0,
-                    shuffle=False).history["loss"] for m in models]
+    losses = [
+        m.fit(data[:, :-1], data[:, 1:], batch_size=8, epochs=3, verbose=0, shuffle=False).history[
+            "loss"
+        ]
+        for m in models
+    ]
     assert np.all(np.isfinite(losses[0]))
     if len(models) == 2:
         np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
@@ -282,8 +302,9 @@ def test_dropout_is_deterministic_per_seed():
     runs = []
     for _ in range(2):
         model = GPT(**TINY, dropout=0.2)
-        history = fit_losses(model, data, x=data[:, :-1], y=data[:, 1:], batch_size=8,
-                             shuffle=False)
+        history = fit_losses(
+            model, data, x=data[:, :-1], y=data[:, 1:], batch_size=8, shuffle=False
+        )
         runs.append((history["loss"][0], to_numpy(model.weights[0])))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
@@ -294,5 +315,8 @@ def test_dropout_is_deterministic_per_seed():
 
 def test_public_api():
     assert keras_gpt.GPT is GPT
-    assert set(keras_gpt.model.layers.__all__) >= {"CausalSelfAttention", "TransformerBlock",
-                                             "TokenAndPositionEmbedding"}
+    assert set(keras_gpt.model.layers.__all__) >= {
+        "CausalSelfAttention",
+        "TransformerBlock",
+        "TokenAndPositionEmbedding",
+    }

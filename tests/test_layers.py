@@ -135,7 +135,9 @@ def test_layer_config_round_trip(layer):
 
 
 def test_hash_is_uniform_and_collision_free():
-    values = to_numpy(hash_ints((1000, 100), seed=3, counter=keras.ops.convert_to_tensor(0, "int32")))
+    values = to_numpy(
+        hash_ints((1000, 100), seed=3, counter=keras.ops.convert_to_tensor(0, "int32"))
+    )
     assert values.min() >= 0 and values.max() < HASH_RANGE
     assert len(np.unique(values)) == values.size  # each round is a bijection
     u = values.ravel() / HASH_RANGE
@@ -152,8 +154,11 @@ def test_hash_offset_places_a_slice_in_the_whole_batch():
     whole = to_numpy(hash_ints((4, 3, 5), seed=7, counter=counter))
     first = to_numpy(hash_ints((2, 3, 5), seed=7, counter=counter))
     second = to_numpy(hash_ints((2, 3, 5), seed=7, counter=counter, offset=30))
-    second_tensor_offset = to_numpy(hash_ints(
-        (2, 3, 5), seed=7, counter=counter, offset=keras.ops.convert_to_tensor(30, "int32")))
+    second_tensor_offset = to_numpy(
+        hash_ints(
+            (2, 3, 5), seed=7, counter=counter, offset=keras.ops.convert_to_tensor(30, "int32")
+        )
+    )
     np.testing.assert_array_equal(np.concatenate([first, second]), whole)
     np.testing.assert_array_equal(second_tensor_offset, second)
     assert (first != second).any()

@@ -25,8 +25,9 @@ def test_lora_trains_only_adapters_and_leaves_base_untouched():
     # B starts at zero: the adapted model equals the base model.
     np.testing.assert_allclose(to_numpy(model(x[:, :-1])), base_logits, atol=1e-6)
     trainable = {v.path.split("/", 1)[1] for v in model.trainable_variables}
-    assert trainable and all(p.rsplit("/", 1)[-1] in ("lora_kernel_a", "lora_kernel_b")
-                             for p in trainable)
+    assert trainable and all(
+        p.rsplit("/", 1)[-1] in ("lora_kernel_a", "lora_kernel_b") for p in trainable
+    )
     # 2 blocks × 4 targets × (A, B)
     assert len(trainable) == 16
     before = snapshot(model)

@@ -17,8 +17,12 @@ from keras_gpt.presets import PresetError
 
 # Published parameter counts of the four GPT-2 checkpoints (transformers'
 # `num_parameters()` of GPT2LMHeadModel, tied output embedding).
-GPT2_PARAMETERS = {"gpt2_small": 124_439_808, "gpt2_medium": 354_823_168,
-                   "gpt2_large": 774_030_080, "gpt2_xl": 1_557_611_200}
+GPT2_PARAMETERS = {
+    "gpt2_small": 124_439_808,
+    "gpt2_medium": 354_823_168,
+    "gpt2_large": 774_030_080,
+    "gpt2_xl": 1_557_611_200,
+}
 
 
 def test_registry_lists_gpt2_shapes_and_small_configs():
@@ -31,8 +35,10 @@ def test_registry_lists_gpt2_shapes_and_small_configs():
     assert "124M" in str(listed["gpt2_small"])
 
 
-@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False, "intermediate_dim": 40},
-                                     {"position_embedding": "sinusoidal"}])
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"tie_embeddings": False, "intermediate_dim": 40}, {"position_embedding": "sinusoidal"}],
+)
 def test_count_parameters_matches_built_model(variant):
     config = {**keras_gpt.presets.get("gpt_nano").config, **variant}
     model = GPT(**config, seed=0)
@@ -44,8 +50,9 @@ def test_register_rejects_duplicates_and_incomplete_configs():
     with pytest.raises(ValueError, match="gpt2_small"):
         keras_gpt.presets.register("gpt2_small", keras_gpt.presets.get("gpt_nano").config)
     with pytest.raises(ValueError, match="hidden_dim"):
-        keras_gpt.presets.register("incomplete", dict(vocabulary_size=10, num_layers=1,
-                                                      num_heads=1))
+        keras_gpt.presets.register(
+            "incomplete", dict(vocabulary_size=10, num_layers=1, num_heads=1)
+        )
 
 
 def test_save_and_load_round_trip(tiny_model, token_batch, tmp_path):
@@ -144,10 +151,15 @@ def test_unreachable_hubs_give_a_clear_error(tmp_path):
             except keras_gpt.presets.PresetError as error:
                 print("ERROR", error)
     """)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "KAGGLEHUB_CACHE": str(tmp_path / "kaggle")}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "KAGGLEHUB_CACHE": str(tmp_path / "kaggle"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 3, proc.stdout + proc.stderr[-3000:]
     assert "'hf://openai-community/gpt2'" in errors[0] and "Hugging Face" in errors[0]
@@ -155,8 +167,10 @@ def test_unreachable_hubs_give_a_clear_error(tmp_path):
     assert "'kaggle://keras-gpt-test/none/keras/none/1'" in errors[2]
 
 
-@pytest.mark.skipif(not hasattr(keras_gpt.tokenizers, "load_tokenizer"),
-                    reason="keras_gpt.tokenizers.load_tokenizer not available yet")
+@pytest.mark.skipif(
+    not hasattr(keras_gpt.tokenizers, "load_tokenizer"),
+    reason="keras_gpt.tokenizers.load_tokenizer not available yet",
+)
 def test_tokenizer_travels_with_the_preset(tiny_model, tmp_path):
     tokenizer = keras_gpt.tokenizers.ByteTokenizer()
     tiny_model.save_to_preset(str(tmp_path), tokenizer=tokenizer)
@@ -202,9 +216,13 @@ def test_preset_saved_on_one_backend_loads_on_every_other(tmp_path):
     # Each run saves its backend's preset once and loads every preset saved
     # before it; the last two runs load what was saved after their first.
     for backend in ("tensorflow", "jax", "torch", "tensorflow", "jax"):
-        proc = subprocess.run([sys.executable, "-c", _CROSS_BACKEND_WORKER, str(tmp_path)],
-                              env={**os.environ, "KERAS_BACKEND": backend},
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", _CROSS_BACKEND_WORKER, str(tmp_path)],
+            env={**os.environ, "KERAS_BACKEND": backend},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"{backend}:\n{proc.stderr[-4000:]}"
     backends = ("tensorflow", "jax", "torch")
     for source in backends:
@@ -212,5 +230,6 @@ def test_preset_saved_on_one_backend_loads_on_every_other(tmp_path):
         for target in backends:
             if target != source:
                 loaded = np.load(tmp_path / f"{source}_on_{target}.npy")
-                np.testing.assert_allclose(loaded, saved, rtol=0, atol=1e-5,
-                                           err_msg=f"{source} → {target}")
+                np.testing.assert_allclose(
+                    loaded, saved, rtol=0, atol=1e-5, err_msg=f"{source} → {target}"
+                )

@@ -1,6 +1,5 @@
 """The pretraining recipe: outputs, metrics, checkpoints and exact resume."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,8 +11,8 @@ import pytest
 
 from keras_gpt import GPT
 from keras_gpt.cli import _overrides
-from keras_gpt.training.pretrain import PretrainConfig, load_config, pretrain
 from keras_gpt.training import read_metrics
+from keras_gpt.training.pretrain import PretrainConfig, load_config, pretrain
 
 TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
 
@@ -22,10 +21,23 @@ def tiny_config(tmp_path, out_name="run", **overrides) -> PretrainConfig:
     data = tmp_path / "corpus.txt"
     data.write_text(TEXT)
     base = PretrainConfig(
-        data=str(data), tokenizer="char", out=str(tmp_path / out_name), num_layers=1,
-        num_heads=2, hidden_dim=16, sequence_length=16, batch_size=4, max_steps=10,
-        eval_interval=2, eval_batches=2, warmup_steps=2, dropout=0.1, learning_rate=1e-2,
-        peak_flops=1e9, verbose=0, sample_tokens=0,
+        data=str(data),
+        tokenizer="char",
+        out=str(tmp_path / out_name),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        sequence_length=16,
+        batch_size=4,
+        max_steps=10,
+        eval_interval=2,
+        eval_batches=2,
+        warmup_steps=2,
+        dropout=0.1,
+        learning_rate=1e-2,
+        peak_flops=1e9,
+        verbose=0,
+        sample_tokens=0,
     )
     return base.update(overrides)
 
@@ -53,8 +65,16 @@ def test_killed_run_resumes_to_the_same_loss_curve(tmp_path):
     expected = read_metrics(tmp_path / "reference")
 
     config = tiny_config(tmp_path, "killed")
-    cmd = [sys.executable, "-m", "keras_gpt.cli", "pretrain", "--config",
-           str(tmp_path / "reference" / "config.toml"), "--out", config.out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "keras_gpt.cli",
+        "pretrain",
+        "--config",
+        str(tmp_path / "reference" / "config.toml"),
+        "--out",
+        config.out,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -73,16 +93,20 @@ def test_killed_run_resumes_to_the_same_loss_curve(tmp_path):
     assert [r["step"] for r in rows] == [r["step"] for r in expected]
     # Same backend, same batches, same dropout counters, same optimizer state:
     # the curve matches to float32 rounding of the reloaded weights.
-    np.testing.assert_allclose([r["train_loss"] for r in rows],
-                               [r["train_loss"] for r in expected], rtol=1e-5)
-    np.testing.assert_allclose([r["val_loss"] for r in rows],
-                               [r["val_loss"] for r in expected], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in rows], [r["train_loss"] for r in expected], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        [r["val_loss"] for r in rows], [r["val_loss"] for r in expected], rtol=1e-5
+    )
     assert resumed["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
 
 
 def test_config_errors_and_overrides(tmp_path):
-    assert _overrides(["--max-steps", "5", "--tensorboard"]) == {"max-steps": "5",
-                                                                  "tensorboard": "true"}
+    assert _overrides(["--max-steps", "5", "--tensorboard"]) == {
+        "max-steps": "5",
+        "tensorboard": "true",
+    }
     config = PretrainConfig().update({"max-steps": "5", "dropout": "0.1", "tensorboard": "true"})
     assert (config.max_steps, config.dropout, config.tensorboard) == (5, 0.1, True)
     with pytest.raises(ValueError, match="Unknown setting 'max_step'"):
@@ -99,44 +123,58 @@ def test_recipe_configs_parse():
         config = load_config(os.path.join(root, name))
         assert config.max_steps > 0, name
     shakespeare = load_config(os.path.join(root, "shakespeare_char.toml"))
-    assert (shakespeare.num_layers, shakespeare.hidden_dim, shakespeare.sequence_length,
-            shakespeare.batch_size, shakespeare.max_steps) == (4, 128, 64, 12, 2000)
+    assert (
+        shakespeare.num_layers,
+        shakespeare.hidden_dim,
+        shakespeare.sequence_length,
+        shakespeare.batch_size,
+        shakespeare.max_steps,
+    ) == (4, 128, 64, 12, 2000)
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax", reason="keras.distribution is JAX's")
 def test_data_parallel_recipe_matches_one_device(tmp_path):
     single = tiny_config(tmp_path, "single", dropout=0.0, max_steps=4)
     pretrain(single)
-    code = ("import sys; sys.path.insert(0, 'tests');"
-            "from test_pretraining import tiny_config; import pathlib;"
-            "from keras_gpt.training.pretrain import pretrain;"
-            f"pretrain(tiny_config(pathlib.Path({str(tmp_path)!r}), 'parallel', dropout=0.0,"
-            " max_steps=4, data_parallel=True))")
+    code = (
+        "import sys; sys.path.insert(0, 'tests');"
+        "from test_pretraining import tiny_config; import pathlib;"
+        "from keras_gpt.training.pretrain import pretrain;"
+        f"pretrain(tiny_config(pathlib.Path({str(tmp_path)!r}), 'parallel', dropout=0.0,"
+        " max_steps=4, data_parallel=True))"
+    )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          cwd=os.path.join(os.path.dirname(__file__), ".."), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=os.path.join(os.path.dirname(__file__), ".."),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected, got = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "parallel")
     # The batch is split over 2 devices; losses agree to float32 reduction order.
-    np.testing.assert_allclose([r["train_loss"] for r in got],
-                               [r["train_loss"] for r in expected], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in got], [r["train_loss"] for r in expected], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("decay_embeddings", [False, True])
 def test_weight_decay_applies_to_weight_matrices_only(decay_embeddings):
     """One AdamW step with zero gradients moves weights by decay alone: W ← W·(1 − lr·wd)."""
     import keras
-
     from conftest import TINY, to_numpy
+
     from keras_gpt.training import gpt_optimizer
 
     model = GPT(**TINY)
     lr, wd = 0.1, 0.5
-    optimizer = gpt_optimizer(lr, total_steps=1000, warmup_steps=0, weight_decay=wd,
-                              decay_embeddings=decay_embeddings)
+    optimizer = gpt_optimizer(
+        lr, total_steps=1000, warmup_steps=0, weight_decay=wd, decay_embeddings=decay_embeddings
+    )
     before = {v.path: to_numpy(v).copy() for v in model.trainable_variables}
-    optimizer.apply_gradients(
-        [(keras.ops.zeros(v.shape), v) for v in model.trainable_variables])
+    optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in model.trainable_variables])
     for v in model.trainable_variables:
         name = v.path.rsplit("/", 1)[-1]
         embedding = name.endswith("embeddings")

@@ -6,7 +6,6 @@ test_pretraining.py and test_finetuning.py.
 """
 
 import builtins
-import os
 import sys
 
 import keras
@@ -23,8 +22,14 @@ CONTEXT = 16
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory):
     tokenizer = CharTokenizer("abcdefgh \n")
-    model = keras_gpt.GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=2, num_heads=2,
-                          hidden_dim=16, max_sequence_length=CONTEXT, seed=3)
+    model = keras_gpt.GPT(
+        vocabulary_size=tokenizer.vocabulary_size,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=CONTEXT,
+        seed=3,
+    )
     directory = str(tmp_path_factory.mktemp("preset"))
     model.save_to_preset(directory, tokenizer=tokenizer)
     return directory, model, tokenizer
@@ -44,7 +49,7 @@ def greedy_by_recomputation(model, ids, steps):
         # attention keeps the padding out of earlier positions): JAX's eager
         # ops then compile once, not once per length (~15 s here).
         padded = np.zeros((1, CONTEXT), "int32")
-        padded[0, :len(ids)] = ids
+        padded[0, : len(ids)] = ids
         logits = keras.ops.convert_to_numpy(model(padded))[0, len(ids) - 1]
         top2 = np.sort(logits)[-2:]
         # A near-tie could flip between the cached and the full computation (~1e-6 apart).
@@ -55,8 +60,11 @@ def greedy_by_recomputation(model, ids, steps):
 
 def test_generate_recipe_streams_the_greedy_continuation(preset, monkeypatch, capsys):
     directory, model, tokenizer = preset
-    run_recipe("generate", ["--preset", directory, "--prompt", "abc", "--temperature", "0",
-                               "--max-new-tokens", "6"], monkeypatch)
+    run_recipe(
+        "generate",
+        ["--preset", directory, "--prompt", "abc", "--temperature", "0", "--max-new-tokens", "6"],
+        monkeypatch,
+    )
     expected = greedy_by_recomputation(model, tokenizer.encode("abc"), 6)
     assert capsys.readouterr().out == tokenizer.decode(expected) + "\n"
 
@@ -72,8 +80,11 @@ def test_generate_recipe_interactive_loop_answers_each_prompt(preset, monkeypatc
             raise EOFError from None
 
     monkeypatch.setattr(builtins, "input", fake_input)
-    run_recipe("generate", ["--preset", directory, "--interactive", "--temperature", "0",
-                               "--max-new-tokens", "4"], monkeypatch)
+    run_recipe(
+        "generate",
+        ["--preset", directory, "--interactive", "--temperature", "0", "--max-new-tokens", "4"],
+        monkeypatch,
+    )
     out = capsys.readouterr().out
     for prompt in ("ab", "hg f"):
         expected = tokenizer.decode(greedy_by_recomputation(model, tokenizer.encode(prompt), 4))
@@ -82,8 +93,20 @@ def test_generate_recipe_interactive_loop_answers_each_prompt(preset, monkeypatc
 
 def test_generate_recipe_samples_reproducibly_with_a_seed(preset, monkeypatch, capsys):
     directory, _, _ = preset
-    args = ["--preset", directory, "--prompt", "a", "--top-k", "5", "--seed", "7",
-            "--max-new-tokens", "8", "--num-samples", "2"]
+    args = [
+        "--preset",
+        directory,
+        "--prompt",
+        "a",
+        "--top-k",
+        "5",
+        "--seed",
+        "7",
+        "--max-new-tokens",
+        "8",
+        "--num-samples",
+        "2",
+    ]
     run_recipe("generate", args, monkeypatch)
     first = capsys.readouterr().out
     run_recipe("generate", args, monkeypatch)
@@ -95,13 +118,14 @@ def test_generate_recipe_samples_reproducibly_with_a_seed(preset, monkeypatch, c
 def test_generate_recipe_rejects_a_prompt_longer_than_the_context(preset, monkeypatch):
     directory, _, _ = preset
     with pytest.raises(SystemExit, match=f"context is {CONTEXT}"):
-        run_recipe("generate", ["--preset", directory, "--prompt", "a" * CONTEXT],
-                   monkeypatch)
+        run_recipe("generate", ["--preset", directory, "--prompt", "a" * CONTEXT], monkeypatch)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="exports from every backend are tested in test_export.py; the "
-                           "recipe is the same command, run once")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="exports from every backend are tested in test_export.py; the "
+    "recipe is the same command, run once",
+)
 def test_export_recipe_writes_a_servable_saved_model(preset, monkeypatch, tmp_path):
     import tensorflow as tf
 
@@ -111,7 +135,9 @@ def test_export_recipe_writes_a_servable_saved_model(preset, monkeypatch, tmp_pa
     served = tf.saved_model.load(out)
     assert {"logits", "generate"} <= set(served.signatures)
     ids = np.array([[1, 2, 3, 4]], "int32")
-    logits = served.signatures["logits"](token_ids=tf.constant(ids),
-                                         padding_mask=tf.ones_like(ids))["logits"]
-    np.testing.assert_allclose(logits.numpy(), keras.ops.convert_to_numpy(model(ids)),
-                               rtol=0, atol=1e-4)
+    logits = served.signatures["logits"](
+        token_ids=tf.constant(ids), padding_mask=tf.ones_like(ids)
+    )["logits"]
+    np.testing.assert_allclose(
+        logits.numpy(), keras.ops.convert_to_numpy(model(ids)), rtol=0, atol=1e-4
+    )

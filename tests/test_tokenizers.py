@@ -27,14 +27,20 @@ from keras_gpt.tokenizers import (
 )
 
 # The repository's sibling ../shared/data (never copied into the repository).
-SHAKESPEARE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+)
 
 HOSTILE = [
     "",
     "emoji 🤖👩‍👩‍👧‍👦🏳️‍🌈 and flags 🇫🇷",
     "combining e\u0301 a\u0308\u0308\u0308 Z\u0336\u0335a\u0334",
     "CJK 中文字符 日本語のテキスト 한국어 and ＦＵＬＬ１２３",
-    "long whitespace" + " " * 300 + "\t" * 40 + "\n" * 30 + " \r\n \u00a0\u3000\u2028\u2029\u0085 end",
+    "long whitespace"
+    + " " * 300
+    + "\t" * 40
+    + "\n" * 30
+    + " \r\n \u00a0\u3000\u2028\u2029\u0085 end",
     "control \x01\x07\x08\x1b[31m\x7f\x1c\x1f\x0b\x0c characters",
     "special<|endoftext|>inside<|endoftext|><|endoftext|> text <|endoftext|>",
     "<|endoftext|> starts, partial <|endoftext| and <|endoftext|>",
@@ -76,6 +82,7 @@ def random_unicode(seed: int, length: int) -> str:
 
 # --- training and file layout ---------------------------------------------------------
 
+
 def test_trained_vocabulary_has_gpt2_layout(bpe, bpe_dir):
     vocabulary = json.loads((bpe_dir / "vocab.json").read_text(encoding="utf-8"))
     merges = (bpe_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
@@ -85,7 +92,8 @@ def test_trained_vocabulary_has_gpt2_layout(bpe, bpe_dir):
     assert len(merges) - 1 == 400 - 256 - 1
     assert bpe.encode("".join(map(chr, range(33, 127)))) != []
     assert [bpe.decode([i]).encode("utf-8") for i in range(ord("!"), ord("~") + 1)] == [
-        bytes([b]) for b in range(ord("!"), ord("~") + 1)]
+        bytes([b]) for b in range(ord("!"), ord("~") + 1)
+    ]
     assert vocabulary["<|endoftext|>"] == 399
     assert bpe.special_tokens == ["<|endoftext|>"]
     assert bpe.token_to_id("Ġ") == ord(" ")
@@ -105,12 +113,14 @@ def test_train_rejects_bad_arguments():
 
 # --- references ------------------------------------------------------------------------
 
+
 def hf_reference(bpe_dir):
     """Hugging Face's own GPT-2 style byte-level BPE built from the same files."""
     from tokenizers.implementations import ByteLevelBPETokenizer
 
     reference = ByteLevelBPETokenizer.from_file(
-        str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt"), add_prefix_space=False)
+        str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt"), add_prefix_space=False
+    )
     reference.add_special_tokens(["<|endoftext|>"])
     return reference
 
@@ -133,16 +143,21 @@ def test_ids_equal_hugging_face_on_hostile_text(bpe, bpe_dir):
 
 def test_ids_equal_keras_hub(bpe, bpe_dir):
     if keras.backend.backend() != "tensorflow":
-        pytest.skip("the tokenizer is backend-independent; KerasHub's GPT-2 path needs "
-                    "TensorFlow, so the comparison runs in the TensorFlow pass")
+        pytest.skip(
+            "the tokenizer is backend-independent; KerasHub's GPT-2 path needs "
+            "TensorFlow, so the comparison runs in the TensorFlow pass"
+        )
     pytest.importorskip("tensorflow")
     pytest.importorskip("tensorflow_text")
     keras_hub = pytest.importorskip("keras_hub")
     # KerasHub's TensorFlow path implements GPT-2's split regex; its default
     # Python path uses Llama 3's regex (it splits "go'st" as "go", "'", "st").
     reference = keras_hub.tokenizers.BytePairTokenizer(
-        str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt"),
-        unsplittable_tokens=["<|endoftext|>"], _allow_python_workflow=False)
+        str(bpe_dir / "vocab.json"),
+        str(bpe_dir / "merges.txt"),
+        unsplittable_tokens=["<|endoftext|>"],
+        _allow_python_workflow=False,
+    )
     # KerasHub's graph tokenizer is slow (~5 KB/s here): a slice of the corpus.
     texts = shakespeare()[:6000].split("\n\n") + HOSTILE + [random_unicode(1, 500)]
     ours = bpe.encode_batch(texts)
@@ -154,6 +169,7 @@ def test_ids_equal_keras_hub(bpe, bpe_dir):
 
 
 # --- round trips -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["bpe", "byte", "char"])
 def test_decode_encode_round_trips_any_text(kind, bpe):
@@ -214,6 +230,7 @@ def test_errors_name_the_bad_value(bpe):
 
 # --- character and byte tokenizers --------------------------------------------------------
 
+
 def test_char_tokenizer_matches_nanogpt_shakespeare_char():
     text = shakespeare()
     tokenizer = CharTokenizer.from_text(text)
@@ -230,6 +247,7 @@ def test_byte_tokenizer_ids():
 
 
 # --- saving and loading --------------------------------------------------------------------
+
 
 def test_save_and_load_every_kind(tmp_path, bpe):
     tokenizers = {
@@ -248,8 +266,11 @@ def test_save_and_load_every_kind(tmp_path, bpe):
 
 
 def test_loads_openai_and_keras_hub_layouts(tmp_path, bpe_dir, bpe):
-    layouts = {"openai": ("encoder.json", "vocab.bpe"), "keras_hub": ("vocabulary.json", "merges.txt"),
-               "hugging_face": ("vocab.json", "merges.txt")}
+    layouts = {
+        "openai": ("encoder.json", "vocab.bpe"),
+        "keras_hub": ("vocabulary.json", "merges.txt"),
+        "hugging_face": ("vocab.json", "merges.txt"),
+    }
     text = shakespeare()[:5000] + "<|endoftext|>"
     for name, (vocabulary_name, merges_name) in layouts.items():
         directory = tmp_path / name
@@ -257,8 +278,9 @@ def test_loads_openai_and_keras_hub_layouts(tmp_path, bpe_dir, bpe):
         shutil.copy(bpe_dir / "vocab.json", directory / vocabulary_name)
         shutil.copy(bpe_dir / "merges.txt", directory / merges_name)
         assert load_tokenizer(directory).encode(text) == bpe.encode(text), name
-        assert BytePairTokenizer.from_files(directory / vocabulary_name,
-                                            directory / merges_name).encode(text) == bpe.encode(text)
+        assert BytePairTokenizer.from_files(
+            directory / vocabulary_name, directory / merges_name
+        ).encode(text) == bpe.encode(text)
 
 
 def test_load_errors(tmp_path):
@@ -270,12 +292,17 @@ def test_load_errors(tmp_path):
 
 # --- safe splitting -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("max_chars", [2, 7, 100])
 def test_split_text_pieces_encode_like_the_whole(bpe, bpe_dir, max_chars):
     reference = hf_reference(bpe_dir)
     reference.add_special_tokens(["<|im start|>"])
-    texts = [shakespeare()[:20_000], "".join(HOSTILE), random_unicode(3, 2000),
-             "x<|im start|>user hi" * 50]
+    texts = [
+        shakespeare()[:20_000],
+        "".join(HOSTILE),
+        random_unicode(3, 2000),
+        "x<|im start|>user hi" * 50,
+    ]
     chat = BytePairTokenizer(bpe.vocabulary, bpe.merges, ["<|endoftext|>", "<|im start|>"])
     for text in texts:
         pieces = split_text(text, max_chars, chat.special_tokens)
@@ -287,27 +314,35 @@ def test_import_needs_neither_tokenizers_nor_tensorflow():
     backend = keras.backend.backend()
     if backend == "tensorflow":
         pytest.skip("checked in the JAX and PyTorch passes")
-    code = ("import sys, keras_gpt, keras_gpt.tokenizers, keras_gpt.data; "
-            "print(sorted(m for m in ('tokenizers', 'tiktoken', 'tensorflow') if m in sys.modules))")
+    code = (
+        "import sys, keras_gpt, keras_gpt.tokenizers, keras_gpt.data; "
+        "print(sorted(m for m in ('tokenizers', 'tiktoken', 'tensorflow') if m in sys.modules))"
+    )
     env = {**os.environ, "KERAS_BACKEND": backend}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
 
 # --- engines: tiktoken and Hugging Face give the same ids --------------------------------------
 
+
 def both_engines(vocabulary, merges, special_tokens=None):
-    return [BytePairTokenizer(vocabulary, merges, special_tokens, engine=engine)
-            for engine in ("tiktoken", "tokenizers")]
+    return [
+        BytePairTokenizer(vocabulary, merges, special_tokens, engine=engine)
+        for engine in ("tiktoken", "tokenizers")
+    ]
 
 
 @pytest.fixture(scope="session")
 def shakespeare_bpe() -> BytePairTokenizer:
     """A larger BPE (vocabulary 4096) trained on all of tinyshakespeare."""
     if keras.backend.backend() != "jax":
-        pytest.skip("tokenizers do not depend on the backend, and encoding whole corpora with "
-                    "both engines takes seconds: these tests run in the JAX pass")
+        pytest.skip(
+            "tokenizers do not depend on the backend, and encoding whole corpora with "
+            "both engines takes seconds: these tests run in the JAX pass"
+        )
     return BytePairTokenizer.train([shakespeare()], vocabulary_size=4096)
 
 
@@ -324,7 +359,8 @@ def test_engines_agree_on_all_of_shakespeare(shakespeare_bpe):
     texts = [text, *HOSTILE, NUL_TEXT, random_unicode(4, 5000), "".join(HOSTILE) * 20]
     assert_engines_agree(fast, exact, texts)
     assert fast.encode_batch(text.splitlines(keepends=True)) == exact.encode_batch(
-        text.splitlines(keepends=True))
+        text.splitlines(keepends=True)
+    )
     # Special tokens that start alike: both match the longest one.
     specials = ["<|endoftext|>", "<|end", "<|im start|>", "<|im start|>!"]
     fast, exact = both_engines(shakespeare_bpe.vocabulary, shakespeare_bpe.merges, specials)
@@ -332,22 +368,28 @@ def test_engines_agree_on_all_of_shakespeare(shakespeare_bpe):
     assert_engines_agree(fast, exact, [mixed, mixed + text[:100_000]])
 
 
-def gpt2_layout(tokenizer: BytePairTokenizer, directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def gpt2_layout(
+    tokenizer: BytePairTokenizer, directory: pathlib.Path
+) -> tuple[pathlib.Path, pathlib.Path]:
     """OpenAI's encoder.json + vocab.bpe for `tokenizer`: byte tokens in GPT-2's order."""
     byte_tokens = sorted(bytes_to_unicode().values())  # GPT-2's encoder.json order
     merged = [a + b for a, b in (m.split(" ") for m in tokenizer.merges)]
     tokens = byte_tokens + merged + tokenizer.special_tokens
     directory.mkdir()
     (directory / "encoder.json").write_text(
-        json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False), encoding="utf-8")
+        json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False), encoding="utf-8"
+    )
     (directory / "vocab.bpe").write_text(
-        "#version: 0.2\n" + "".join(m + "\n" for m in tokenizer.merges), encoding="utf-8")
+        "#version: 0.2\n" + "".join(m + "\n" for m in tokenizer.merges), encoding="utf-8"
+    )
     return directory / "encoder.json", directory / "vocab.bpe"
 
 
 def test_engines_agree_on_gpt2_layout_files(tmp_path, shakespeare_bpe):
     paths = gpt2_layout(shakespeare_bpe, tmp_path / "openai")
-    fast, exact = [BytePairTokenizer.from_files(*paths, engine=e) for e in ("tiktoken", "tokenizers")]
+    fast, exact = [
+        BytePairTokenizer.from_files(*paths, engine=e) for e in ("tiktoken", "tokenizers")
+    ]
     assert fast.token_to_id("!") == 0 and fast.token_to_id("Ā") == 188  # GPT-2's byte ids
     texts = [shakespeare(), *HOSTILE, NUL_TEXT, random_unicode(5, 5000)]
     assert_engines_agree(fast, exact, texts)
@@ -368,8 +410,9 @@ def test_engines_agree_when_ids_are_not_in_merge_order(shakespeare_bpe):
 def hf_reference_from_files(vocabulary_path, merges_path):
     from tokenizers.implementations import ByteLevelBPETokenizer
 
-    reference = ByteLevelBPETokenizer.from_file(str(vocabulary_path), str(merges_path),
-                                                add_prefix_space=False)
+    reference = ByteLevelBPETokenizer.from_file(
+        str(vocabulary_path), str(merges_path), add_prefix_space=False
+    )
     reference.add_special_tokens(["<|endoftext|>"])
     return reference
 
@@ -382,14 +425,17 @@ def toy_bpe(merges, engine):
     return BytePairTokenizer(vocabulary, merges, engine=engine)
 
 
-@pytest.mark.parametrize("merges, text, expected, reason", [
-    # "bc" merges first, so BPE stops at "a" + "bc": "abc" is made only as "ab" + "c".
-    (["b c", "a b", "ab c"], "abc", ["a", "bc"], "BPE of token 'abc'"),
-    # No two tokens but "ab" + "cd" make "abcd", yet BPE never gets there; tiktoken
-    # returns a pre-token that is a token whole.
-    (["b c", "a b", "c d", "ab cd"], "abcd", ["a", "bc", "d"], "BPE of token 'abcd'"),
-    (["a b", "ab c", "b c", "a bc"], "abc", ["abc"], "made by two merge rules"),
-])
+@pytest.mark.parametrize(
+    "merges, text, expected, reason",
+    [
+        # "bc" merges first, so BPE stops at "a" + "bc": "abc" is made only as "ab" + "c".
+        (["b c", "a b", "ab c"], "abc", ["a", "bc"], "BPE of token 'abc'"),
+        # No two tokens but "ab" + "cd" make "abcd", yet BPE never gets there; tiktoken
+        # returns a pre-token that is a token whole.
+        (["b c", "a b", "c d", "ab cd"], "abcd", ["a", "bc", "d"], "BPE of token 'abcd'"),
+        (["a b", "ab c", "b c", "a bc"], "abc", ["abc"], "made by two merge rules"),
+    ],
+)
 def test_vocabularies_tiktoken_cannot_encode_fall_back(merges, text, expected, reason):
     tiktoken = pytest.importorskip("tiktoken")
     auto = toy_bpe(merges, "auto")
@@ -401,8 +447,9 @@ def test_vocabularies_tiktoken_cannot_encode_fall_back(merges, text, expected, r
         # The check is needed: tiktoken given these ranks really gives other ids.
         ranks = {bytes([b]): b for b in range(256)}
         ranks.update({m.replace(" ", "").encode(): 256 + k for k, m in enumerate(merges)})
-        encoding = tiktoken.Encoding("toy", pat_str=r"\p{L}+", mergeable_ranks=ranks,
-                                     special_tokens={})
+        encoding = tiktoken.Encoding(
+            "toy", pat_str=r"\p{L}+", mergeable_ranks=ranks, special_tokens={}
+        )
         assert encoding.encode_ordinary(text) != auto.encode(text)
 
 

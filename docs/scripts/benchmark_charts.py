@@ -32,14 +32,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 IMG = ROOT / "docs" / "img"
 BACKENDS = ("tensorflow", "jax", "torch")
-COLORS = {"keras_gpt": "#1e88e5", "keras_hub": "#ef6c00", "hugging_face": "#8e24aa",
-          "tiktoken": "#43a047", "tokenizers": "#8e24aa"}
-LABELS = {"keras_gpt": "keras_gpt", "keras_hub": "KerasHub GPT-2",
-          "hugging_face": "Hugging Face GPT-2 (eager)"}
+COLORS = {
+    "keras_gpt": "#1e88e5",
+    "keras_hub": "#ef6c00",
+    "hugging_face": "#8e24aa",
+    "tiktoken": "#43a047",
+    "tokenizers": "#8e24aa",
+}
+LABELS = {
+    "keras_gpt": "keras_gpt",
+    "keras_hub": "KerasHub GPT-2",
+    "hugging_face": "Hugging Face GPT-2 (eager)",
+}
 
 
-def grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]],
-                 legend: bool = True) -> None:
+def grouped_bars(
+    ax, groups: list[str], series: dict[str, list[float | None]], legend: bool = True
+) -> None:
     """Bars for each series side by side within each group, value on top.
 
     The legend goes below the axes so it never covers a bar.
@@ -50,23 +59,36 @@ def grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]],
             if value is None:
                 continue
             x = j + (i - (len(series) - 1) / 2) * width
-            ax.bar(x, value, width, color=COLORS.get(name, "#90a4ae"),
-                   label=LABELS.get(name, name) if j == min(
-                       k for k, v in enumerate(values) if v is not None) else None)
+            ax.bar(
+                x,
+                value,
+                width,
+                color=COLORS.get(name, "#90a4ae"),
+                label=LABELS.get(name, name)
+                if j == min(k for k, v in enumerate(values) if v is not None)
+                else None,
+            )
             ax.text(x, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(groups)), groups)
     ax.spines[["top", "right"]].set_visible(False)
     top = max(v for values in series.values() for v in values if v is not None)
     ax.set_ylim(0, top * 1.1)  # room for the value labels
     if legend:
-        ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12),
-                  ncol=len(series))
+        ax.legend(
+            frameon=False,
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncol=len(series),
+        )
 
 
 def train_chart(result: dict) -> plt.Figure:
     backends = [b for b in BACKENDS if "error" not in result["backends"].get(b, {"error": 1})]
-    series = {lib: [result["backends"][b][lib]["tokens_per_second"] for b in backends]
-              for lib in ("keras_gpt", "keras_hub")}
+    series = {
+        lib: [result["backends"][b][lib]["tokens_per_second"] for b in backends]
+        for lib in ("keras_gpt", "keras_hub")
+    }
     fig, ax = plt.subplots(figsize=(6, 3.2))
     grouped_bars(ax, backends, series)
     ax.set_ylabel("training tokens/s (higher is better)")
@@ -80,23 +102,29 @@ def generate_chart(result: dict) -> plt.Figure:
         backends = [b for b in BACKENDS if "error" not in result["results"].get(b, {"error": 1})]
         series = {}
         for lib in ("keras_gpt", "keras_hub", "hugging_face"):
-            values = [result["results"][b].get(f"{lib}/batch{batch}", {}).get("tokens_per_s")
-                      for b in backends]
+            values = [
+                result["results"][b].get(f"{lib}/batch{batch}", {}).get("tokens_per_s")
+                for b in backends
+            ]
             if any(v is not None for v in values):
                 series[lib] = values
         grouped_bars(ax, backends, series, legend=False)
         ax.set_title(f"batch {batch}", fontsize=10)
     axes[0].set_ylabel("generated tokens/s (higher is better)")
     handles, labels = axes[-1].get_legend_handles_labels()
-    fig.legend(handles, labels, frameon=False, fontsize=8, loc="outside lower center",
-               ncol=len(labels))
+    fig.legend(
+        handles, labels, frameon=False, fontsize=8, loc="outside lower center", ncol=len(labels)
+    )
     fig.suptitle(f"Generation, steady state, {result['date']}", fontsize=10)
     return fig
 
 
 def tokenization_chart(result: dict) -> plt.Figure:
-    rates = {name: value for name, value in result["encode_MB_per_s"].items()
-             if isinstance(value, (int, float))}
+    rates = {
+        name: value
+        for name, value in result["encode_MB_per_s"].items()
+        if isinstance(value, (int, float))
+    }
     names = sorted(rates, key=rates.get)
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1))
     colors = ["#1e88e5" if name.startswith("keras_gpt") else "#90a4ae" for name in names]

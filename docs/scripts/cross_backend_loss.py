@@ -19,8 +19,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 OUT = pathlib.Path(__file__).resolve().parent.parent / "img" / "cross_backend_loss.svg"
-CONFIG = dict(num_layers=2, num_heads=4, hidden_dim=64, max_sequence_length=64,
-              dropout=0.1, seed=0)
+CONFIG = dict(num_layers=2, num_heads=4, hidden_dim=64, max_sequence_length=64, dropout=0.1, seed=0)
 STEPS, BATCH = 150, 16
 
 
@@ -42,8 +41,9 @@ def train_losses() -> list[float]:
     model = keras_gpt.GPT(vocabulary_size=tokenizer.vocabulary_size, **CONFIG)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3))
     # One step per epoch so that history holds each step's loss, not a running mean.
-    history = model.fit(x, y, batch_size=BATCH, epochs=STEPS, steps_per_epoch=1,
-                        shuffle=False, verbose=0)
+    history = model.fit(
+        x, y, batch_size=BATCH, epochs=STEPS, steps_per_epoch=1, shuffle=False, verbose=0
+    )
     return [float(v) for v in history.history["loss"]]
 
 
@@ -56,10 +56,14 @@ def plot(losses: dict[str, list[float]]) -> dict:
     import numpy as np
 
     steps = np.arange(1, STEPS + 1)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6.0), sharex=True,
-                                      gridspec_kw={"height_ratios": [2, 1]})
-    styles = {"tensorflow": ("#ff8f00", "-", 3.5), "jax": ("#1e88e5", "--", 2.0),
-              "torch": ("#e53935", ":", 2.0)}
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7.5, 6.0), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
+    styles = {
+        "tensorflow": ("#ff8f00", "-", 3.5),
+        "jax": ("#1e88e5", "--", 2.0),
+        "torch": ("#e53935", ":", 2.0),
+    }
     for backend, values in losses.items():
         color, style, width = styles[backend]
         top.plot(steps, values, style, color=color, lw=width, label=backend)
@@ -73,12 +77,17 @@ def plot(losses: dict[str, list[float]]) -> dict:
     for backend in ("jax", "torch"):
         rel = np.abs(np.array(losses[backend]) - reference) / reference
         color, _, _ = styles[backend]
-        bottom.semilogy(steps, np.maximum(rel, 1e-10), ".", ms=3, color=color,
-                        label=f"|{backend} − tensorflow| / tensorflow")
+        bottom.semilogy(
+            steps,
+            np.maximum(rel, 1e-10),
+            ".",
+            ms=3,
+            color=color,
+            label=f"|{backend} − tensorflow| / tensorflow",
+        )
         summary[f"max_rel_diff_{backend}_vs_tensorflow"] = float(rel.max())
     bottom.axhline(1e-5, color="gray", ls="--", lw=1)
-    bottom.text(STEPS, 1.3e-5, "test bound 1e-5", ha="right", va="bottom", fontsize=8,
-                color="gray")
+    bottom.text(STEPS, 1.3e-5, "test bound 1e-5", ha="right", va="bottom", fontsize=8, color="gray")
     bottom.set_xlabel("step")
     bottom.set_ylabel("relative difference")
     bottom.legend(fontsize=8, loc="lower right")
@@ -95,14 +104,25 @@ def main() -> None:
         return
     losses = {}
     for backend in BACKENDS:
-        proc = subprocess.run([sys.executable, __file__, "--worker"], capture_output=True,
-                              text=True, env={**os.environ, "KERAS_BACKEND": backend},
-                              check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KERAS_BACKEND": backend},
+            check=True,
+        )
         losses[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
     summary = plot(losses)
-    summary.update({"steps": STEPS, "batch_size": BATCH, **CONFIG,
-                    "first_loss": losses["tensorflow"][0],
-                    "last_loss": losses["tensorflow"][-1], "figure": str(OUT)})
+    summary.update(
+        {
+            "steps": STEPS,
+            "batch_size": BATCH,
+            **CONFIG,
+            "first_loss": losses["tensorflow"][0],
+            "last_loss": losses["tensorflow"][-1],
+            "figure": str(OUT),
+        }
+    )
     print(json.dumps(summary, indent=2))
 
 

@@ -10,7 +10,6 @@ import keras
 Tensor = Any
 
 
-
 def is_concrete(x) -> bool:
     """True when `x` holds values now (eager), False while tracing or building.
 
@@ -107,4 +106,3 @@ def write_at(buffer: Tensor, update: Tensor, index: int | Tensor, axis: int) -> 
     start = [0] * len(update.shape)
     start[axis] = index
     return keras.ops.slice_update(buffer, tuple(start), update)
-

@@ -20,7 +20,20 @@ from keras_gpt.data.instructions import (
 from keras_gpt.data.prepare import prepare
 from keras_gpt.data.token_stream import TokenStream, read_metadata
 
-__all__ = ["InstructionBatches", "RandomWindows", "SequentialWindows", "TokenStream",
-           "encode_example", "format_prompt", "input_files", "prepare", "read_documents",
-           "make_tokenizer", "read_instructions", "read_metadata", "resolve_data",
-           "stdlib_corpus", "tokenize_corpus"]
+__all__ = [
+    "InstructionBatches",
+    "RandomWindows",
+    "SequentialWindows",
+    "TokenStream",
+    "encode_example",
+    "format_prompt",
+    "input_files",
+    "prepare",
+    "read_documents",
+    "make_tokenizer",
+    "read_instructions",
+    "read_metadata",
+    "resolve_data",
+    "stdlib_corpus",
+    "tokenize_corpus",
+]

@@ -1,4 +1,5 @@
-"""Batches of token windows: random ones to train (as nanoGPT's `get_batch`), consecutive ones to evaluate."""
+"""Batches of token windows: random ones to train (as nanoGPT's `get_batch`),
+consecutive ones to evaluate."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ class _Windows(keras.utils.PyDataset):
         super().__init__(**kwargs)
         self.tokens = tokens if isinstance(tokens, TokenStream) else TokenStream(tokens)
         if int(sequence_length) < 1 or int(batch_size) < 1:
-            raise ValueError(f"sequence_length and batch_size must be positive, got "
-                             f"{sequence_length} and {batch_size}.")
+            raise ValueError(
+                f"sequence_length and batch_size must be positive, got "
+                f"{sequence_length} and {batch_size}."
+            )
         if len(self.tokens) <= sequence_length:
             raise ValueError(
                 f"Need more than sequence_length={sequence_length} tokens, got {len(self.tokens)}."
@@ -55,7 +58,8 @@ class _Windows(keras.utils.PyDataset):
             return x, y
 
         dataset = tf.data.Dataset.range(len(self)).map(
-            fetch, num_parallel_calls=parallel_calls or tf.data.AUTOTUNE, deterministic=True)
+            fetch, num_parallel_calls=parallel_calls or tf.data.AUTOTUNE, deterministic=True
+        )
         return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -83,8 +87,15 @@ class RandomWindows(_Windows):
     >>> train = RandomWindows(TokenStream.from_directory("data/tiny"), 256, 8, steps=1000)
     """
 
-    def __init__(self, tokens: Tokens, sequence_length: int, batch_size: int,
-                 steps: int, seed: int = 0, **kwargs: Any):
+    def __init__(
+        self,
+        tokens: Tokens,
+        sequence_length: int,
+        batch_size: int,
+        steps: int,
+        seed: int = 0,
+        **kwargs: Any,
+    ):
         super().__init__(tokens, sequence_length, batch_size, **kwargs)
         self.steps = int(steps)
         self.seed = int(seed)
@@ -119,8 +130,14 @@ class SequentialWindows(_Windows):
     >>> model.evaluate(val)
     """
 
-    def __init__(self, tokens: Tokens, sequence_length: int, batch_size: int,
-                 max_batches: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        tokens: Tokens,
+        sequence_length: int,
+        batch_size: int,
+        max_batches: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(tokens, sequence_length, batch_size, **kwargs)
         self.windows = (len(self.tokens) - 1) // self.sequence_length
         batches = -(-self.windows // self.batch_size)

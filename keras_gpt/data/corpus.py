@@ -42,7 +42,6 @@ def stdlib_corpus(max_bytes: int = 8_000_000) -> str:
     return "\n".join(parts)
 
 
-
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
@@ -98,8 +97,12 @@ def make_tokenizer(name: str, inputs: list[str]) -> Tokenizer:
     raise ValueError(f"tokenizer must be 'byte', 'char' or a tokenizer directory, got {name!r}.")
 
 
-def tokenize_corpus(inputs: list[str], directory: str | os.PathLike, tokenizer: Tokenizer,
-                    validation_fraction: float = 0.1) -> tuple[TokenStream, TokenStream]:
+def tokenize_corpus(
+    inputs: list[str],
+    directory: str | os.PathLike,
+    tokenizer: Tokenizer,
+    validation_fraction: float = 0.1,
+) -> tuple[TokenStream, TokenStream]:
     """Tokenises `inputs` into `directory` with `prepare`; returns the train and validation streams.
 
     `prepare` skips the work when the inputs, tokenizer and arguments are
@@ -115,8 +118,17 @@ def tokenize_corpus(inputs: list[str], directory: str | os.PathLike, tokenizer: 
     Example:
     >>> train, val = tokenize_corpus(["corpus.txt"], "runs/x/data/tokens", ByteTokenizer())
     """
-    end_of_text = "<|endoftext|>" if "<|endoftext|>" in getattr(tokenizer, "special_tokens", ()) else None
-    prepare(inputs, directory, tokenizer, validation_fraction=validation_fraction,
-            end_of_text=end_of_text)
-    return (TokenStream.from_directory(directory, "train"),
-            TokenStream.from_directory(directory, "val"))
+    end_of_text = (
+        "<|endoftext|>" if "<|endoftext|>" in getattr(tokenizer, "special_tokens", ()) else None
+    )
+    prepare(
+        inputs,
+        directory,
+        tokenizer,
+        validation_fraction=validation_fraction,
+        end_of_text=end_of_text,
+    )
+    return (
+        TokenStream.from_directory(directory, "train"),
+        TokenStream.from_directory(directory, "val"),
+    )

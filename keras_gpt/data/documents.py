@@ -45,9 +45,12 @@ def input_files(inputs: Inputs) -> list[pathlib.Path]:
         found = []
         for match in matches:
             if match.is_dir():
-                found.extend(p for p in sorted(match.rglob("*"))
-                             if p.is_file() and not any(part.startswith(".")
-                                                        for part in p.relative_to(match).parts))
+                found.extend(
+                    p
+                    for p in sorted(match.rglob("*"))
+                    if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(match).parts)
+                )
             elif match.is_file():
                 found.append(match)
         if not found:
@@ -84,8 +87,9 @@ def read_documents(inputs: Inputs, text_field: str = "text") -> Iterator[str]:
                 yield _decode(f.read(), path)
 
 
-def stream_pieces(path: pathlib.Path, max_chars: int, special_tokens: Sequence[str] = (),
-                  text_field: str = "text") -> Iterator[tuple[str, bool, int]]:
+def stream_pieces(
+    path: pathlib.Path, max_chars: int, special_tokens: Sequence[str] = (), text_field: str = "text"
+) -> Iterator[tuple[str, bool, int]]:
     """`(piece, ends_document, bytes_read)` for one file, in bounded memory.
 
     A text file comes in pieces of about `max_chars` characters, cut where
@@ -131,7 +135,9 @@ def _decode(raw: bytes, path: pathlib.Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+        raise ValueError(
+            f"{str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start})."
+        ) from None
 
 
 def _record_text(line: bytes, path: pathlib.Path, number: int, text_field: str) -> str | None:

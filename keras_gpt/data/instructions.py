@@ -47,7 +47,7 @@ def read_instructions(path: str | os.PathLike) -> list[dict]:
 
 
 def is_instruction_file(path: str | os.PathLike) -> bool:
-    """Whether `path` is a JSONL file of instruction records (not plain text or `{"text"}` documents).
+    """Whether `path` is a JSONL file of instruction records (not text or `{"text"}` documents).
 
     Looks at the first non-empty line only: a JSON object with `prompt`,
     `response` or `messages` makes it one; `read_instructions` checks the rest.
@@ -69,7 +69,9 @@ def is_instruction_file(path: str | os.PathLike) -> bool:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     return False
-                return isinstance(record, dict) and bool({"prompt", "response", "messages"} & set(record))
+                return isinstance(record, dict) and bool(
+                    {"prompt", "response", "messages"} & set(record)
+                )
     return False
 
 
@@ -85,9 +87,14 @@ def segments(record: dict, where: str = "record") -> list[tuple[str, bool]]:
             pieces.append((f"{message['content']}\n", role == "assistant"))
         return pieces
     if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
-        return [(PROMPT_TEMPLATE.format(prompt=record["prompt"]), False), (record["response"], True)]
-    raise ValueError(f"{where}: expected 'prompt' and 'response' strings or a 'messages' list, "
-                     f"got keys {sorted(record)}.")
+        return [
+            (PROMPT_TEMPLATE.format(prompt=record["prompt"]), False),
+            (record["response"], True),
+        ]
+    raise ValueError(
+        f"{where}: expected 'prompt' and 'response' strings or a 'messages' list, "
+        f"got keys {sorted(record)}."
+    )
 
 
 def format_prompt(prompt: str) -> str:
@@ -115,8 +122,9 @@ def encode_example(tokenizer, record: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ids, "int32"), np.asarray(trained, "float32")
 
 
-def pack_examples(encoded: Sequence[tuple[np.ndarray, np.ndarray]],
-                  row_tokens: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def pack_examples(
+    encoded: Sequence[tuple[np.ndarray, np.ndarray]], row_tokens: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Joins consecutive encoded examples into rows of at most `row_tokens` tokens.
 
     Greedy and in order: an example starts a new row when it does not fit in
@@ -182,8 +190,16 @@ class InstructionBatches(keras.utils.PyDataset):
     >>> model.fit(batches, epochs=3)
     """
 
-    def __init__(self, examples: Sequence[dict], tokenizer, sequence_length: int,
-                 batch_size: int, seed: int | None = 0, pack: bool = False, **kwargs):
+    def __init__(
+        self,
+        examples: Sequence[dict],
+        tokenizer,
+        sequence_length: int,
+        batch_size: int,
+        seed: int | None = 0,
+        pack: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.sequence_length = int(sequence_length)
         self.encoded = [encode_example(tokenizer, r) for r in examples]
@@ -204,7 +220,7 @@ class InstructionBatches(keras.utils.PyDataset):
 
     def batch(self, epoch: int, index: int):
         """Batch `index` of epoch `epoch` (a pure function: resuming can jump to it)."""
-        chosen = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        chosen = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         length = self.sequence_length
         x = np.zeros((len(chosen), length), "int32")
         y = np.zeros((len(chosen), length), "int32")
@@ -212,7 +228,7 @@ class InstructionBatches(keras.utils.PyDataset):
         weights = np.zeros((len(chosen), length), "float32")
         for row, k in enumerate(chosen):
             ids, trained = self.encoded[k]
-            ids, trained = ids[:length + 1], trained[:length + 1]
+            ids, trained = ids[: length + 1], trained[: length + 1]
             n = len(ids) - 1
             x[row, :n], y[row, :n], mask[row, :n] = ids[:-1], ids[1:], 1
             weights[row, :n] = trained[1:]

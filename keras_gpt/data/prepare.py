@@ -78,10 +78,14 @@ def prepare(
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
     if shard_tokens < 1 or chunk_chars < 2:
-        raise ValueError(f"shard_tokens and chunk_chars must be positive, got {shard_tokens}, {chunk_chars}.")
+        raise ValueError(
+            f"shard_tokens and chunk_chars must be positive, got {shard_tokens}, {chunk_chars}."
+        )
     for method in ("encode_batch", "save", "vocabulary_size"):
         if not hasattr(tokenizer, method):
-            raise ValueError(f"tokenizer must be a keras_gpt tokenizer, got {type(tokenizer).__name__}.")
+            raise ValueError(
+                f"tokenizer must be a keras_gpt tokenizer, got {type(tokenizer).__name__}."
+            )
     end_of_text_id = None
     if end_of_text is not None:
         if end_of_text not in getattr(tokenizer, "special_tokens", []):
@@ -96,8 +100,12 @@ def prepare(
     output_dir.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype("uint16") if tokenizer.vocabulary_size <= 1 << 16 else np.dtype("uint32")
 
-    arguments = {"validation_fraction": validation_fraction, "end_of_text": end_of_text,
-                 "text_field": text_field, "shard_tokens": shard_tokens}
+    arguments = {
+        "validation_fraction": validation_fraction,
+        "end_of_text": end_of_text,
+        "text_field": text_field,
+        "shard_tokens": shard_tokens,
+    }
     fingerprint = _fingerprint(files, tokenizer, arguments)
     try:
         old = read_metadata(output_dir)
@@ -110,8 +118,11 @@ def prepare(
 
     # Readers need metadata.json: remove it first so a crash below leaves none.
     (output_dir / METADATA_FILENAME).unlink(missing_ok=True)
-    for stale in [*output_dir.glob("train_*.bin"), *output_dir.glob("val_*.bin"),
-                  *output_dir.glob("*.tmp")]:
+    for stale in [
+        *output_dir.glob("train_*.bin"),
+        *output_dir.glob("val_*.bin"),
+        *output_dir.glob("*.tmp"),
+    ]:
         stale.unlink()
     tokenizer.save(output_dir / TOKENIZER_DIR)
 
@@ -138,7 +149,9 @@ def prepare(
 
     try:
         for path in files:
-            for text, ends, read_bytes in stream_pieces(path, chunk_chars, special_tokens, text_field):
+            for text, ends, read_bytes in stream_pieces(
+                path, chunk_chars, special_tokens, text_field
+            ):
                 pending_bytes += read_bytes
                 documents += ends
                 if text or ends:
@@ -166,8 +179,11 @@ def prepare(
         "format": FORMAT,
         "fingerprint": fingerprint,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tokenizer": {"class_name": type(tokenizer).__name__, "directory": TOKENIZER_DIR,
-                      "vocabulary_size": tokenizer.vocabulary_size},
+        "tokenizer": {
+            "class_name": type(tokenizer).__name__,
+            "directory": TOKENIZER_DIR,
+            "vocabulary_size": tokenizer.vocabulary_size,
+        },
         "dtype": dtype.name,
         "end_of_text_id": end_of_text_id,
         "files": len(files),
@@ -196,9 +212,11 @@ class _Progress:
         self.shown = now
         seconds = max(now - self.start, 1e-9)
         done = min(done, self.total)
-        line = (f"\rprepare: {done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
-                f"({100 * done / self.total:3.0f}%)  {done / seconds / 1e6:,.2f} MB/s  "
-                f"{tokens / seconds:,.0f} tokens/s  {tokens:,} tokens")
+        line = (
+            f"\rprepare: {done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
+            f"({100 * done / self.total:3.0f}%)  {done / seconds / 1e6:,.2f} MB/s  "
+            f"{tokens / seconds:,.0f} tokens/s  {tokens:,} tokens"
+        )
         print(line, end="\n" if final else "", file=sys.stderr, flush=True)
 
 
@@ -240,8 +258,12 @@ class _ShardWriter:
         return self.files
 
 
-def _split(directory: pathlib.Path, parts: list[tuple[pathlib.Path, int]], train_tokens: int,
-           dtype: np.dtype) -> dict:
+def _split(
+    directory: pathlib.Path,
+    parts: list[tuple[pathlib.Path, int]],
+    train_tokens: int,
+    dtype: np.dtype,
+) -> dict:
     """Rename the temporary parts into train and val shards, cutting the one that straddles."""
     splits = {"train": {"tokens": 0, "shards": []}, "val": {"tokens": 0, "shards": []}}
 

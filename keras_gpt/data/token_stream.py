@@ -37,7 +37,9 @@ class TokenStream:
         arrays = [np.asarray(a) for a in arrays]
         for a in arrays:
             if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(f"Token arrays must be 1-D integer arrays, got {a.dtype} of shape {a.shape}.")
+                raise ValueError(
+                    f"Token arrays must be 1-D integer arrays, got {a.dtype} of shape {a.shape}."
+                )
         self._set(arrays)
         self._files: list[tuple[str, str, int]] | None = None
 
@@ -57,8 +59,10 @@ class TokenStream:
         metadata = read_metadata(directory)
         if split not in metadata["splits"]:
             raise ValueError(f"split must be one of {sorted(metadata['splits'])}, got {split!r}.")
-        files = [(str(directory / s["file"]), metadata["dtype"], int(s["tokens"]))
-                 for s in metadata["splits"][split]["shards"]]
+        files = [
+            (str(directory / s["file"]), metadata["dtype"], int(s["tokens"]))
+            for s in metadata["splits"][split]["shards"]
+        ]
         stream = cls.__new__(cls)
         stream._files = files
         stream._set(_open(files))
@@ -79,15 +83,16 @@ class TokenStream:
             length: number of tokens.
         """
         if start < 0 or length < 0 or start + length > len(self):
-            raise ValueError(f"Cannot read {length} tokens from position {start} of a "
-                             f"{len(self)}-token stream.")
+            raise ValueError(
+                f"Cannot read {length} tokens from position {start} of a {len(self)}-token stream."
+            )
         shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
         offset = start - int(self.offsets[shard]) if length else 0
         if length and offset + length <= len(self.arrays[shard]):
-            return np.array(self.arrays[shard][offset:offset + length])
+            return np.array(self.arrays[shard][offset : offset + length])
         parts, remaining = [], length
         while remaining > 0:
-            part = self.arrays[shard][offset:offset + remaining]
+            part = self.arrays[shard][offset : offset + remaining]
             parts.append(part)
             remaining -= len(part)
             shard, offset = shard + 1, 0
@@ -123,11 +128,15 @@ def read_metadata(directory: str | os.PathLike) -> dict:
             file = directory / shard["file"]
             expected = int(shard["tokens"]) * itemsize
             if not file.is_file() or file.stat().st_size != expected:
-                raise ValueError(f"Shard {str(file)!r} is missing or not {expected} bytes long; "
-                                 "run `prepare` again.")
+                raise ValueError(
+                    f"Shard {str(file)!r} is missing or not {expected} bytes long; "
+                    "run `prepare` again."
+                )
     return metadata
 
 
 def _open(files: list[tuple[str, str, int]]) -> list[np.ndarray]:
-    return [np.memmap(path, dtype=dtype, mode="r", shape=(tokens,)) if tokens else np.zeros(0, dtype)
-            for path, dtype, tokens in files]
+    return [
+        np.memmap(path, dtype=dtype, mode="r", shape=(tokens,)) if tokens else np.zeros(0, dtype)
+        for path, dtype, tokens in files
+    ]

@@ -20,8 +20,10 @@ def check_model_parallel(config: dict, model_parallel: int) -> None:
     if int(model_parallel) != model_parallel or model_parallel < 1:
         raise ValueError(f"`model_parallel` must be a positive integer, got {model_parallel!r}.")
     hidden = int(config["hidden_dim"])
-    dims = {"hidden_dim": hidden,
-            "intermediate_dim": int(config.get("intermediate_dim") or 4 * hidden)}
+    dims = {
+        "hidden_dim": hidden,
+        "intermediate_dim": int(config.get("intermediate_dim") or 4 * hidden),
+    }
     for name, value in dims.items():
         if value % model_parallel:
             raise ValueError(

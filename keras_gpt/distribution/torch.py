@@ -1,4 +1,5 @@
-"""PyTorch: `torch.distributed` with `DistributedDataParallel`, driven by `ddp_fit` (launched with `torchrun`)."""
+"""PyTorch: `torch.distributed` with `DistributedDataParallel`, driven by `ddp_fit`
+(launched with `torchrun`)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ def torch_init_process_group(backend: str | None = None) -> tuple[int, int]:
 
     if "RANK" not in os.environ:
         raise ValueError(
-            "No RANK in the environment: launch with "
-            "`torchrun --nproc_per_node N script.py`."
+            "No RANK in the environment: launch with `torchrun --nproc_per_node N script.py`."
         )
     cuda = torch.cuda.is_available()
     if cuda:
@@ -107,8 +107,7 @@ def ddp_fit(
     rank, world = dist.get_rank(), dist.get_world_size()
     if batch_size % world:
         raise ValueError(
-            f"`batch_size` ({batch_size}) must be divisible by the number of "
-            f"processes ({world})."
+            f"`batch_size` ({batch_size}) must be divisible by the number of processes ({world})."
         )
     rows = len(y)
     batches_per_epoch = rows // batch_size
@@ -127,7 +126,7 @@ def ddp_fit(
             loss_sum, epoch_steps = 0.0, 0
         start = (step % batches_per_epoch) * batch_size + rank * local
         xb = _take_rows(x, start, local)
-        yb = keras.ops.convert_to_tensor(y[start:start + local])
+        yb = keras.ops.convert_to_tensor(y[start : start + local])
         logs = _ddp_train_step(model, ddp_model, xb, yb, world)
         loss_sum, epoch_steps = loss_sum + logs["loss"], epoch_steps + 1
         logs["loss"] = loss_sum / epoch_steps
@@ -144,8 +143,8 @@ def ddp_fit(
 
 def _take_rows(x, start: int, count: int):
     if isinstance(x, dict):
-        return {k: keras.ops.convert_to_tensor(v[start:start + count]) for k, v in x.items()}
-    return keras.ops.convert_to_tensor(x[start:start + count])
+        return {k: keras.ops.convert_to_tensor(v[start : start + count]) for k, v in x.items()}
+    return keras.ops.convert_to_tensor(x[start : start + count])
 
 
 def _ddp_train_step(model, ddp_model, x, y, world: int) -> dict[str, float]:
@@ -192,8 +191,11 @@ def _global_metric_results(model) -> dict[str, float]:
             value = variable.value.detach().clone()
             dist.all_reduce(value)
             variable.assign(value)
-    results = {k: float(keras.ops.convert_to_numpy(v))
-               for k, v in model.get_metrics_result().items() if k != "loss"}
+    results = {
+        k: float(keras.ops.convert_to_numpy(v))
+        for k, v in model.get_metrics_result().items()
+        if k != "loss"
+    }
     for metric, values in zip(metrics, local):
         for variable, value in zip(metric.variables, values):
             variable.assign(value)

@@ -47,11 +47,14 @@ def export_onnx(
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
-        raise ValueError(f"Export path {path!r} already exists; choose a new file "
-                         "or pass overwrite=True.")
+        raise ValueError(
+            f"Export path {path!r} already exists; choose a new file or pass overwrite=True."
+        )
     if backend not in (None, "tensorflow"):
-        raise ValueError(f"ONNX export runs through TensorFlow: `backend` must be None "
-                         f"or 'tensorflow', got {backend!r}.")
+        raise ValueError(
+            f"ONNX export runs through TensorFlow: `backend` must be None "
+            f"or 'tensorflow', got {backend!r}."
+        )
     if keras.backend.backend() != "tensorflow":
         return _export_in_child(model_or_preset, path, ["--format", "onnx"], overwrite)
     model = _resolve_model(model_or_preset)
@@ -59,8 +62,9 @@ def export_onnx(
     os.makedirs(parent, exist_ok=True)
     staging = os.path.join(parent, f".{os.path.basename(path)}.partial-{os.getpid()}")
     try:
-        model.export(staging, format="onnx", verbose=False,
-                     input_signature=_input_specs(LOGITS_INPUTS))
+        model.export(
+            staging, format="onnx", verbose=False, input_signature=_input_specs(LOGITS_INPUTS)
+        )
         _rename_onnx_output(staging, "logits")
         os.replace(staging, path)
     finally:

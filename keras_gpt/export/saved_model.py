@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -131,15 +131,18 @@ def export(
     path = os.path.normpath(os.fspath(path))
     _check_path(path, overwrite)
     if isinstance(stop_token_ids, (int, np.integer)):
-        raise ValueError(f"`stop_token_ids` must be a list of ids, got the int "
-                         f"{stop_token_ids}; write [{stop_token_ids}].")
+        raise ValueError(
+            f"`stop_token_ids` must be a list of ids, got the int "
+            f"{stop_token_ids}; write [{stop_token_ids}]."
+        )
     current = keras.backend.backend()
     if backend not in (None, "tensorflow", "jax"):
         raise ValueError(f"`backend` must be None, 'tensorflow' or 'jax', got {backend!r}.")
     target = backend or ("tensorflow" if current == "torch" else current)
     if target == "jax" and current != "jax":
-        raise ValueError(f"backend='jax' needs KERAS_BACKEND=jax (the current backend "
-                         f"is {current!r}).")
+        raise ValueError(
+            f"backend='jax' needs KERAS_BACKEND=jax (the current backend is {current!r})."
+        )
     if target != current:
         if not isinstance(model_or_preset, (str, os.PathLike)):
             model = _resolve_model(model_or_preset)  # check here, not in the child
@@ -247,23 +250,30 @@ def generate_function(
         buffer = ops.concatenate([prompts, padding], axis=1)[:, :cache_length]
 
         longest = ops.max(lengths)
-        new = ops.clip(ops.cast(max_new_tokens, "int32"), 0,
-                       ops.minimum(limit, cache_length - longest))
+        new = ops.clip(
+            ops.cast(max_new_tokens, "int32"), 0, ops.minimum(limit, cache_length - longest)
+        )
         limits = lengths + new
         start = ops.minimum(ops.min(lengths), cache_length - 1)
         sampler = DynamicSampler(temperature, top_k, top_p)
         # Prefill the prompt width only (symbolic on JAX, known to fit the cache).
         run = decode_loop(model, sampler, cache_length, seq)
-        tokens = run(buffer, start, lengths, limits,
-                     ops.convert_to_tensor(_padded_stops(stops)),
-                     ops.cast(seed, "int32") % HASH_RANGE,
-                     ops.convert_to_tensor(pad_token_id, "int32"))
+        tokens = run(
+            buffer,
+            start,
+            lengths,
+            limits,
+            ops.convert_to_tensor(_padded_stops(stops)),
+            ops.cast(seed, "int32") % HASH_RANGE,
+            ops.convert_to_tensor(pad_token_id, "int32"),
+        )
 
         positions = ops.expand_dims(ops.arange(0, cache_length, dtype="int32"), 0)
         row_lengths = limits
         if stops.size:
-            generated = ops.logical_and(positions >= ops.expand_dims(lengths, 1),
-                                        positions < ops.expand_dims(limits, 1))
+            generated = ops.logical_and(
+                positions >= ops.expand_dims(lengths, 1), positions < ops.expand_dims(limits, 1)
+            )
             is_stop = ops.any(ops.expand_dims(tokens, -1) == stops, axis=-1)
             is_stop = ops.logical_and(is_stop, generated)
             first = ops.cast(ops.argmax(ops.cast(is_stop, "int32"), axis=1), "int32")
@@ -288,13 +298,20 @@ def _add_endpoints(archive, model, max_new_tokens, stops, pad_token_id) -> None:
     tracer = keras.export.ExportArchive()
     tracer.track(model)
     raw_logits = tracer.add_endpoint(
-        "logits", logits_function(model), _input_specs(LOGITS_INPUTS),
-        **_backend_endpoint_kwargs(model, LOGITS_INPUTS))
+        "logits",
+        logits_function(model),
+        _input_specs(LOGITS_INPUTS),
+        **_backend_endpoint_kwargs(model, LOGITS_INPUTS),
+    )
     raw_generate = tracer.add_endpoint(
-        "generate", generate_function(model, max_new_tokens, stops, pad_token_id),
-        _input_specs(GENERATE_INPUTS), **_backend_endpoint_kwargs(model, GENERATE_INPUTS))
-    for name, fn in zip(SIGNATURES, _serving_signatures(model, raw_logits, raw_generate,
-                                                        max_new_tokens)):
+        "generate",
+        generate_function(model, max_new_tokens, stops, pad_token_id),
+        _input_specs(GENERATE_INPUTS),
+        **_backend_endpoint_kwargs(model, GENERATE_INPUTS),
+    )
+    for name, fn in zip(
+        SIGNATURES, _serving_signatures(model, raw_logits, raw_generate, max_new_tokens)
+    ):
         fn.get_concrete_function()
         archive.add_endpoint(name, fn)
 
@@ -308,8 +325,10 @@ def _save_options():
 
 
 def _input_specs(inputs: dict) -> list:
-    return [keras.InputSpec(shape=shape, dtype=dtype, name=name)
-            for name, (dtype, shape) in inputs.items()]
+    return [
+        keras.InputSpec(shape=shape, dtype=dtype, name=name)
+        for name, (dtype, shape) in inputs.items()
+    ]
 
 
 def _backend_endpoint_kwargs(model, inputs: dict) -> dict:
@@ -319,10 +338,12 @@ def _backend_endpoint_kwargs(model, inputs: dict) -> dict:
     if keras.backend.backend() != "jax":
         return {}
     shapes = [{(None, None): "(batch, seq)", (): "()"}[shape] for _, shape in inputs.values()]
-    return {"jax2tf_kwargs": {
-        "polymorphic_shapes": shapes,
-        "polymorphic_constraints": (f"seq <= {model.max_sequence_length}",),
-    }}
+    return {
+        "jax2tf_kwargs": {
+            "polymorphic_shapes": shapes,
+            "polymorphic_constraints": (f"seq <= {model.max_sequence_length}",),
+        }
+    }
 
 
 def _serving_signatures(model, raw_logits, raw_generate, limit):
@@ -335,20 +356,25 @@ def _serving_signatures(model, raw_logits, raw_generate, limit):
     def check_ids(token_ids, padding_mask):
         return [
             tf.debugging.assert_equal(
-                tf.shape(token_ids), tf.shape(padding_mask),
-                message="token_ids and padding_mask must have the same shape"),
+                tf.shape(token_ids),
+                tf.shape(padding_mask),
+                message="token_ids and padding_mask must have the same shape",
+            ),
             tf.debugging.assert_less_equal(
-                tf.shape(token_ids)[1], context,
-                message=f"sequence longer than the model's max_sequence_length ({context})"),
-            tf.debugging.assert_non_negative(
-                token_ids, message="token ids must be >= 0"),
+                tf.shape(token_ids)[1],
+                context,
+                message=f"sequence longer than the model's max_sequence_length ({context})",
+            ),
+            tf.debugging.assert_non_negative(token_ids, message="token ids must be >= 0"),
             tf.debugging.assert_less(
-                token_ids, vocabulary,
-                message=f"token ids must be < vocabulary_size ({vocabulary})"),
+                token_ids, vocabulary, message=f"token ids must be < vocabulary_size ({vocabulary})"
+            ),
         ]
 
-    specs = {name: tf.TensorSpec(shape, dtype, name=name)
-             for name, (dtype, shape) in GENERATE_INPUTS.items()}
+    specs = {
+        name: tf.TensorSpec(shape, dtype, name=name)
+        for name, (dtype, shape) in GENERATE_INPUTS.items()
+    }
 
     @tf.function(input_signature=[specs["token_ids"], specs["padding_mask"]])
     def logits(token_ids, padding_mask):
@@ -360,25 +386,28 @@ def _serving_signatures(model, raw_logits, raw_generate, limit):
         prompt_lengths = tf.reduce_sum(tf.cast(padding_mask != 0, tf.int32), axis=1)
         checks = check_ids(token_ids, padding_mask) + [
             tf.debugging.assert_positive(
-                prompt_lengths, message="every prompt needs at least one real token"),
-            tf.debugging.assert_non_negative(
-                max_new_tokens, message="max_new_tokens must be >= 0"),
+                prompt_lengths, message="every prompt needs at least one real token"
+            ),
+            tf.debugging.assert_non_negative(max_new_tokens, message="max_new_tokens must be >= 0"),
             tf.debugging.assert_less_equal(
-                max_new_tokens, limit,
-                message=f"max_new_tokens must be <= {limit} "
-                        "(the maximum fixed at export)"),
+                max_new_tokens,
+                limit,
+                message=f"max_new_tokens must be <= {limit} (the maximum fixed at export)",
+            ),
             tf.debugging.assert_less_equal(
-                tf.reduce_max(prompt_lengths) + max_new_tokens, context,
-                message=f"longest prompt + max_new_tokens exceeds max_sequence_length "
-                        f"({context})"),
+                tf.reduce_max(prompt_lengths) + max_new_tokens,
+                context,
+                message=f"longest prompt + max_new_tokens exceeds max_sequence_length ({context})",
+            ),
             tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0"),
             tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = off)"),
             tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]"),
             tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
         ]
         with tf.control_dependencies(checks):
-            out = raw_generate(token_ids, padding_mask, max_new_tokens, temperature,
-                               top_k, top_p, seed)
+            out = raw_generate(
+                token_ids, padding_mask, max_new_tokens, temperature, top_k, top_p, seed
+            )
         return {"token_ids": out["token_ids"][:, : out["width"]], "lengths": out["lengths"]}
 
     return logits, generate
@@ -386,8 +415,9 @@ def _serving_signatures(model, raw_logits, raw_generate, limit):
 
 def _check_path(path: str, overwrite: bool) -> None:
     if os.path.exists(path) and not overwrite:
-        raise ValueError(f"Export path {path!r} already exists; choose a new directory "
-                         "or pass overwrite=True.")
+        raise ValueError(
+            f"Export path {path!r} already exists; choose a new directory or pass overwrite=True."
+        )
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"Export path {path!r} is a file, not a directory.")
 
@@ -397,13 +427,16 @@ def _resolve_model(model_or_preset) -> keras.Model:
         return GPT.from_preset(os.fspath(model_or_preset))
     model = model_or_preset
     if isinstance(model, keras.Model) and not model.built:
-        raise ValueError(f"The model {model.name!r} is not built: call it on a batch of "
-                         "token ids (or build() it) before exporting.")
+        raise ValueError(
+            f"The model {model.name!r} is not built: call it on a batch of "
+            "token ids (or build() it) before exporting."
+        )
     if not isinstance(model, keras.Model) or not all(
         hasattr(model, a) for a in ("call_with_cache", "init_cache", "max_sequence_length")
     ):
-        raise ValueError(f"Expected a keras_gpt.GPT or a preset handle, got "
-                         f"{type(model).__name__}.")
+        raise ValueError(
+            f"Expected a keras_gpt.GPT or a preset handle, got {type(model).__name__}."
+        )
     return model
 
 
@@ -415,14 +448,16 @@ def _check_max_new_tokens(model, max_new_tokens) -> int:
         raise ValueError(
             f"`max_new_tokens` ({max_new_tokens!r}) must be an integer in [1, {context - 1}]: "
             f"a prompt of at least one token plus the new tokens must fit in the model's "
-            f"max_sequence_length ({context}).")
+            f"max_sequence_length ({context})."
+        )
     return int(max_new_tokens)
 
 
 def _check_pad_id(model, pad_token_id) -> None:
     if int(pad_token_id) != pad_token_id or not 0 <= pad_token_id < model.vocabulary_size:
-        raise ValueError(f"`pad_token_id` ({pad_token_id!r}) must be a token id in "
-                         f"[0, {model.vocabulary_size}).")
+        raise ValueError(
+            f"`pad_token_id` ({pad_token_id!r}) must be a token id in [0, {model.vocabulary_size})."
+        )
 
 
 def _check_stop_ids(model, stop_token_ids) -> np.ndarray:
@@ -448,7 +483,8 @@ def _export_in_child(model_or_preset, path, arguments: list[str], overwrite: boo
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
         if message.startswith("ValueError: "):
-            raise ValueError(message[len("ValueError: "):])
-        raise RuntimeError("Exporting through TensorFlow in a child process failed:\n"
-                           + proc.stderr[-4000:])
+            raise ValueError(message[len("ValueError: ") :])
+        raise RuntimeError(
+            "Exporting through TensorFlow in a child process failed:\n" + proc.stderr[-4000:]
+        )
     return path

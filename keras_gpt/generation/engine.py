@@ -80,8 +80,9 @@ class CachedModel(Protocol):
     def init_cache(self, batch_size: int, cache_length: int) -> list[Tensor]:
         """An all-zero cache for `batch_size` sequences of `cache_length` positions."""
 
-    def call_with_cache(self, token_ids: Tensor, cache: list[Tensor],
-                        cache_index: int | Tensor) -> tuple[Tensor, list[Tensor]]:
+    def call_with_cache(
+        self, token_ids: Tensor, cache: list[Tensor], cache_index: int | Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
         """Logits for `token_ids` placed at `cache_index + [0, seq)`, and the new cache."""
 
 
@@ -134,8 +135,9 @@ def bucket_length(length: int, cap: int, per_doubling: int = 4) -> int:
 # -- the decode step, written once with keras.ops --------------------------------
 
 
-def prefill(model: CachedModel, tokens: Tensor, start: Tensor, cache_length: int,
-            prefill_length: int) -> DecodeState:
+def prefill(
+    model: CachedModel, tokens: Tensor, start: Tensor, cache_length: int, prefill_length: int
+) -> DecodeState:
     """Runs the first `prefill_length` positions: the state of the first decoding step.
 
     Args:
@@ -152,8 +154,9 @@ def prefill(model: CachedModel, tokens: Tensor, start: Tensor, cache_length: int
     return DecodeState(start, tokens, cache, logits, done)
 
 
-def decode_step(model: CachedModel, sampler: Sampler, state: DecodeState,
-                inputs: DecodeInputs) -> DecodeState:
+def decode_step(
+    model: CachedModel, sampler: Sampler, state: DecodeState, inputs: DecodeInputs
+) -> DecodeState:
     """Fills `state.position`, runs the model on it; the state of the next position.
 
     A row inside its prompt keeps its prompt token; a done row gets `pad`;
@@ -172,9 +175,7 @@ def decode_step(model: CachedModel, sampler: Sampler, state: DecodeState,
     prompt_token = ops.take(tokens, position, axis=1)
     token = ops.where(in_prompt, prompt_token, ops.where(done, inputs.pad, sampled))
     tokens = write_at(tokens, ops.expand_dims(token, 1), position, axis=1)
-    stopped = ops.any(
-        ops.expand_dims(sampled, 1) == ops.expand_dims(inputs.stop_ids, 0), axis=1
-    )
+    stopped = ops.any(ops.expand_dims(sampled, 1) == ops.expand_dims(inputs.stop_ids, 0), axis=1)
     generating = ops.logical_and(ops.logical_not(in_prompt), ops.logical_not(done))
     done = ops.logical_or(
         ops.logical_or(done, ops.logical_and(generating, stopped)),
@@ -184,8 +185,9 @@ def decode_step(model: CachedModel, sampler: Sampler, state: DecodeState,
     return DecodeState(position + 1, tokens, cache, ops.cast(logits[:, 0], "float32"), done)
 
 
-def decode_loop(model: CachedModel, sampler: Sampler, cache_length: int,
-                prefill_length: int) -> Callable[..., Tensor]:
+def decode_loop(
+    model: CachedModel, sampler: Sampler, cache_length: int, prefill_length: int
+) -> Callable[..., Tensor]:
     """The whole generation as one traceable function (JAX, TensorFlow, SavedModel export).
 
     Args:
@@ -297,8 +299,17 @@ class GenerationEngine:
             )
             tokens = program(values, int32(buffer), int32(shortest), *inputs)
         else:
-            tokens = self._stepwise(sampler, key, values, int32(buffer), int32(shortest),
-                                    inputs, cache_length, prefill_length, callback)
+            tokens = self._stepwise(
+                sampler,
+                key,
+                values,
+                int32(buffer),
+                int32(shortest),
+                inputs,
+                cache_length,
+                prefill_length,
+                callback,
+            )
         out = np.asarray(ops.convert_to_numpy(tokens))[:, :width]
         if not return_lengths:
             return out
@@ -310,14 +321,18 @@ class GenerationEngine:
             self._programs[key] = compile_function(build(), self.model.variables, donate)
         return self._programs[key]
 
-    def _stepwise(self, sampler, key, values, tokens, start, inputs, cache_length,
-                  prefill_length, callback):
-        """A Python loop over a compiled step: PyTorch's path, and every backend's with a callback."""
+    def _stepwise(
+        self, sampler, key, values, tokens, start, inputs, cache_length, prefill_length, callback
+    ):
+        """A Python loop over a compiled step (PyTorch, and any backend with a callback)."""
         model = self.model
         run_prefill = self._program(
             ("prefill",) + key,
-            lambda: lambda tokens, start: tuple(
-                prefill(model, tokens, start, cache_length, prefill_length)),
+            lambda: (
+                lambda tokens, start: tuple(
+                    prefill(model, tokens, start, cache_length, prefill_length)
+                )
+            ),
         )
 
         def step(*flat):

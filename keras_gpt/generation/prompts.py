@@ -8,8 +8,9 @@ import numpy as np
 from keras import ops
 
 
-def new_tokens(token_ids: np.ndarray, prompt_lengths: Sequence[int],
-               lengths: Sequence[int]) -> list[np.ndarray]:
+def new_tokens(
+    token_ids: np.ndarray, prompt_lengths: Sequence[int], lengths: Sequence[int]
+) -> list[np.ndarray]:
     """Only the generated part of each row of `generate`'s output.
 
     Args:
@@ -27,7 +28,6 @@ def new_tokens(token_ids: np.ndarray, prompt_lengths: Sequence[int],
     return [np.asarray(row[p:n]) for row, p, n in zip(token_ids, prompt_lengths, lengths)]
 
 
-
 def prompt_rows(prompt_ids, padding_mask=None) -> list[np.ndarray]:
     """The prompts as a list of 1-D int arrays (one per row, ragged allowed).
 
@@ -35,16 +35,23 @@ def prompt_rows(prompt_ids, padding_mask=None) -> list[np.ndarray]:
         prompt_ids: an int array `(batch, length)` or `(length,)`, or a list of rows.
         padding_mask: with an array: 1/True marks each row's real tokens.
     """
-    if isinstance(prompt_ids, (list, tuple)) and prompt_ids and all(
-        isinstance(row, (list, tuple, np.ndarray)) for row in prompt_ids
+    if (
+        isinstance(prompt_ids, (list, tuple))
+        and prompt_ids
+        and all(isinstance(row, (list, tuple, np.ndarray)) for row in prompt_ids)
     ):
         if padding_mask is not None:
-            raise ValueError("`padding_mask` is only for a padded array of prompts, "
-                             "not a list of rows (a list may be ragged already).")
+            raise ValueError(
+                "`padding_mask` is only for a padded array of prompts, "
+                "not a list of rows (a list may be ragged already)."
+            )
         rows = [np.asarray(row) for row in prompt_ids]
     else:
-        array = np.asarray(ops.convert_to_numpy(prompt_ids) if not isinstance(
-            prompt_ids, (list, tuple, np.ndarray)) else prompt_ids)
+        array = np.asarray(
+            ops.convert_to_numpy(prompt_ids)
+            if not isinstance(prompt_ids, (list, tuple, np.ndarray))
+            else prompt_ids
+        )
         if array.ndim == 1:
             array = array[None]
         if array.ndim != 2:
@@ -59,8 +66,10 @@ def prompt_rows(prompt_ids, padding_mask=None) -> list[np.ndarray]:
             if mask.ndim == 1:
                 mask = mask[None]
             if mask.shape != array.shape:
-                raise ValueError(f"`padding_mask` shape {mask.shape} does not match "
-                                 f"`prompt_ids` shape {array.shape}.")
+                raise ValueError(
+                    f"`padding_mask` shape {mask.shape} does not match "
+                    f"`prompt_ids` shape {array.shape}."
+                )
             rows = [row[m] for row, m in zip(array, mask)]
     if not rows:
         raise ValueError("`prompt_ids` is empty: give at least one prompt.")
@@ -77,13 +86,17 @@ def prompt_rows(prompt_ids, padding_mask=None) -> list[np.ndarray]:
 def validate(model, prompts, max_new_tokens, pad_token_id) -> None:
     """Raises a ValueError naming the problem if the request does not fit `model`."""
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-        raise ValueError(f"`max_new_tokens` must be a non-negative integer, got {max_new_tokens!r}.")
+        raise ValueError(
+            f"`max_new_tokens` must be a non-negative integer, got {max_new_tokens!r}."
+        )
     vocabulary = model.vocabulary_size
     for i, row in enumerate(prompts):
         bad = row[(row < 0) | (row >= vocabulary)]
         if bad.size:
-            raise ValueError(f"Prompt {i} holds token id {int(bad[0])}, outside "
-                             f"[0, {vocabulary}) (the model's `vocabulary_size`).")
+            raise ValueError(
+                f"Prompt {i} holds token id {int(bad[0])}, outside "
+                f"[0, {vocabulary}) (the model's `vocabulary_size`)."
+            )
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > model.max_sequence_length:
         raise ValueError(
@@ -101,8 +114,10 @@ def check_stop_ids(model, stop_token_ids) -> list[int]:
     if stop_token_ids is None:
         return []
     if isinstance(stop_token_ids, (int, np.integer)):
-        raise ValueError(f"`stop_token_ids` must be a list of ids, got the int "
-                         f"{stop_token_ids}; write [{stop_token_ids}].")
+        raise ValueError(
+            f"`stop_token_ids` must be a list of ids, got the int "
+            f"{stop_token_ids}; write [{stop_token_ids}]."
+        )
     ids = [int(i) for i in stop_token_ids]
     for i in ids:
         if not 0 <= i < model.vocabulary_size:

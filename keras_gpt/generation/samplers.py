@@ -105,8 +105,9 @@ class RandomSampler(Sampler):
     >>> ids = sampler(logits, seed=0, position=5)           # (batch,)
     """
 
-    def __init__(self, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None):
+    def __init__(
+        self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+    ):
         if not temperature >= 0:
             raise ValueError(f"`temperature` must be >= 0, got {temperature!r}.")
         if top_k is not None and (int(top_k) != top_k or top_k < 1):
@@ -143,8 +144,12 @@ class RandomSampler(Sampler):
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 
 
-def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None) -> Sampler:
+def get_sampler(
+    sampler: str | Sampler = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Sampler:
     """The `Sampler` that `GPT.generate`'s sampler arguments describe.
 
     Args:
@@ -191,8 +196,10 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0,
             f"or 'top_p' to filter (got top_k={top_k}, top_p={top_p})."
         )
     if sampler == "top_k" and top_p is not None:
-        raise ValueError("sampler='top_k' takes no `top_p`; use sampler='top_p' "
-                         "with both `top_k` and `top_p` to apply both.")
+        raise ValueError(
+            "sampler='top_k' takes no `top_p`; use sampler='top_p' "
+            "with both `top_k` and `top_p` to apply both."
+        )
     if temperature == 0:
         return GreedySampler()
     return RandomSampler(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -218,8 +225,7 @@ class DynamicSampler(Sampler):
     >>> ids = sampler(logits, seed=0, position=5)           # (batch,)
     """
 
-    def __init__(self, temperature: float | Tensor, top_k: int | Tensor,
-                 top_p: float | Tensor):
+    def __init__(self, temperature: float | Tensor, top_k: int | Tensor, top_p: float | Tensor):
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
@@ -254,8 +260,7 @@ class DynamicSampler(Sampler):
         values = ops.where(ranks < k, values, float("-inf"))
         probs = ops.softmax(values, axis=-1)
         mass_before = ops.cumsum(probs, axis=-1) - probs
-        values = ops.where(ops.logical_or(top_p >= 1, mass_before < top_p), values,
-                           float("-inf"))
+        values = ops.where(ops.logical_or(top_p >= 1, mass_before < top_p), values, float("-inf"))
         # RandomSampler draws noise of shape (batch, k) over the sorted candidates
         # when filtering, else (batch, vocabulary) over token ids: index the same
         # flat noise the same way.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -106,8 +107,7 @@ class GPT(keras.Model):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if hidden_dim % num_heads:
             raise ValueError(
-                f"`hidden_dim` ({hidden_dim}) must be divisible by "
-                f"`num_heads` ({num_heads})."
+                f"`hidden_dim` ({hidden_dim}) must be divisible by `num_heads` ({num_heads})."
             )
         self.vocabulary_size = int(vocabulary_size)
         self.num_layers = int(num_layers)
@@ -137,7 +137,9 @@ class GPT(keras.Model):
             name="embeddings",
         )
         self.embeddings_dropout = PortableDropout(
-            self.dropout, seed=derive_seed(self.seed, 1), dtype=policy,
+            self.dropout,
+            seed=derive_seed(self.seed, 1),
+            dtype=policy,
             name="embeddings_dropout",
         )
         self.blocks = [
@@ -159,7 +161,9 @@ class GPT(keras.Model):
             for i in range(self.num_layers)
         ]
         self.final_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            epsilon=self.layer_norm_epsilon,
+            center=self.use_bias,
+            dtype=policy,
             name="final_norm",
         )
         self.lm_head = None
@@ -331,11 +335,19 @@ class GPT(keras.Model):
         ...                               return_lengths=True)
         """
         return self.generation_engine.generate(
-                        prompt_ids, max_new_tokens, sampler=sampler,
-                        temperature=temperature, top_k=top_k, top_p=top_p,
-                        stop_token_ids=stop_token_ids, seed=seed,
-                        padding_mask=padding_mask, pad_token_id=pad_token_id,
-                        return_lengths=return_lengths, callback=callback)
+            prompt_ids,
+            max_new_tokens,
+            sampler=sampler,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_token_ids=stop_token_ids,
+            seed=seed,
+            padding_mask=padding_mask,
+            pad_token_id=pad_token_id,
+            return_lengths=return_lengths,
+            callback=callback,
+        )
 
     @property
     def generation_engine(self) -> GenerationEngine:
@@ -562,13 +574,13 @@ class GPT(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> "GPT":
+    def from_config(cls, config: dict) -> GPT:
         return cls(**config)
 
     # -- presets (implemented in keras_gpt.presets) -----------------------------
 
     @classmethod
-    def from_preset(cls, handle: str, **overrides: Any) -> "GPT":
+    def from_preset(cls, handle: str, **overrides: Any) -> GPT:
         """Loads a model from a preset: keras_gpt, Hugging Face GPT-2 or KerasHub GPT-2.
 
         Args:
@@ -607,5 +619,11 @@ class GPT(keras.Model):
         >>> model.save_to_preset("my_preset", data_description="tinyshakespeare")
         """
         model = lora.merged_copy(self) if self.lora_config else self
-        presets.save_to_preset(model, directory, format=format, tokenizer=tokenizer,
-                       data_description=data_description, max_shard_size=max_shard_size)
+        presets.save_to_preset(
+            model,
+            directory,
+            format=format,
+            tokenizer=tokenizer,
+            data_description=data_description,
+            max_shard_size=max_shard_size,
+        )

@@ -1,4 +1,5 @@
-"""How a `GPT`'s weights split over a device mesh: the `keras.distribution.LayoutMap` of model parallelism."""
+"""How a `GPT`'s weights split over a device mesh: the `keras.distribution.LayoutMap`
+of model parallelism."""
 
 from __future__ import annotations
 

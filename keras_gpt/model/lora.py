@@ -38,8 +38,9 @@ def target_layers(model, target: Sequence[str]) -> Iterator[tuple[int, str, kera
     """Yields (block index, target name, Dense layer) for each LoRA target."""
     unknown = set(target) - set(TARGETS)
     if unknown or not target:
-        raise ValueError(f"LoRA `target` must be a non-empty subset of {sorted(TARGETS)}, "
-                         f"got {list(target)}.")
+        raise ValueError(
+            f"LoRA `target` must be a non-empty subset of {sorted(TARGETS)}, got {list(target)}."
+        )
     for i, block in enumerate(model.blocks):
         for name in target:
             layer = block
@@ -48,9 +49,14 @@ def target_layers(model, target: Sequence[str]) -> Iterator[tuple[int, str, kera
             yield i, name, layer
 
 
-def enable_lora(model, rank: int, alpha: float | None = None,
-                target: Sequence[str] = ("qkv", "attn_out", "mlp_in", "mlp_out"),
-                train_biases: bool = False, train_norms: bool = False) -> None:
+def enable_lora(
+    model,
+    rank: int,
+    alpha: float | None = None,
+    target: Sequence[str] = ("qkv", "attn_out", "mlp_in", "mlp_out"),
+    train_biases: bool = False,
+    train_norms: bool = False,
+) -> None:
     """See `GPT.enable_lora`."""
     if int(rank) != rank or rank < 1:
         raise ValueError(f"LoRA `rank` must be a positive integer, got {rank!r}.")
@@ -63,8 +69,9 @@ def enable_lora(model, rank: int, alpha: float | None = None,
             lora_alpha=alpha,
             # Seeded, so adapters start identical on every backend; B = 0 makes
             # the adapted model equal to the base model at step 0.
-            a_initializer=SeededNormal(1.0 / math.sqrt(fan_in),
-                                       derive_seed(model.seed, 10, i, list(TARGETS).index(name))),
+            a_initializer=SeededNormal(
+                1.0 / math.sqrt(fan_in), derive_seed(model.seed, 10, i, list(TARGETS).index(name))
+            ),
             b_initializer="zeros",
         )
     for variable in model.weights:
@@ -77,8 +84,11 @@ def enable_lora(model, rank: int, alpha: float | None = None,
             variable.trainable = train_norms
         elif variable.trainable:
             variable.trainable = False
-    model.lora_config = {"rank": int(rank), "alpha": float(alpha if alpha is not None else rank),
-                         "target": list(target)}
+    model.lora_config = {
+        "rank": int(rank),
+        "alpha": float(alpha if alpha is not None else rank),
+        "target": list(target),
+    }
 
 
 def merge_lora(model) -> None:
@@ -93,15 +103,21 @@ def merge_lora(model) -> None:
         layer.lora_kernel_a.trainable = False
         layer.lora_kernel_b.trainable = False
     for variable in model.weights:
-        if variable.path.rsplit("/", 1)[-1] not in _ADAPTER_NAMES and "counter" not in variable.path:
+        if (
+            variable.path.rsplit("/", 1)[-1] not in _ADAPTER_NAMES
+            and "counter" not in variable.path
+        ):
             variable.trainable = True
     model.lora_config = None
 
 
 def adapter_weights(model) -> dict[str, np.ndarray]:
     """The adapter matrices, keyed by their path inside the model."""
-    return {_relative_path(v): keras.ops.convert_to_numpy(v) for v in model.weights
-            if v.path.rsplit("/", 1)[-1] in _ADAPTER_NAMES}
+    return {
+        _relative_path(v): keras.ops.convert_to_numpy(v)
+        for v in model.weights
+        if v.path.rsplit("/", 1)[-1] in _ADAPTER_NAMES
+    }
 
 
 def save_lora(model, path: str | os.PathLike) -> None:
@@ -124,7 +140,9 @@ def load_lora(model, path: str | os.PathLike) -> None:
         with np.load(os.fspath(path)) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as error:
-        raise ValueError(f"Could not read LoRA adapters from {os.fspath(path)!r}: {error}") from None
+        raise ValueError(
+            f"Could not read LoRA adapters from {os.fspath(path)!r}: {error}"
+        ) from None
     if "__lora_config__" not in arrays:
         raise ValueError(f"{os.fspath(path)!r} is not a keras_gpt LoRA adapter file.")
     config = json.loads(str(arrays.pop("__lora_config__")))
@@ -133,16 +151,21 @@ def load_lora(model, path: str | os.PathLike) -> None:
         enable_lora(model, config["rank"], config["alpha"], config["target"])
     elif current != config:
         raise ValueError(f"The model's LoRA settings {current} differ from the file's {config}.")
-    variables = {_relative_path(v): v for v in model.weights
-                 if v.path.rsplit("/", 1)[-1] in _ADAPTER_NAMES}
+    variables = {
+        _relative_path(v): v for v in model.weights if v.path.rsplit("/", 1)[-1] in _ADAPTER_NAMES
+    }
     if set(variables) != set(arrays):
         missing = sorted(set(variables) ^ set(arrays))[:4]
-        raise ValueError(f"LoRA adapters in {os.fspath(path)!r} do not fit this model "
-                         f"(mismatched layers, e.g. {missing}).")
+        raise ValueError(
+            f"LoRA adapters in {os.fspath(path)!r} do not fit this model "
+            f"(mismatched layers, e.g. {missing})."
+        )
     for key, value in arrays.items():
         if tuple(variables[key].shape) != value.shape:
-            raise ValueError(f"LoRA adapter {key} has shape {value.shape}, the model expects "
-                             f"{tuple(variables[key].shape)}.")
+            raise ValueError(
+                f"LoRA adapter {key} has shape {value.shape}, the model expects "
+                f"{tuple(variables[key].shape)}."
+            )
         variables[key].assign(value)
 
 

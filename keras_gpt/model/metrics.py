@@ -44,4 +44,3 @@ class Perplexity(keras.metrics.Metric):
     def reset_state(self):
         self.total.assign(0.0)
         self.count.assign(0.0)
-

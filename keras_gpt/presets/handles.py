@@ -15,14 +15,22 @@ KAGGLE_PREFIX = "kaggle://"
 # pickled PyTorch weights (fetched only when a repository has no safetensors)
 # and other frameworks' checkpoints (tf_model.h5, flax, onnx).
 _HF_PATTERNS = [
-    "config.json", "metadata.json", "generation_config.json",
-    "*.safetensors", "model.safetensors.index.json",
-    "*.weights.h5", "*.weights.json",
-    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer/*", "assets/*",
+    "config.json",
+    "metadata.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "*.weights.h5",
+    "*.weights.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer/*",
+    "assets/*",
 ]
-_HF_PICKLE_PATTERNS = ["pytorch_model.bin", "pytorch_model.bin.index.json",
-                       "pytorch_model-*.bin"]
+_HF_PICKLE_PATTERNS = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 
 
 def resolve(handle: str) -> str:
@@ -70,7 +78,7 @@ def resolve(handle: str) -> str:
 
 
 def _download_huggingface(handle: str) -> str:
-    repo_id, _, revision = handle[len(HF_PREFIX):].partition("@")
+    repo_id, _, revision = handle[len(HF_PREFIX) :].partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PresetError(f"Hugging Face handle {handle!r} must look like 'hf://owner/name'.")
     try:
@@ -85,7 +93,8 @@ def _download_huggingface(handle: str) -> str:
         )
         if not _has_weights(path):
             path = huggingface_hub.snapshot_download(
-                repo_id, revision=revision or None,
+                repo_id,
+                revision=revision or None,
                 allow_patterns=_HF_PATTERNS + _HF_PICKLE_PATTERNS,
             )
     except Exception as error:  # network, auth, missing repo: all named below
@@ -98,7 +107,7 @@ def _download_huggingface(handle: str) -> str:
 
 
 def _download_kaggle(handle: str) -> str:
-    kaggle_id = handle[len(KAGGLE_PREFIX):].strip("/")
+    kaggle_id = handle[len(KAGGLE_PREFIX) :].strip("/")
     if not 4 <= kaggle_id.count("/") + 1 <= 5:
         raise PresetError(
             f"Kaggle handle {handle!r} must look like "

@@ -123,13 +123,18 @@ def save_to_preset(
             "folds them into a copy, or call `model.merge_lora()` first."
         )
     if format == "keras_gpt":
-        keras_gpt_format.save_keras_gpt(model, directory, tokenizer=tokenizer,
-                                        data_description=data_description,
-                                        max_shard_size=max_shard_size)
+        keras_gpt_format.save_keras_gpt(
+            model,
+            directory,
+            tokenizer=tokenizer,
+            data_description=data_description,
+            max_shard_size=max_shard_size,
+        )
     elif format == "huggingface":
         size = getattr(tokenizer, "vocabulary_size", None)
         huggingface.save_huggingface(
-            model, directory,
+            model,
+            directory,
             vocabulary_size=min(size, model.vocabulary_size) if size else None,
         )
         if tokenizer is not None:
@@ -159,8 +164,11 @@ def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:
     handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
     directory = resolve(handle)
     kind = preset_format(directory, handle)
-    subdir = {"keras_gpt": keras_gpt_format.TOKENIZER_DIR, "huggingface": "",
-              "keras_hub": keras_hub.TOKENIZER_ASSETS}[kind]
+    subdir = {
+        "keras_gpt": keras_gpt_format.TOKENIZER_DIR,
+        "huggingface": "",
+        "keras_hub": keras_hub.TOKENIZER_ASSETS,
+    }[kind]
     path = os.path.join(directory, subdir)
     if not os.path.isdir(path) or not os.listdir(path):
         raise PresetError(f"Preset {handle!r} has no tokenizer files (looked in {path!r}).")

@@ -111,13 +111,23 @@ def _human(count: int) -> str:
 
 
 def _gpt2(layers: int, heads: int, width: int) -> dict:
-    return dict(vocabulary_size=_GPT2_VOCABULARY, num_layers=layers, num_heads=heads,
-                hidden_dim=width, max_sequence_length=1024)
+    return dict(
+        vocabulary_size=_GPT2_VOCABULARY,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=width,
+        max_sequence_length=1024,
+    )
 
 
 def _small(layers: int, heads: int, width: int) -> dict:
-    return dict(vocabulary_size=_BYTE_VOCABULARY, num_layers=layers, num_heads=heads,
-                hidden_dim=width, max_sequence_length=256)
+    return dict(
+        vocabulary_size=_BYTE_VOCABULARY,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=width,
+        max_sequence_length=256,
+    )
 
 
 _REGISTRY: dict[str, PresetInfo] = {}
@@ -188,12 +198,14 @@ def list_presets() -> builtins.list[PresetInfo]:
 
 
 for _name, _config, _weights, _description in (
-    ("gpt2_small", _gpt2(12, 12, 768), "hf://openai-community/gpt2",
-     "GPT-2 124M (OpenAI weights via Hugging Face)"),
-    ("gpt2_medium", _gpt2(24, 16, 1024), "hf://openai-community/gpt2-medium",
-     "GPT-2 355M"),
-    ("gpt2_large", _gpt2(36, 20, 1280), "hf://openai-community/gpt2-large",
-     "GPT-2 774M"),
+    (
+        "gpt2_small",
+        _gpt2(12, 12, 768),
+        "hf://openai-community/gpt2",
+        "GPT-2 124M (OpenAI weights via Hugging Face)",
+    ),
+    ("gpt2_medium", _gpt2(24, 16, 1024), "hf://openai-community/gpt2-medium", "GPT-2 355M"),
+    ("gpt2_large", _gpt2(36, 20, 1280), "hf://openai-community/gpt2-large", "GPT-2 774M"),
     ("gpt2_xl", _gpt2(48, 25, 1600), "hf://openai-community/gpt2-xl", "GPT-2 1.5B"),
     ("gpt_nano", _small(3, 3, 48), None, "byte-level, trains in minutes on a CPU"),
     ("gpt_micro", _small(4, 4, 128), None, "byte-level, small CPU experiments"),

@@ -31,7 +31,7 @@ class WeightAssigner:
         # All float weights, trainable or frozen (e.g. under LoRA); integer
         # ones are dropout counters, not checkpoint content.
         self.variables = {
-            v.path[len(prefix):]: v
+            v.path[len(prefix) :]: v
             for v in model.weights
             if v.path.startswith(prefix) and "float" in str(v.dtype)
         }

@@ -11,5 +11,12 @@ from keras_gpt.tokenizers.byte_tokenizer import ByteTokenizer
 from keras_gpt.tokenizers.char_tokenizer import CharTokenizer
 from keras_gpt.tokenizers.tokenizer import Tokenizer, load_tokenizer, split_text
 
-__all__ = ["BytePairTokenizer", "ByteTokenizer", "CharTokenizer", "Tokenizer", "bytes_to_unicode",
-           "load_tokenizer", "split_text"]
+__all__ = [
+    "BytePairTokenizer",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "Tokenizer",
+    "bytes_to_unicode",
+    "load_tokenizer",
+    "split_text",
+]

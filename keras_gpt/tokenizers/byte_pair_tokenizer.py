@@ -84,8 +84,11 @@ def bytes_to_unicode() -> dict[int, str]:
     >>> bytes_to_unicode()[ord(" ")]
     'Ġ'
     """
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     mapping, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -153,8 +156,11 @@ class BytePairTokenizer(Tokenizer):
     """
 
     #: (vocabulary, merges) file names: Hugging Face, OpenAI, KerasHub.
-    FILE_LAYOUTS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"),
-                    ("vocabulary.json", "merges.txt"))
+    FILE_LAYOUTS = (
+        ("vocab.json", "merges.txt"),
+        ("encoder.json", "vocab.bpe"),
+        ("vocabulary.json", "merges.txt"),
+    )
 
     def __init__(
         self,
@@ -177,26 +183,37 @@ class BytePairTokenizer(Tokenizer):
         pairs = _parse_merges(merges)
         for a, b in pairs:
             if a not in vocabulary or b not in vocabulary or a + b not in vocabulary:
-                raise ValueError(f"Merge rule {a + ' ' + b!r} uses or makes a token not in the vocabulary.")
+                raise ValueError(
+                    f"Merge rule {a + ' ' + b!r} uses or makes a token not in the vocabulary."
+                )
         if special_tokens is None:
             special_tokens = [END_OF_TEXT] if END_OF_TEXT in vocabulary else []
         if isinstance(special_tokens, str):
             raise ValueError(f"special_tokens must be a list of strings, got {special_tokens!r}.")
         if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens:
-            raise ValueError(f"special_tokens must be distinct non-empty strings, got {special_tokens!r}.")
+            raise ValueError(
+                f"special_tokens must be distinct non-empty strings, got {special_tokens!r}."
+            )
         for token in special_tokens:
             vocabulary.setdefault(token, len(vocabulary))
         self.vocabulary = vocabulary
         self.merges = [f"{a} {b}" for a, b in pairs]
         self.special_tokens = list(special_tokens)
 
-        model = tokenizers.models.BPE(vocab=vocabulary, merges=pairs, cache_capacity=_CACHE_CAPACITY)
+        model = tokenizers.models.BPE(
+            vocab=vocabulary, merges=pairs, cache_capacity=_CACHE_CAPACITY
+        )
         self._tokenizer = tokenizers.Tokenizer(model)
         self._tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
-            add_prefix_space=False, use_regex=True)
+            add_prefix_space=False, use_regex=True
+        )
         if self.special_tokens:
             self._tokenizer.add_special_tokens(
-                [tokenizers.AddedToken(t, special=True, normalized=False) for t in self.special_tokens])
+                [
+                    tokenizers.AddedToken(t, special=True, normalized=False)
+                    for t in self.special_tokens
+                ]
+            )
         # Decoding is a byte-string lookup per id; special tokens decode to their text.
         to_byte = {c: b for b, c in bytes_to_unicode().items()}
         self._bytes = [b""] * len(vocabulary)
@@ -226,7 +243,8 @@ class BytePairTokenizer(Tokenizer):
             else:
                 # Special tokens are cut out in Python (see `_encode_with_tiktoken`).
                 self._encoding = tiktoken.Encoding(
-                    "keras_gpt", pat_str=_GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
+                    "keras_gpt", pat_str=_GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={}
+                )
 
     @classmethod
     def from_files(
@@ -236,7 +254,8 @@ class BytePairTokenizer(Tokenizer):
         special_tokens: Sequence[str] | None = None,
         engine: str = "auto",
     ) -> BytePairTokenizer:
-        """Load GPT-2 files: `vocab.json` + `merges.txt` (Hugging Face) or `encoder.json` + `vocab.bpe` (OpenAI).
+        """Load GPT-2 files: `vocab.json` + `merges.txt` (Hugging Face) or `encoder.json` +
+        `vocab.bpe` (OpenAI).
 
         Args:
             vocabulary_path: the JSON token → id file.
@@ -248,7 +267,9 @@ class BytePairTokenizer(Tokenizer):
         >>> gpt2 = BytePairTokenizer.from_files("gpt2/encoder.json", "gpt2/vocab.bpe")
         >>> gpt2.encode("Hello world")
         [15496, 995]
-        >>> BytePairTokenizer.from_files("gpt2/vocab.json", "gpt2/merges.txt", engine="tokenizers").engine
+        >>> tokenizer = BytePairTokenizer.from_files("gpt2/vocab.json", "gpt2/merges.txt",
+        ...                                          engine="tokenizers")
+        >>> tokenizer.engine
         'tokenizers'
         """
         for path in (vocabulary_path, merges_path):
@@ -305,7 +326,9 @@ class BytePairTokenizer(Tokenizer):
         # Train with the specials at ids 0…k-1 (the trainer's layout) and
         # then renumber, which merges do not depend on.
         model = tokenizers.Tokenizer(tokenizers.models.BPE())
-        model.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        model.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
+            add_prefix_space=False, use_regex=True
+        )
         trainer = tokenizers.trainers.BpeTrainer(
             vocab_size=int(vocabulary_size),
             min_frequency=int(min_frequency),
@@ -348,7 +371,9 @@ class BytePairTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
-            raise ValueError(f"Expected a string to encode, got {type(text).__name__}: {text!r:.60}.")
+            raise ValueError(
+                f"Expected a string to encode, got {type(text).__name__}: {text!r:.60}."
+            )
         if self._encoding is not None:
             return self._encode_with_tiktoken([text])[0]
         try:
@@ -396,7 +421,11 @@ class BytePairTokenizer(Tokenizer):
                 if k % 2:
                     row.append(self.vocabulary[part])
                 elif part:
-                    cut = [part] if len(part) <= _PARALLEL_CHARS else split_text(part, _PARALLEL_CHARS)
+                    cut = (
+                        [part]
+                        if len(part) <= _PARALLEL_CHARS
+                        else split_text(part, _PARALLEL_CHARS)
+                    )
                     row.extend(cut)
                     pieces.extend(cut)
             plan.append(row)
@@ -436,17 +465,24 @@ class BytePairTokenizer(Tokenizer):
             directory: an existing directory.
         """
         directory = pathlib.Path(directory)
-        _write_atomic(directory / "vocab.json",
-                      json.dumps(self.vocabulary, ensure_ascii=False))
-        _write_atomic(directory / "merges.txt", "#version: 0.2\n" + "".join(m + "\n" for m in self.merges))
+        _write_atomic(directory / "vocab.json", json.dumps(self.vocabulary, ensure_ascii=False))
+        _write_atomic(
+            directory / "merges.txt", "#version: 0.2\n" + "".join(m + "\n" for m in self.merges)
+        )
 
     @classmethod
-    def from_directory(cls, directory: str | os.PathLike, config: dict[str, Any]) -> BytePairTokenizer:
+    def from_directory(
+        cls, directory: str | os.PathLike, config: dict[str, Any]
+    ) -> BytePairTokenizer:
         directory = pathlib.Path(directory)
         for vocabulary_name, merges_name in cls.FILE_LAYOUTS:
             if (directory / vocabulary_name).is_file() and (directory / merges_name).is_file():
-                return cls.from_files(directory / vocabulary_name, directory / merges_name,
-                                      config.get("special_tokens"), config.get("engine", "auto"))
+                return cls.from_files(
+                    directory / vocabulary_name,
+                    directory / merges_name,
+                    config.get("special_tokens"),
+                    config.get("engine", "auto"),
+                )
         raise ValueError(f"No vocabulary + merges files in {str(directory)!r}.")
 
 
@@ -466,7 +502,9 @@ def _parse_merges(merges: Sequence[str] | Sequence[tuple[str, str]]) -> list[tup
 
 
 def _tiktoken_ranks(
-    vocabulary: dict[str, int], pairs: list[tuple[str, str]], bpe_model: Any,
+    vocabulary: dict[str, int],
+    pairs: list[tuple[str, str]],
+    bpe_model: Any,
 ) -> tuple[dict[bytes, int], list[int] | None]:
     """tiktoken's `mergeable_ranks` for these merges, and the rank → id table.
 
@@ -484,10 +522,14 @@ def _tiktoken_ranks(
     for k, (a, b) in enumerate(pairs):
         token = a + b
         if token in made:
-            raise _NotExact(f"token {token!r} is made by two merge rules "
-                            f"({' '.join(pairs[made[token]])!r} and {a + ' ' + b!r}).")
+            raise _NotExact(
+                f"token {token!r} is made by two merge rules "
+                f"({' '.join(pairs[made[token]])!r} and {a + ' ' + b!r})."
+            )
         if any(c not in to_byte for c in token):
-            raise _NotExact(f"merge rule {a + ' ' + b!r} is not spelled in GPT-2's byte characters.")
+            raise _NotExact(
+                f"merge rule {a + ' ' + b!r} is not spelled in GPT-2's byte characters."
+            )
         made[token] = k
     # If BPE (Hugging Face's) of every merged token gives the token, then two
     # adjacent tokens in any BPE state concatenate to a token only through
@@ -496,13 +538,17 @@ def _tiktoken_ranks(
     for token in made:
         pieces = bpe_model.tokenize(token)
         if len(pieces) != 1:
-            raise _NotExact(f"BPE of token {token!r} on its own gives "
-                            f"{[p.value for p in pieces]}, not the token.")
+            raise _NotExact(
+                f"BPE of token {token!r} on its own gives "
+                f"{[p.value for p in pieces]}, not the token."
+            )
     ids = [vocabulary[a + b] for a, b in pairs]
     if all(x < y for x, y in zip(ids, ids[1:])):
         # Only merged tokens' ranks are ever compared; byte tokens' need only be distinct.
-        return {bytes(to_byte[c] for c in token): vocabulary[token]
-                for token in to_byte.keys() | made.keys()}, None
+        return {
+            bytes(to_byte[c] for c in token): vocabulary[token]
+            for token in to_byte.keys() | made.keys()
+        }, None
     ranks = {bytes([b]): b for b in range(256)}
     for token, k in made.items():
         ranks[bytes(to_byte[c] for c in token)] = 256 + k
@@ -515,8 +561,9 @@ def _raise_if_not_utf8(text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         raise ValueError(
-            f"Text {text[max(0, error.start - 10):error.end + 10]!r} has a lone surrogate "
-            f"(U+{ord(text[error.start]):04X}) at position {error.start}, which is not Unicode text."
+            f"Text {text[max(0, error.start - 10) : error.end + 10]!r} has a lone surrogate "
+            f"(U+{ord(text[error.start]):04X}) at position {error.start}, "
+            "which is not Unicode text."
         ) from None
 
 

@@ -35,7 +35,9 @@ class ByteTokenizer(Tokenizer):
         if isinstance(special_tokens, str):
             raise ValueError(f"special_tokens must be a list of strings, got {special_tokens!r}.")
         if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens:
-            raise ValueError(f"special_tokens must be distinct non-empty strings, got {special_tokens!r}.")
+            raise ValueError(
+                f"special_tokens must be distinct non-empty strings, got {special_tokens!r}."
+            )
         self.special_tokens = list(special_tokens)
         self._special_ids = {t: 256 + i for i, t in enumerate(self.special_tokens)}
         self._pattern = _special_pattern(self.special_tokens)

@@ -48,7 +48,9 @@ class CharTokenizer(Tokenizer):
         if isinstance(special_tokens, str):
             raise ValueError(f"special_tokens must be a list of strings, got {special_tokens!r}.")
         if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens:
-            raise ValueError(f"special_tokens must be distinct non-empty strings, got {special_tokens!r}.")
+            raise ValueError(
+                f"special_tokens must be distinct non-empty strings, got {special_tokens!r}."
+            )
         self.characters = characters
         self.special_tokens = list(special_tokens)
         self._pattern = _special_pattern(self.special_tokens)
@@ -60,7 +62,9 @@ class CharTokenizer(Tokenizer):
         self._strings = characters + self.special_tokens
 
     @classmethod
-    def from_text(cls, text: str | Iterable[str], special_tokens: Sequence[str] = ()) -> CharTokenizer:
+    def from_text(
+        cls, text: str | Iterable[str], special_tokens: Sequence[str] = ()
+    ) -> CharTokenizer:
         """The tokenizer whose vocabulary is the sorted set of characters in `text`.
 
         Args:

@@ -130,8 +130,10 @@ class Tokenizer:
         os.replace(temporary, directory / CONFIG_FILENAME)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(vocabulary_size={self.vocabulary_size}, "
-                f"special_tokens={self.special_tokens!r})")
+        return (
+            f"{type(self).__name__}(vocabulary_size={self.vocabulary_size}, "
+            f"special_tokens={self.special_tokens!r})"
+        )
 
     def _check_id(self, i: int) -> int:
         i = int(i)
@@ -162,13 +164,11 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         name = saved.get("class_name")
         if name not in _REGISTRY:
             raise ValueError(
-                f"Unknown tokenizer class {name!r} in {config_path}; "
-                f"known: {sorted(_REGISTRY)}."
+                f"Unknown tokenizer class {name!r} in {config_path}; known: {sorted(_REGISTRY)}."
             )
         return _REGISTRY[name].from_directory(directory, saved.get("config", {}))
     bpe = _REGISTRY["BytePairTokenizer"]
-    if any((directory / v).is_file() and (directory / m).is_file()
-           for v, m in bpe.FILE_LAYOUTS):  # type: ignore[attr-defined]
+    if any((directory / v).is_file() and (directory / m).is_file() for v, m in bpe.FILE_LAYOUTS):  # type: ignore[attr-defined]
         return bpe.from_directory(directory, {"special_tokens": None})
     raise ValueError(
         f"No tokenizer in {str(directory)!r}: expected {CONFIG_FILENAME}, vocab.json + "

@@ -21,9 +21,12 @@ def save_checkpoint(model, state: dict, directory: pathlib.Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     weights = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v) for v in model.weights}
     if len(weights) != len(model.weights):
-        raise ValueError("Two model variables share a path; a checkpoint could not tell them apart.")
-    optimizer = {str(i): keras.ops.convert_to_numpy(v)
-                 for i, v in enumerate(model.optimizer.variables)}
+        raise ValueError(
+            "Two model variables share a path; a checkpoint could not tell them apart."
+        )
+    optimizer = {
+        str(i): keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)
+    }
     for name, arrays in (("weights", weights), ("optimizer", optimizer)):
         np.savez(directory / f"{name}.tmp.npz", **arrays)
         os.replace(directory / f"{name}.tmp.npz", directory / f"{name}.npz")

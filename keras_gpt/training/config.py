@@ -23,8 +23,11 @@ class RunConfig:
 
     def to_toml(self) -> str:
         """The config as flat TOML (JSON scalars are valid TOML values)."""
-        return "".join(f"{key} = {json.dumps(value)}\n"
-                       for key, value in dataclasses.asdict(self).items() if value is not None)
+        return "".join(
+            f"{key} = {json.dumps(value)}\n"
+            for key, value in dataclasses.asdict(self).items()
+            if value is not None
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: dict | None = None):

@@ -145,21 +145,29 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(config.preset)
     length = config.sequence_length or model.max_sequence_length
     if length > model.max_sequence_length:
-        raise ValueError(f"sequence_length={length} exceeds the preset's context of "
-                         f"{model.max_sequence_length} tokens.")
+        raise ValueError(
+            f"sequence_length={length} exceeds the preset's context of "
+            f"{model.max_sequence_length} tokens."
+        )
     if data_format == "instructions":
         batch_at, validation, description = _instruction_data(config, tokenizer, length)
     else:
         batch_at, validation, description = _text_data(config, tokenizer, length, out / "data")
 
     if config.lora_rank:
-        model.enable_lora(config.lora_rank, alpha=config.lora_alpha or None,
-                          target=tuple(t.strip() for t in config.lora_target.split(",")))
+        model.enable_lora(
+            config.lora_rank,
+            alpha=config.lora_alpha or None,
+            target=tuple(t.strip() for t in config.lora_target.split(",")),
+        )
     model.compile(
-        optimizer=gpt_optimizer(config.learning_rate, total_steps=config.max_steps,
-                                warmup_steps=config.warmup_steps,
-                                weight_decay=config.weight_decay,
-                                clipnorm=config.clipnorm or None),
+        optimizer=gpt_optimizer(
+            config.learning_rate,
+            total_steps=config.max_steps,
+            warmup_steps=config.warmup_steps,
+            weight_decay=config.weight_decay,
+            clipnorm=config.clipnorm or None,
+        ),
         metrics=[Perplexity()],
     )
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_variables))
@@ -168,14 +176,28 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     def save_best(model):
         _save_best(model, tokenizer, out / "best", config)
 
-    state = train_loop(model, batch_at, validation, out, max_steps=config.max_steps,
-                       eval_interval=config.eval_interval,
-                       tokens_per_step=config.batch_size * length, resume=resume,
-                       verbose=config.verbose, max_seconds=config.max_seconds,
-                       patience=config.patience, save_best=save_best)
-    return {"steps": state["step"], "val_loss": state["val_loss"],
-            "best_val_loss": state["best_val_loss"], "trainable_parameters": trainable,
-            "format": data_format, "out": str(out)}
+    state = train_loop(
+        model,
+        batch_at,
+        validation,
+        out,
+        max_steps=config.max_steps,
+        eval_interval=config.eval_interval,
+        tokens_per_step=config.batch_size * length,
+        resume=resume,
+        verbose=config.verbose,
+        max_seconds=config.max_seconds,
+        patience=config.patience,
+        save_best=save_best,
+    )
+    return {
+        "steps": state["step"],
+        "val_loss": state["val_loss"],
+        "best_val_loss": state["best_val_loss"],
+        "trainable_parameters": trainable,
+        "format": data_format,
+        "out": str(out),
+    }
 
 
 def _instruction_data(config: FinetuneConfig, tokenizer, length: int):
@@ -189,16 +211,24 @@ def _instruction_data(config: FinetuneConfig, tokenizer, length: int):
         held = max(1, int(round(config.validation_fraction * len(records))))
         val_records = [records[i] for i in order[:held]]
         train_records = [records[i] for i in order[held:]]
-    train = InstructionBatches(train_records, tokenizer, length, config.batch_size,
-                               seed=config.seed, pack=config.pack)
-    validation = InstructionBatches(val_records, tokenizer, length, config.batch_size,
-                                    seed=None, pack=config.pack)
+    train = InstructionBatches(
+        train_records, tokenizer, length, config.batch_size, seed=config.seed, pack=config.pack
+    )
+    validation = InstructionBatches(
+        val_records, tokenizer, length, config.batch_size, seed=None, pack=config.pack
+    )
 
     def batch_at(step: int):
         return train.batch(step // len(train), step % len(train))
 
-    return batch_at, validation, (f"{len(train_records)} train / {len(val_records)} "
-                                  f"validation examples in {len(train.encoded)} rows")
+    return (
+        batch_at,
+        validation,
+        (
+            f"{len(train_records)} train / {len(val_records)} "
+            f"validation examples in {len(train.encoded)} rows"
+        ),
+    )
 
 
 def _text_data(config: FinetuneConfig, tokenizer, length: int, directory: pathlib.Path):
@@ -206,25 +236,37 @@ def _text_data(config: FinetuneConfig, tokenizer, length: int, directory: pathli
     inputs = resolve_data(config.data, directory)
     if config.validation_data:
         train_tokens = tokenize_corpus(inputs, directory / "tokens", tokenizer, 0.0)[0]
-        val_tokens = tokenize_corpus(resolve_data(config.validation_data, directory),
-                                     directory / "validation_tokens", tokenizer, 0.0)[0]
+        val_tokens = tokenize_corpus(
+            resolve_data(config.validation_data, directory),
+            directory / "validation_tokens",
+            tokenizer,
+            0.0,
+        )[0]
     else:
-        train_tokens, val_tokens = tokenize_corpus(inputs, directory / "tokens", tokenizer,
-                                                   config.validation_fraction)
-    windows = RandomWindows(train_tokens, length, config.batch_size, steps=config.max_steps,
-                            seed=config.seed)
-    validation = SequentialWindows(val_tokens, length, config.batch_size,
-                                   max_batches=config.eval_batches or None)
-    return windows.__getitem__, validation, (f"{len(train_tokens):,} train / "
-                                             f"{len(val_tokens):,} validation tokens")
+        train_tokens, val_tokens = tokenize_corpus(
+            inputs, directory / "tokens", tokenizer, config.validation_fraction
+        )
+    windows = RandomWindows(
+        train_tokens, length, config.batch_size, steps=config.max_steps, seed=config.seed
+    )
+    validation = SequentialWindows(
+        val_tokens, length, config.batch_size, max_batches=config.eval_batches or None
+    )
+    return (
+        windows.__getitem__,
+        validation,
+        (f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens"),
+    )
 
 
 def _save_best(model, tokenizer, directory: pathlib.Path, config: FinetuneConfig) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_to_preset(  # saves the adapters merged into the kernels
-        str(tmp), tokenizer=tokenizer,
-        data_description=f"fine-tuned from {config.preset} on {config.data}")
+        str(tmp),
+        tokenizer=tokenizer,
+        data_description=f"fine-tuned from {config.preset} on {config.data}",
+    )
     if model.lora_config:
         model.save_lora(str(tmp / "adapters.npz"))
     shutil.rmtree(directory, ignore_errors=True)

@@ -42,7 +42,7 @@ def mean_throughput(out: pathlib.Path) -> float:
 
 
 def plot_loss_curve(out: pathlib.Path) -> None:
-    """Writes `out/loss_curve.png` (train and validation loss by step) if matplotlib is installed."""
+    """Writes `out/loss_curve.png` (train and validation loss by step), given matplotlib."""
     try:
         import matplotlib
 

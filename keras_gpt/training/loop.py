@@ -33,11 +33,24 @@ class StepBatches(keras.utils.PyDataset):
         return self.batch_at(self.start + index)
 
 
-def train_loop(model, batch_at, validation, out: pathlib.Path, *, max_steps: int,
-               eval_interval: int, tokens_per_step: int, resume: bool = False,
-               verbose: int = 1, callbacks: list | None = None, max_seconds: float = 0.0,
-               patience: int = 0, save_best=None, flops_per_token: float = 0.0,
-               peak_flops: float = 0.0) -> dict:
+def train_loop(
+    model,
+    batch_at,
+    validation,
+    out: pathlib.Path,
+    *,
+    max_steps: int,
+    eval_interval: int,
+    tokens_per_step: int,
+    resume: bool = False,
+    verbose: int = 1,
+    callbacks: list | None = None,
+    max_seconds: float = 0.0,
+    patience: int = 0,
+    save_best=None,
+    flops_per_token: float = 0.0,
+    peak_flops: float = 0.0,
+) -> dict:
     """Trains a compiled model in rounds of `eval_interval` steps, with evaluation after each.
 
     After every round: evaluates on `validation`, calls `save_best(model)` when
@@ -70,8 +83,13 @@ def train_loop(model, batch_at, validation, out: pathlib.Path, *, max_steps: int
         state = load_checkpoint(model, checkpoints)
         print(f"resumed from step {state['step']}")
     else:
-        state = {"step": 0, "val_loss": math.nan, "best_val_loss": math.inf,
-                 "bad_evaluations": 0, "elapsed_seconds": 0.0}
+        state = {
+            "step": 0,
+            "val_loss": math.nan,
+            "best_val_loss": math.inf,
+            "bad_evaluations": 0,
+            "elapsed_seconds": 0.0,
+        }
         for name in ("metrics.jsonl", "metrics.csv"):
             (out / name).unlink(missing_ok=True)
     while state["step"] < max_steps:
@@ -79,29 +97,42 @@ def train_loop(model, batch_at, validation, out: pathlib.Path, *, max_steps: int
             print(f"time budget of {max_seconds:.0f} s reached at step {state['step']}")
             break
         if patience and state["bad_evaluations"] >= patience:
-            print(f"early stop at step {state['step']}: no better validation loss in "
-                  f"{patience} evaluations")
+            print(
+                f"early stop at step {state['step']}: no better validation loss in "
+                f"{patience} evaluations"
+            )
             break
         steps = min(eval_interval, max_steps - state["step"])
         start = time.perf_counter()
         # shuffle=False: Keras shuffles a PyDataset's batch order by default,
         # which would make the run (and a resumed run) depend on NumPy's global RNG.
-        history = model.fit(StepBatches(batch_at, state["step"], steps), epochs=1,
-                            shuffle=False, verbose=verbose, callbacks=callbacks or [])
+        history = model.fit(
+            StepBatches(batch_at, state["step"], steps),
+            epochs=1,
+            shuffle=False,
+            verbose=verbose,
+            callbacks=callbacks or [],
+        )
         seconds = time.perf_counter() - start
         state["step"] += steps
         state["elapsed_seconds"] += seconds
         val_loss, val_perplexity = model.evaluate(validation, verbose=0)
         rate = steps * tokens_per_step / seconds
-        row = {"step": state["step"], "train_loss": float(history.history["loss"][-1]),
-               "val_loss": float(val_loss), "val_perplexity": float(val_perplexity),
-               "tokens_per_second": rate,
-               "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
-               "elapsed_seconds": state["elapsed_seconds"]}
+        row = {
+            "step": state["step"],
+            "train_loss": float(history.history["loss"][-1]),
+            "val_loss": float(val_loss),
+            "val_perplexity": float(val_perplexity),
+            "tokens_per_second": rate,
+            "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+            "elapsed_seconds": state["elapsed_seconds"],
+        }
         if flops_per_token and peak_flops:
             row["mfu"] = rate * flops_per_token / peak_flops
-        print(f"step {row['step']}: train loss {row['train_loss']:.4f} · "
-              f"val loss {val_loss:.4f} · {rate:,.0f} tokens/s")
+        print(
+            f"step {row['step']}: train loss {row['train_loss']:.4f} · "
+            f"val loss {val_loss:.4f} · {rate:,.0f} tokens/s"
+        )
         state["val_loss"] = float(val_loss)
         if val_loss < state["best_val_loss"]:
             state.update(best_val_loss=float(val_loss), bad_evaluations=0)

@@ -1,4 +1,5 @@
-"""GPT-2's optimizer recipe: AdamW, warm-up then cosine decay, global clipping, no decay on biases, LayerNorms and embeddings."""
+"""GPT-2's optimizer recipe: AdamW, warm-up then cosine decay, global clipping, and no
+weight decay on biases, LayerNorms and embeddings."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def gpt_optimizer(
     return optimizer
 
 
-def exclude_from_decay(optimizer: keras.optimizers.Optimizer,
-                       decay_embeddings: bool = False) -> None:
+def exclude_from_decay(
+    optimizer: keras.optimizers.Optimizer, decay_embeddings: bool = False
+) -> None:
     """Excludes biases, LayerNorm and (unless asked) embeddings from weight decay.
 
     Keras does not save this setting with the optimizer, so call it again after

@@ -124,7 +124,9 @@ class PretrainConfig(RunConfig):
     sample_tokens: int = 200
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> PretrainConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: dict | None = None
+) -> PretrainConfig:
     """Reads a pretraining TOML config (flat `key = value`) and applies `overrides`."""
     return PretrainConfig.load(path, overrides)
 
@@ -154,35 +156,57 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     inputs = resolve_data(config.data, out / "data")
     tokenizer = make_tokenizer(config.tokenizer, inputs)
     train_tokens, val_tokens = tokenize_corpus(inputs, out / "data" / "tokens", tokenizer)
-    windows = RandomWindows(train_tokens, config.sequence_length, config.batch_size,
-                            steps=config.max_steps, seed=config.seed)
-    validation = SequentialWindows(val_tokens, config.sequence_length, config.batch_size,
-                                   max_batches=config.eval_batches)
+    windows = RandomWindows(
+        train_tokens,
+        config.sequence_length,
+        config.batch_size,
+        steps=config.max_steps,
+        seed=config.seed,
+    )
+    validation = SequentialWindows(
+        val_tokens, config.sequence_length, config.batch_size, max_batches=config.eval_batches
+    )
 
     if config.data_parallel or config.model_parallel > 1:
         from keras_gpt.distribution.jax import configure
 
         # Before the model exists: variables are placed when they are created.
         configure(data_parallel=config.data_parallel, model_parallel=config.model_parallel)
-    model = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=config.num_layers,
-                num_heads=config.num_heads, hidden_dim=config.hidden_dim,
-                max_sequence_length=config.sequence_length, dropout=config.dropout,
-                use_bias=config.use_bias, seed=config.seed, dtype=config.dtype)
+    model = GPT(
+        vocabulary_size=tokenizer.vocabulary_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        hidden_dim=config.hidden_dim,
+        max_sequence_length=config.sequence_length,
+        dropout=config.dropout,
+        use_bias=config.use_bias,
+        seed=config.seed,
+        dtype=config.dtype,
+    )
     model.compile(
         optimizer=gpt_optimizer(
-            config.learning_rate, total_steps=config.max_steps,
+            config.learning_rate,
+            total_steps=config.max_steps,
             warmup_steps=config.warmup_steps,
             min_learning_rate_ratio=config.min_learning_rate_ratio,
-            weight_decay=config.weight_decay, beta_1=config.beta_1, beta_2=config.beta_2,
+            weight_decay=config.weight_decay,
+            beta_1=config.beta_1,
+            beta_2=config.beta_2,
             clipnorm=config.clipnorm or None,
-            gradient_accumulation_steps=(config.gradient_accumulation_steps
-                                         if config.gradient_accumulation_steps > 1 else None),
-            epsilon=config.adam_epsilon, decay_embeddings=config.decay_embeddings,
+            gradient_accumulation_steps=(
+                config.gradient_accumulation_steps
+                if config.gradient_accumulation_steps > 1
+                else None
+            ),
+            epsilon=config.adam_epsilon,
+            decay_embeddings=config.decay_embeddings,
         ),
         metrics=[Perplexity()],
     )
-    print(f"model: {model.count_params():,} parameters · "
-          f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens")
+    print(
+        f"model: {model.count_params():,} parameters · "
+        f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens"
+    )
 
     tokens_per_step = config.batch_size * config.sequence_length
     peak = config.peak_flops or probe_peak_flops()
@@ -194,19 +218,41 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     def save_best(model):
         _save_best(model, tokenizer, out / "best", config)
 
-    state = train_loop(model, windows.__getitem__, validation, out, max_steps=config.max_steps,
-                       eval_interval=config.eval_interval, tokens_per_step=tokens_per_step,
-                       resume=resume, verbose=config.verbose, callbacks=callbacks,
-                       max_seconds=config.max_seconds, save_best=save_best,
-                       flops_per_token=flops, peak_flops=peak)
-    summary = {"steps": state["step"], "val_loss": state["val_loss"],
-               "best_val_loss": state["best_val_loss"], "tokens_per_second": mean_throughput(out),
-               "elapsed_seconds": state["elapsed_seconds"], "out": str(out)}
+    state = train_loop(
+        model,
+        windows.__getitem__,
+        validation,
+        out,
+        max_steps=config.max_steps,
+        eval_interval=config.eval_interval,
+        tokens_per_step=tokens_per_step,
+        resume=resume,
+        verbose=config.verbose,
+        callbacks=callbacks,
+        max_seconds=config.max_seconds,
+        save_best=save_best,
+        flops_per_token=flops,
+        peak_flops=peak,
+    )
+    summary = {
+        "steps": state["step"],
+        "val_loss": state["val_loss"],
+        "best_val_loss": state["best_val_loss"],
+        "tokens_per_second": mean_throughput(out),
+        "elapsed_seconds": state["elapsed_seconds"],
+        "out": str(out),
+    }
     if config.sample_tokens:
         prompt = tokenizer.encode(config.sample_prompt) or [0]
         room = config.sequence_length - len(prompt)
-        ids = model.generate(np.array([prompt]), max_new_tokens=min(config.sample_tokens, room),
-                             sampler="top_k", top_k=20, temperature=0.8, seed=config.seed)
+        ids = model.generate(
+            np.array([prompt]),
+            max_new_tokens=min(config.sample_tokens, room),
+            sampler="top_k",
+            top_k=20,
+            temperature=0.8,
+            seed=config.seed,
+        )
         summary["sample"] = tokenizer.decode(ids[0])
         print("sample:\n" + summary["sample"])
     return summary
@@ -215,7 +261,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
 def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_to_preset(tmp, tokenizer=tokenizer,
-                         data_description=f"pretrained on {config.data or 'stdlib'}")
+    model.save_to_preset(
+        tmp, tokenizer=tokenizer, data_description=f"pretrained on {config.data or 'stdlib'}"
+    )
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)

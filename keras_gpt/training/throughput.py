@@ -24,7 +24,9 @@ def flops_per_token(model, sequence_length: int | None = None) -> float:
 
 def probe_peak_flops(size: int = 1024, repeats: int = 5) -> float:
     """A quick estimate of peak float32 matmul FLOP/s on the current backend."""
-    a = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((size, size)), "float32")
+    a = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).standard_normal((size, size)), "float32"
+    )
     keras.ops.convert_to_numpy(keras.ops.matmul(a, a))  # warm up
     best = float("inf")
     for _ in range(repeats):

@@ -25,9 +25,7 @@ def attention_mask(
     Query i sits at absolute position start_index + i and sees keys at
     positions <= its own; `padding_mask` (batch, key) removes padded keys.
     """
-    query_pos = ops.arange(0, query_length, dtype="int32") + ops.cast(
-        start_index, "int32"
-    )
+    query_pos = ops.arange(0, query_length, dtype="int32") + ops.cast(start_index, "int32")
     key_pos = ops.arange(0, key_length, dtype="int32")
     mask = ops.expand_dims(key_pos, 0) <= ops.expand_dims(query_pos, 1)
     mask = mask[None, None, :, :]
@@ -86,8 +84,7 @@ class CausalSelfAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         if hidden_dim % num_heads:
             raise ValueError(
-                f"`hidden_dim` ({hidden_dim}) must be divisible by "
-                f"`num_heads` ({num_heads})."
+                f"`hidden_dim` ({hidden_dim}) must be divisible by `num_heads` ({num_heads})."
             )
         if attention_implementation not in _IMPLEMENTATIONS:
             raise ValueError(
@@ -119,20 +116,22 @@ class CausalSelfAttention(keras.layers.Layer):
         self.output_dense = keras.layers.Dense(
             self.hidden_dim,
             use_bias=self.use_bias,
-            kernel_initializer=SeededNormal(
-                self.output_init_stddev, derive_seed(self.seed, 1)
-            ),
+            kernel_initializer=SeededNormal(self.output_init_stddev, derive_seed(self.seed, 1)),
             dtype=self.dtype_policy,
             name="output",
         )
         # Named, so that variable paths (and checkpoints keyed by them) do not
         # depend on how many layers the process created before.
         self.probs_dropout = PortableDropout(
-            self.attention_dropout, seed=derive_seed(self.seed, 2), dtype=self.dtype_policy,
+            self.attention_dropout,
+            seed=derive_seed(self.seed, 2),
+            dtype=self.dtype_policy,
             name="probs_dropout",
         )
         self.output_dropout = PortableDropout(
-            self.dropout, seed=derive_seed(self.seed, 3), dtype=self.dtype_policy,
+            self.dropout,
+            seed=derive_seed(self.seed, 3),
+            dtype=self.dtype_policy,
             name="output_dropout",
         )
 
@@ -200,12 +199,11 @@ class CausalSelfAttention(keras.layers.Layer):
             if cache is not None:  # the kernel takes (batch, seq, heads, head_dim)
                 key = ops.transpose(key, (0, 2, 1, 3))
                 value = ops.transpose(value, (0, 2, 1, 3))
-            out = ops.dot_product_attention(
-                query, key, value, mask=mask, is_causal=mask is None
-            )
+            out = ops.dot_product_attention(query, key, value, mask=mask, is_causal=mask is None)
         else:
-            out = self._plain_attention(query, key, value, mask, training,
-                                        heads_first=cache is not None)
+            out = self._plain_attention(
+                query, key, value, mask, training, heads_first=cache is not None
+            )
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
         out = self.output_dropout(self.output_dense(out), training=training)
         return out if cache is None else (out, cache)

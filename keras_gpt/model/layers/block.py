@@ -77,7 +77,9 @@ class TransformerBlock(keras.layers.Layer):
 
         policy = self.dtype_policy
         self.attention_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            epsilon=self.layer_norm_epsilon,
+            center=self.use_bias,
+            dtype=policy,
             name="attention_norm",
         )
         self.attention = CausalSelfAttention(
@@ -93,7 +95,9 @@ class TransformerBlock(keras.layers.Layer):
             name="attention",
         )
         self.mlp_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, center=self.use_bias, dtype=policy,
+            epsilon=self.layer_norm_epsilon,
+            center=self.use_bias,
+            dtype=policy,
             name="mlp_norm",
         )
         self.mlp_in = keras.layers.Dense(
@@ -106,9 +110,7 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_out = keras.layers.Dense(
             self.hidden_dim,
             use_bias=self.use_bias,
-            kernel_initializer=SeededNormal(
-                self.residual_init_stddev, derive_seed(self.seed, 2)
-            ),
+            kernel_initializer=SeededNormal(self.residual_init_stddev, derive_seed(self.seed, 2)),
             dtype=policy,
             name="mlp_out",
         )

@@ -20,9 +20,7 @@ def sinusoidal_positions(positions, hidden_dim: int, dtype: str = "float32"):
         dtype: output dtype.
     """
     half = hidden_dim // 2
-    freqs = ops.exp(
-        ops.arange(0, half, dtype="float32") * (-math.log(10000.0) / half)
-    )
+    freqs = ops.exp(ops.arange(0, half, dtype="float32") * (-math.log(10000.0) / half))
     angles = ops.expand_dims(ops.cast(positions, "float32"), -1) * freqs
     table = ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
     return ops.cast(table, dtype)
@@ -66,9 +64,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 f"got {position_embedding!r}."
             )
         if position_embedding == "sinusoidal" and hidden_dim % 2:
-            raise ValueError(
-                f"Sinusoidal positions need an even `hidden_dim`, got {hidden_dim}."
-            )
+            raise ValueError(f"Sinusoidal positions need an even `hidden_dim`, got {hidden_dim}.")
         self.vocabulary_size = int(vocabulary_size)
         self.max_sequence_length = int(max_sequence_length)
         self.hidden_dim = int(hidden_dim)

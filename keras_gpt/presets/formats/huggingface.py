@@ -119,9 +119,7 @@ def config_from_huggingface(hf_config: dict, handle: str) -> dict:
     )
 
 
-def load_huggingface(
-    cls: type, directory: str, handle: str, **overrides: Any
-) -> keras.Model:
+def load_huggingface(cls: type, directory: str, handle: str, **overrides: Any) -> keras.Model:
     """Builds a `keras_gpt.GPT` from a Hugging Face GPT-2 directory.
 
     Tensors are streamed one at a time into the model's variables, so the
@@ -148,12 +146,13 @@ def load_huggingface(
     vocabulary_size = model.vocabulary_size
     assigner = WeightAssigner(model, handle)
     for name, value in _checkpoint_tensors(directory, handle):
-        key = name[len("transformer."):] if name.startswith("transformer.") else name
+        key = name[len("transformer.") :] if name.startswith("transformer.") else name
         if key == "lm_head.weight":
             if model.tie_embeddings:
                 continue  # a copy of wte that some checkpoints save anyway
-            assigner.assign("lm_head/kernel", _vocab_rows(value, vocabulary_size, name,
-                                                          handle).T, name)
+            assigner.assign(
+                "lm_head/kernel", _vocab_rows(value, vocabulary_size, name, handle).T, name
+            )
         elif key in _TOP_NAMES:
             if key == "wte.weight":
                 value = _vocab_rows(value, vocabulary_size, name, handle)
@@ -291,9 +290,7 @@ def _safetensors(purpose: str):
     try:
         import safetensors.numpy
     except ImportError:
-        raise PresetError(
-            f"{purpose} needs `safetensors`: pip install 'keras-gpt[hf]'"
-        ) from None
+        raise PresetError(f"{purpose} needs `safetensors`: pip install 'keras-gpt[hf]'") from None
     return safetensors
 
 
@@ -343,8 +340,9 @@ def _torch_tensors(path: str, handle: str) -> Iterator[tuple[str, np.ndarray]]:
     try:
         # weights_only refuses any pickle that would run code; mmap (zip
         # files only, torch >= 1.6) avoids reading the whole file at once.
-        state = torch.load(path, map_location="cpu", weights_only=True,
-                           mmap=zipfile.is_zipfile(path))
+        state = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
     except Exception as error:
         raise PresetError(
             f"Preset {handle!r}: {os.path.basename(path)} cannot be loaded safely "

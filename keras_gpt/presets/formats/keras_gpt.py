@@ -68,36 +68,42 @@ def save_keras_gpt(
     os.makedirs(directory, exist_ok=True)
     config = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable")}
     config["dtype"] = model.dtype_policy.name
-    _write_json(os.path.join(directory, "config.json"),
-                {"module": "keras_gpt", "class_name": "GPT", "config": config})
+    _write_json(
+        os.path.join(directory, "config.json"),
+        {"module": "keras_gpt", "class_name": "GPT", "config": config},
+    )
 
     for name in os.listdir(directory):  # stale weights of an earlier save
         if name.endswith((".weights.h5", ".weights.json")):
             os.remove(os.path.join(directory, name))
     size_gb = sum(_nbytes(v) for v in model.weights) / 1e9
     if max_shard_size is not None and size_gb > max_shard_size:
-        model.save_weights(os.path.join(directory, SHARDED_WEIGHTS_FILE),
-                           max_shard_size=max_shard_size)
+        model.save_weights(
+            os.path.join(directory, SHARDED_WEIGHTS_FILE), max_shard_size=max_shard_size
+        )
     else:
         model.save_weights(os.path.join(directory, WEIGHTS_FILE))
 
     if tokenizer is not None:
         tokenizer.save(os.path.join(directory, TOKENIZER_DIR))
-    _write_json(os.path.join(directory, "metadata.json"), {
-        "format": "keras_gpt",
-        "format_version": FORMAT_VERSION,
-        "keras_gpt_version": importlib.metadata.version("keras-gpt"),
-        "keras_version": keras.__version__,
-        "saved_on_backend": keras.backend.backend(),
-        "parameter_count": sum(_count(v) for v in model.trainable_weights),
-        "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "data_description": data_description,
-    })
+    _write_json(
+        os.path.join(directory, "metadata.json"),
+        {
+            "format": "keras_gpt",
+            "format_version": FORMAT_VERSION,
+            "keras_gpt_version": importlib.metadata.version("keras-gpt"),
+            "keras_version": keras.__version__,
+            "saved_on_backend": keras.backend.backend(),
+            "parameter_count": sum(_count(v) for v in model.trainable_weights),
+            "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "data_description": data_description,
+        },
+    )
 
 
-def load_keras_gpt(
-    cls: type, directory: str, handle: str, **overrides: Any
-) -> keras.Model:
+def load_keras_gpt(cls: type, directory: str, handle: str, **overrides: Any) -> keras.Model:
     """Builds the `keras_gpt.GPT` saved in a keras_gpt preset directory.
 
     Args:
@@ -117,8 +123,9 @@ def load_keras_gpt(
     try:
         model = cls(**{**spec["config"], **overrides})
     except (KeyError, TypeError) as error:
-        raise PresetError(f"Preset {handle!r}: config.json is not a GPT config ({error}).") \
-            from None
+        raise PresetError(
+            f"Preset {handle!r}: config.json is not a GPT config ({error})."
+        ) from None
     for name in (SHARDED_WEIGHTS_FILE, WEIGHTS_FILE):
         path = os.path.join(directory, name)
         if os.path.exists(path):

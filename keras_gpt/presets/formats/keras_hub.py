@@ -29,9 +29,7 @@ def is_keras_hub_config(config: dict) -> bool:
     return "keras_hub" in str(config.get("module", "")) + str(config.get("registered_name", ""))
 
 
-def load_keras_hub(
-    cls: type, directory: str, handle: str, **overrides: Any
-) -> keras.Model:
+def load_keras_hub(cls: type, directory: str, handle: str, **overrides: Any) -> keras.Model:
     """Builds a `keras_gpt.GPT` from a KerasHub `GPT2Backbone` preset directory.
 
     Needs `keras-hub` installed (`pip install keras-hub`). The KerasHub
@@ -81,8 +79,7 @@ def load_keras_hub(
     except Exception as error:  # corrupt weights, unknown config keys
         first_line = (str(error).strip().splitlines() or ["no message"])[0]
         raise PresetError(
-            f"Preset {handle!r}: KerasHub cannot load it ({type(error).__name__}: "
-            f"{first_line})."
+            f"Preset {handle!r}: KerasHub cannot load it ({type(error).__name__}: {first_line})."
         ) from None
     model = cls(**{**config, **overrides})
     assigner = WeightAssigner(model, handle)
@@ -94,22 +91,39 @@ def load_keras_hub(
         return keras.ops.convert_to_numpy(source[path])
 
     c = model.hidden_dim
-    assigner.assign("embeddings/token_embeddings",
-                    read("token_embedding/embeddings"), "token_embedding/embeddings")
-    assigner.assign("embeddings/position_embeddings",
-                    read("position_embedding/embeddings"), "position_embedding/embeddings")
+    assigner.assign(
+        "embeddings/token_embeddings",
+        read("token_embedding/embeddings"),
+        "token_embedding/embeddings",
+    )
+    assigner.assign(
+        "embeddings/position_embeddings",
+        read("position_embedding/embeddings"),
+        "position_embedding/embeddings",
+    )
     for i in range(model.num_layers):
         hub, ours = f"transformer_layer_{i}", f"block_{i}"
         attention = f"{hub}/self_attention"
-        assigner.assign(f"{ours}/attention/qkv/kernel", np.concatenate(
-            [read(f"{attention}/{n}/kernel").reshape(c, c) for n in ("query", "key", "value")],
-            axis=1), f"{attention}/{{query,key,value}}/kernel")
-        assigner.assign(f"{ours}/attention/qkv/bias", np.concatenate(
-            [read(f"{attention}/{n}/bias").reshape(c) for n in ("query", "key", "value")]),
-            f"{attention}/{{query,key,value}}/bias")
-        assigner.assign(f"{ours}/attention/output/kernel",
-                        read(f"{attention}/attention_output/kernel").reshape(c, c),
-                        f"{attention}/attention_output/kernel")
+        assigner.assign(
+            f"{ours}/attention/qkv/kernel",
+            np.concatenate(
+                [read(f"{attention}/{n}/kernel").reshape(c, c) for n in ("query", "key", "value")],
+                axis=1,
+            ),
+            f"{attention}/{{query,key,value}}/kernel",
+        )
+        assigner.assign(
+            f"{ours}/attention/qkv/bias",
+            np.concatenate(
+                [read(f"{attention}/{n}/bias").reshape(c) for n in ("query", "key", "value")]
+            ),
+            f"{attention}/{{query,key,value}}/bias",
+        )
+        assigner.assign(
+            f"{ours}/attention/output/kernel",
+            read(f"{attention}/attention_output/kernel").reshape(c, c),
+            f"{attention}/attention_output/kernel",
+        )
         for hub_name, our_name in (
             ("self_attention/attention_output/bias", "attention/output/bias"),
             ("self_attention_layer_norm/gamma", "attention_norm/gamma"),
@@ -121,11 +135,11 @@ def load_keras_hub(
             ("feedforward_output_dense/kernel", "mlp_out/kernel"),
             ("feedforward_output_dense/bias", "mlp_out/bias"),
         ):
-            assigner.assign(f"{ours}/{our_name}", read(f"{hub}/{hub_name}"),
-                            f"{hub}/{hub_name}")
+            assigner.assign(f"{ours}/{our_name}", read(f"{hub}/{hub_name}"), f"{hub}/{hub_name}")
     assigner.assign("final_norm/gamma", read("layer_norm/gamma"), "layer_norm/gamma")
     assigner.assign("final_norm/beta", read("layer_norm/beta"), "layer_norm/beta")
     assigner.check_complete()
-    del backbone, source
+    source.clear()  # drop the references to the backbone's weights before collecting
+    del backbone
     gc.collect()
     return model
