@@ -4,14 +4,12 @@ Usage: KERAS_BACKEND=<backend> python tests/generation_worker.py OUT_DIR
 
 Generates with a seeded tiny GPT (bit-identical weights on every backend),
 greedy and sampled, ragged prompts and stop tokens, and saves the token ids to
-OUT_DIR/generation_<backend>.npz for tests/test_generation.py to compare.
+OUT_DIR/<backend>.npz for tests/test_generation.py to compare.
 """
 
-import os
 import sys
 
-import keras
-import numpy as np
+from helpers import save_worker_result
 
 import keras_gpt
 
@@ -28,8 +26,7 @@ def main(out_dir: str) -> None:
         "top_k": model.generate(PROMPTS, 24, sampler="top_k", top_k=10, seed=5),
         "top_p": model.generate(PROMPTS, 24, sampler="top_p", top_p=0.9, temperature=0.7, seed=6),
     }
-    backend = keras.backend.backend()
-    np.savez(os.path.join(out_dir, f"generation_{backend}.npz"), **results)
+    save_worker_result(out_dir, results)
 
 
 if __name__ == "__main__":

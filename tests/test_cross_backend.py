@@ -11,15 +11,13 @@ the issue's targets and leave an order of magnitude of headroom.
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import BACKENDS, run_python
 
 pytestmark = pytest.mark.cross_backend
 
-BACKENDS = ("tensorflow", "jax", "torch")
 WORKER = os.path.join(os.path.dirname(__file__), "cross_backend_worker.py")
 
 
@@ -27,22 +25,11 @@ WORKER = os.path.join(os.path.dirname(__file__), "cross_backend_worker.py")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("cross_backend")
 
-    def run(backend, *flags):
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        proc = subprocess.run(
-            [sys.executable, WORKER, str(out), *flags],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-4000:]}"
-
     for backend in BACKENDS:
-        run(backend)
+        run_python([WORKER, out], backend=backend)
     # Then every backend loads every backend's saved model.
     for backend in BACKENDS:
-        run(backend, "--load")
+        run_python([WORKER, out, "--load"], backend=backend)
     return {b: {**np.load(out / f"{b}.npz"), **np.load(out / f"{b}_loaded.npz")} for b in BACKENDS}
 
 

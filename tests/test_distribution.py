@@ -28,6 +28,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from helpers import ROOT, run_python
 
 import keras_gpt
 from keras_gpt import distribution
@@ -45,18 +46,9 @@ def only_on(backend):
 
 
 def run_worker(args, timeout=600, **env):
-    environ = dict(os.environ, OMP_NUM_THREADS="1", **env)
-    environ.pop("XLA_FLAGS", None)
-    done = subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=timeout,
-        cwd=os.path.dirname(TESTS),
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout
+    # One thread each: the workers start several processes on a 2-core machine.
+    env = {"OMP_NUM_THREADS": "1", "XLA_FLAGS": None, **env}
+    return run_python(args, env=env, timeout=timeout, cwd=ROOT).stdout
 
 
 # -- layout map and configuration (every backend) --------------------------------

@@ -21,6 +21,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from helpers import run_python
 
 import keras_gpt
 from keras_gpt.backend import compile_function, weight_values
@@ -106,15 +107,10 @@ def served(model, tmp_path_factory):
     assert export(model, path, max_new_tokens=LIMIT, stop_token_ids=STOPS) == path
     with open(root / "requests.json", "w") as f:
         json.dump(requests(), f)
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    proc = subprocess.run(
-        [sys.executable, WORKER, path, str(root / "requests.json"), str(root / "results.npz")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    # Plain TensorFlow, without keras_gpt's backend choice.
+    run_python(
+        [WORKER, path, root / "requests.json", root / "results.npz"], env={"KERAS_BACKEND": None}
     )
-    assert proc.returncode == 0, f"serving worker failed:\n{proc.stderr[-4000:]}"
     return path, dict(np.load(root / "results.npz"))
 
 

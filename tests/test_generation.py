@@ -8,13 +8,12 @@ positions are far larger, so any mismatch is a real bug, not rounding.
 
 import gc
 import os
-import subprocess
-import sys
 import weakref
 
 import numpy as np
 import pytest
 from conftest import to_numpy
+from helpers import run_on_backends
 from keras import ops
 
 import keras_gpt
@@ -275,18 +274,7 @@ WORKER = os.path.join(os.path.dirname(__file__), "generation_worker.py")
 def test_generation_identical_across_backends(tmp_path):
     """Greedy tokens must match exactly; sampled ones too, since the sampler noise
     is an integer hash (identical everywhere) and these logits have no near-ties."""
-    results = {}
-    for backend in ("tensorflow", "jax", "torch"):
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        proc = subprocess.run(
-            [sys.executable, WORKER, str(tmp_path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-4000:]}"
-        results[backend] = dict(np.load(tmp_path / f"generation_{backend}.npz"))
+    results = run_on_backends(WORKER, tmp_path)
     reference = results["tensorflow"]
     for backend in ("jax", "torch"):
         for key in reference:

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
+from helpers import run_layer_test
 
 from keras_gpt.model.layers import (
     CausalSelfAttention,
@@ -117,21 +118,72 @@ def test_embedding_rejects_odd_sinusoidal_width():
         TokenAndPositionEmbedding(20, 10, 7, position_embedding="sinusoidal")
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [
-        CausalSelfAttention(2, 8, dropout=0.1, attention_implementation="plain", seed=1),
-        TransformerBlock(2, 8, intermediate_dim=12, activation="relu", seed=1),
-        TokenAndPositionEmbedding(20, 10, 8, position_embedding="sinusoidal", seed=1),
-        PortableDropout(0.2, seed=1),
-    ],
-    ids=lambda layer: type(layer).__name__,
-)
-def test_layer_config_round_trip(layer):
-    config = keras.saving.serialize_keras_object(layer)
-    clone = keras.saving.deserialize_keras_object(config)
-    assert type(clone) is type(layer)
-    assert clone.get_config() == layer.get_config()
+MASK = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], "int32")
+
+
+@pytest.mark.parametrize("implementation", ["plain", "fused"])
+def test_attention_layer(implementation):
+    run_layer_test(
+        CausalSelfAttention,
+        dict(
+            num_heads=2, hidden_dim=8, dropout=0.1, attention_implementation=implementation, seed=1
+        ),
+        hidden(),
+        expected_output_shape=(2, 6, 8),
+        call_kwargs={"padding_mask": MASK},
+        expected_trainable_weights=4,  # qkv and output: kernel and bias each
+    )
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_transformer_block_layer(use_bias):
+    run_layer_test(
+        TransformerBlock,
+        dict(
+            num_heads=2,
+            hidden_dim=8,
+            intermediate_dim=12,
+            activation="relu",
+            dropout=0.1,
+            use_bias=use_bias,
+            seed=1,
+        ),
+        hidden(),
+        expected_output_shape=(2, 6, 8),
+        call_kwargs={"padding_mask": MASK},
+        # two LayerNorms (scale, offset) and four Dense layers (kernel, bias)
+        expected_trainable_weights=12 if use_bias else 6,
+    )
+
+
+@pytest.mark.parametrize("position_embedding", ["learned", "sinusoidal"])
+def test_embedding_layer(position_embedding):
+    ids = np.random.default_rng(1).integers(0, 20, (2, 6)).astype("int32")
+    run_layer_test(
+        TokenAndPositionEmbedding,
+        dict(
+            vocabulary_size=20,
+            max_sequence_length=10,
+            hidden_dim=8,
+            position_embedding=position_embedding,
+            seed=1,
+        ),
+        ids,
+        expected_output_shape=(2, 6, 8),
+        expected_trainable_weights=2 if position_embedding == "learned" else 1,
+    )
+
+
+def test_portable_dropout_layer():
+    run_layer_test(
+        PortableDropout,
+        dict(rate=0.2, seed=1),
+        hidden(),
+        expected_output_shape=(2, 6, 8),
+        expected_trainable_weights=0,
+        expected_non_trainable_weights=1,  # the call counter
+        run_training_step=False,
+    )
 
 
 def test_hash_is_uniform_and_collision_free():

@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 from conftest import TINY, to_numpy
+from helpers import run_python
 
 import keras_gpt
 import keras_gpt.tokenizers
@@ -157,9 +156,7 @@ def test_unreachable_hubs_give_a_clear_error(tmp_path):
         "HF_HOME": str(tmp_path / "hf"),
         "KAGGLEHUB_CACHE": str(tmp_path / "kaggle"),
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = run_python(["-c", script], env=env, timeout=300, check=False)
     errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 3, proc.stdout + proc.stderr[-3000:]
     assert "'hf://openai-community/gpt2'" in errors[0] and "Hugging Face" in errors[0]
@@ -216,14 +213,7 @@ def test_preset_saved_on_one_backend_loads_on_every_other(tmp_path):
     # Each run saves its backend's preset once and loads every preset saved
     # before it; the last two runs load what was saved after their first.
     for backend in ("tensorflow", "jax", "torch", "tensorflow", "jax"):
-        proc = subprocess.run(
-            [sys.executable, "-c", _CROSS_BACKEND_WORKER, str(tmp_path)],
-            env={**os.environ, "KERAS_BACKEND": backend},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{backend}:\n{proc.stderr[-4000:]}"
+        run_python(["-c", _CROSS_BACKEND_WORKER, tmp_path], backend=backend)
     backends = ("tensorflow", "jax", "torch")
     for source in backends:
         saved = np.load(tmp_path / f"{source}.npy")

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import ROOT, run_python
 
 from keras_gpt import GPT
 from keras_gpt.cli import _overrides
@@ -143,16 +144,9 @@ def test_data_parallel_recipe_matches_one_device(tmp_path):
         f"pretrain(tiny_config(pathlib.Path({str(tmp_path)!r}), 'parallel', dropout=0.0,"
         " max_steps=4, data_parallel=True))"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=os.path.join(os.path.dirname(__file__), ".."),
-        timeout=600,
+    run_python(
+        ["-c", code], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, cwd=ROOT
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     expected, got = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "parallel")
     # The batch is split over 2 devices; losses agree to float32 reduction order.
     np.testing.assert_allclose(

@@ -7,15 +7,13 @@ make the two disagree.
 """
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from helpers import run_python
 
 from keras_gpt.tokenizers import (
     BytePairTokenizer,
@@ -318,10 +316,7 @@ def test_import_needs_neither_tokenizers_nor_tensorflow():
         "import sys, keras_gpt, keras_gpt.tokenizers, keras_gpt.data; "
         "print(sorted(m for m in ('tokenizers', 'tiktoken', 'tensorflow') if m in sys.modules))"
     )
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout
+    out = run_python(["-c", code], backend=backend).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
 

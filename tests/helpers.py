@@ -1,0 +1,174 @@
+"""Shared test helpers: run Python in a subprocess (on a chosen backend), run a worker on
+every backend and collect its arrays, and one harness for every layer (`run_layer_test`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+BACKENDS = ("tensorflow", "jax", "torch")
+TESTS = pathlib.Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def run_python(
+    args: Sequence[str],
+    backend: str | None = None,
+    env: dict | None = None,
+    timeout: float = 600,
+    check: bool = True,
+    cwd: str | os.PathLike | None = None,
+) -> subprocess.CompletedProcess:
+    """`python ARGS...` in a fresh process; fails the test with its stderr unless it succeeds.
+
+    Args:
+        args: arguments after `python` (a script and its arguments, or `-c CODE`).
+        backend: `KERAS_BACKEND` for the child; `None` keeps this process's.
+        env: extra environment variables (a value of `None` removes the variable).
+        timeout: seconds before the child is killed (the test then fails).
+        check: assert a zero exit status.
+        cwd: working directory (default: this one).
+    """
+    child_env = dict(os.environ)
+    if backend is not None:
+        child_env["KERAS_BACKEND"] = backend
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    if check:
+        assert proc.returncode == 0, (
+            f"{' '.join(map(str, args))[:200]} failed on {backend or 'this backend'} "
+            f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def run_on_backends(
+    worker: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *args: str,
+    backends: Sequence[str] = BACKENDS,
+    timeout: float = 600,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Runs `python WORKER OUT_DIR ARGS...` once per backend; returns each one's arrays.
+
+    The worker protocol: it saves its results as `OUT_DIR/<backend>.npz`
+    (`save_worker_result` does it).
+
+    Returns:
+        `{backend: {name: array}}`.
+    """
+    results = {}
+    for backend in backends:
+        run_python([worker, out_dir, *args], backend=backend, timeout=timeout)
+        with np.load(pathlib.Path(out_dir) / f"{backend}.npz") as arrays:
+            results[backend] = dict(arrays)
+    return results
+
+
+def save_worker_result(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """What a worker run by `run_on_backends` ends with: `OUT_DIR/<backend>.npz`."""
+    np.savez(pathlib.Path(out_dir) / f"{keras.backend.backend()}.npz", **arrays)
+
+
+def run_layer_test(
+    layer_cls: type,
+    init_kwargs: dict,
+    input_data,
+    expected_output_shape: tuple,
+    call_kwargs: dict | None = None,
+    expected_trainable_weights: int | None = None,
+    expected_non_trainable_weights: int | None = None,
+    run_training_step: bool = True,
+    run_mixed_precision: bool = True,
+) -> None:
+    """One harness for every layer, in the spirit of KerasHub's `run_layer_test`.
+
+    Checks, in order:
+    1. build and call: the output has `expected_output_shape` (and weight counts);
+    2. serialization: `serialize_keras_object` → `deserialize_keras_object` gives a
+       layer of the same class and config, and after copying the weights the clone's
+       output equals the original's (bit for bit: same ops, same weights);
+    3. a training step: one SGD step on a model around the layer gives every
+       trainable weight a nonzero gradient, i.e. changes it;
+    4. `mixed_bfloat16`: the output is bfloat16 and the weights stay float32.
+
+    Args:
+        layer_cls: the layer class.
+        init_kwargs: its constructor arguments (include a `seed`).
+        input_data: a NumPy input for `layer(input_data, **call_kwargs)`.
+        expected_output_shape: the output's shape.
+        call_kwargs: extra call arguments (e.g. `padding_mask`).
+        expected_trainable_weights: the number of trainable weights, if given.
+        expected_non_trainable_weights: the number of non-trainable weights, if given.
+        run_training_step: check 3 (for layers with trainable weights).
+        run_mixed_precision: check 4.
+    """
+    call_kwargs = call_kwargs or {}
+    layer = layer_cls(**init_kwargs)
+    output = layer(input_data, **call_kwargs)
+    assert tuple(output.shape) == tuple(expected_output_shape)
+    if expected_trainable_weights is not None:
+        assert len(layer.trainable_weights) == expected_trainable_weights
+    if expected_non_trainable_weights is not None:
+        assert len(layer.non_trainable_weights) == expected_non_trainable_weights
+
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is layer_cls
+    assert clone.get_config() == layer.get_config()
+    clone(input_data, **call_kwargs)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(clone(input_data, **call_kwargs)),
+        keras.ops.convert_to_numpy(layer(input_data, **call_kwargs)),
+    )
+
+    if run_training_step:
+        _check_training_step(layer_cls, init_kwargs, input_data, call_kwargs)
+
+    if run_mixed_precision:
+        mixed = layer_cls(**init_kwargs, dtype="mixed_bfloat16")
+        out = mixed(input_data, **call_kwargs)
+        assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+        for weight in mixed.trainable_weights:
+            assert keras.backend.standardize_dtype(weight.dtype) == "float32", weight.path
+
+
+def _check_training_step(layer_cls, init_kwargs, input_data, call_kwargs) -> None:
+    class Wrapper(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.inner = layer_cls(**init_kwargs)
+
+        def call(self, x):
+            y = self.inner(x, training=True, **call_kwargs)
+            return keras.ops.cast(y, "float32")
+
+    model = Wrapper()
+    output = model(input_data)
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    assert before, "the layer has no trainable weights: pass run_training_step=False"
+    # A random target makes every output element's gradient nonzero.
+    target = np.random.default_rng(0).standard_normal(tuple(output.shape)).astype("float32")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.train_on_batch(input_data, target)
+    for weight, old in zip(model.trainable_weights, before):
+        changed = np.abs(keras.ops.convert_to_numpy(weight) - old).max()
+        assert changed > 0, f"{weight.path} did not train"
