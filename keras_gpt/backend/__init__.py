@@ -17,6 +17,7 @@ from keras_gpt.backend.ops import (
     Tensor,
     dense_gradient,
     has_accelerator,
+    in_distribution_strategy,
     is_concrete,
     write_at,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "compile_function",
     "dense_gradient",
     "has_accelerator",
+    "in_distribution_strategy",
     "is_concrete",
     "replica_index",
     "replica_scaled",

@@ -51,6 +51,19 @@ def has_accelerator() -> bool:
     return False
 
 
+def in_distribution_strategy() -> bool:
+    """True inside a `tf.distribute` strategy's scope (TensorFlow); False elsewhere.
+
+    Keras leaves XLA off for models built under a strategy; `GPT.compile` follows
+    that rule.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()
+
+
 def dense_gradient(table: Tensor) -> Tensor:
     """`table` as a tensor whose TensorFlow gradient is dense (a no-op elsewhere).
 

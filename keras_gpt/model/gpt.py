@@ -11,7 +11,7 @@ import numpy as np
 from keras import ops
 
 from keras_gpt import presets
-from keras_gpt.backend import Tensor, is_concrete, replica_scaled
+from keras_gpt.backend import Tensor, in_distribution_strategy, is_concrete, replica_scaled
 from keras_gpt.generation import GenerationEngine, Sampler
 from keras_gpt.model import lora
 from keras_gpt.model.layers import (
@@ -279,6 +279,7 @@ class GPT(keras.Model):
         pad_token_id: int = 0,
         return_lengths: bool = False,
         callback: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        num_samples: int = 1,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Continues each prompt by up to `max_new_tokens` tokens.
 
@@ -320,11 +321,18 @@ class GPT(keras.Model):
                 generated a new token there (rows still inside a longer
                 prompt, or already stopped, did not). Runs a Python loop over
                 the compiled step, so it is a little slower.
+            num_samples: continuations per prompt (Hugging Face's
+                `num_return_sequences`): the output has `batch * num_samples`
+                rows in prompt order, prompt 0's samples first. Each sample
+                draws its own noise, so sampled continuations are independent
+                (greedy ones are equal); the same as passing each prompt
+                `num_samples` times.
 
         Returns:
-            int32 NumPy array `(batch, longest_prompt + max_new_tokens)`: each
-            row's prompt followed by its continuation, then `pad_token_id`.
-            With `return_lengths`, a tuple `(token_ids, lengths)`.
+            int32 NumPy array `(batch * num_samples, longest_prompt +
+            max_new_tokens)`: each row's prompt followed by its continuation,
+            then `pad_token_id`. With `return_lengths`, a tuple
+            `(token_ids, lengths)`.
 
         Example:
         >>> model = GPT(vocabulary_size=256, num_layers=2, num_heads=2,
@@ -333,6 +341,8 @@ class GPT(keras.Model):
         >>> ids, lengths = model.generate([[1, 2, 3], [4]], 5, sampler="top_k",
         ...                               top_k=10, seed=0, stop_token_ids=[0],
         ...                               return_lengths=True)
+        >>> samples = model.generate([[1, 2, 3]], 5, sampler="temperature",
+        ...                          seed=0, num_samples=4)             # (4, 8)
         """
         return self.generation_engine.generate(
             prompt_ids,
@@ -347,6 +357,7 @@ class GPT(keras.Model):
             pad_token_id=pad_token_id,
             return_lengths=return_lengths,
             callback=callback,
+            num_samples=num_samples,
         )
 
     @property
@@ -487,8 +498,7 @@ class GPT(keras.Model):
         """
         if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
             big = self.count_params() >= XLA_MIN_PARAMETERS  # built in __init__
-            # `_distribute_strategy` is set when the model was built under a strategy.
-            if big and not getattr(self, "_distribute_strategy", None):
+            if big and not in_distribution_strategy():
                 jit_compile = True
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
@@ -509,7 +519,7 @@ class GPT(keras.Model):
         The weights are the `padding_mask` of `x` times any `sample_weight`;
         see `keras_gpt.causal_lm_loss`.
         """
-        if self._compile_loss is not None:
+        if self.loss is not None:  # compiled with a loss of the user's
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
         loss = causal_lm_loss(y, y_pred, self._token_weights(x, sample_weight))
         for extra in self.losses:

@@ -91,13 +91,26 @@ def enable_lora(
     }
 
 
+def base_kernel(layer: keras.layers.Dense) -> keras.Variable:
+    """The frozen base kernel of a LoRA-enabled Dense layer.
+
+    With LoRA on, `layer.kernel` is the adapted product (base + (α/r)·A·B); the
+    base variable itself is the layer weight named `kernel` (Keras exposes it
+    only as the private `_kernel`, so it is found by its public path).
+    """
+    for weight in layer.weights:
+        if weight.path.rsplit("/", 1)[-1] == "kernel":
+            return weight
+    raise ValueError(f"{layer.path} has no kernel weight.")
+
+
 def merge_lora(model) -> None:
     """See `GPT.merge_lora`."""
     if not getattr(model, "lora_config", None):
         raise ValueError("LoRA is not enabled on this model: nothing to merge.")
     for _, _, layer in target_layers(model, model.lora_config["target"]):
         merged = keras.ops.convert_to_numpy(layer.kernel)  # base + (α/r)·A·B
-        layer._kernel.assign(merged)
+        base_kernel(layer).assign(merged)
         layer.lora_kernel_b.assign(np.zeros(layer.lora_kernel_b.shape, "float32"))
         layer.lora_enabled = False
         layer.lora_kernel_a.trainable = False
@@ -180,7 +193,7 @@ def merged_copy(model):
     merged = {}
     if getattr(model, "lora_config", None):
         for _, _, layer in target_layers(model, model.lora_config["target"]):
-            merged[_relative_path(layer._kernel)] = layer.kernel  # base + (α/r)·A·B
+            merged[_relative_path(base_kernel(layer))] = layer.kernel  # base + (α/r)·A·B
     for variable in copy.weights:
         key = _relative_path(variable)
         variable.assign(merged.get(key, values[key]))
