@@ -71,7 +71,9 @@ def generate_command(argv: list[str]) -> None:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument(
+        "--num-samples", type=int, default=1, help="continuations of the prompt (one batch)"
+    )
     parser.add_argument("--interactive", action="store_true", help="prompt loop")
     args = parser.parse_args(argv)
 
@@ -89,7 +91,15 @@ def generate_command(argv: list[str]) -> None:
                 f"the prompt has {len(ids)} tokens; the model's context is "
                 f"{model.max_sequence_length}"
             )
-        for n in range(args.num_samples):
+        kwargs = dict(
+            max_new_tokens=min(args.max_new_tokens, room),
+            sampler=sampler,
+            temperature=args.temperature or 1.0,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+        if args.num_samples == 1:
             printed = []
 
             def stream(tokens, done):
@@ -99,17 +109,17 @@ def generate_command(argv: list[str]) -> None:
                 sys.stdout.flush()
 
             sys.stdout.write(prompt)
-            model.generate(
-                np.array([ids]),
-                max_new_tokens=min(args.max_new_tokens, room),
-                sampler=sampler,
-                temperature=args.temperature or 1.0,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                seed=None if args.seed is None else args.seed + n,
-                callback=stream,
-            )
-            sys.stdout.write("\n" + ("-" * 40 + "\n" if args.num_samples > 1 else ""))
+            model.generate(np.array([ids]), callback=stream, **kwargs)
+            sys.stdout.write("\n")
+            return
+        # Several samples: one batched call (independent noise per sample), then
+        # each sample printed whole.
+        out, lengths = model.generate(
+            np.array([ids]), num_samples=args.num_samples, return_lengths=True, **kwargs
+        )
+        for row, length in zip(out, lengths):
+            sys.stdout.write(prompt + tokenizer.decode(row[len(ids) : length].tolist()))
+            sys.stdout.write("\n" + "-" * 40 + "\n")
 
     if args.interactive:
         while True:

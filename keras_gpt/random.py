@@ -78,13 +78,45 @@ _ROUNDS = 4
 HASH_RANGE = _P1 * _P2
 
 
-def hash_ints(shape, seed: int, counter, offset=0):
+def _rounds(a, b, key1, key2):
+    """`_ROUNDS` keyed rounds on the pair (a mod P1, b mod P2); a bijection of the pair.
+
+    Works on Python ints and int32 tensors alike (the same `*`, `+` and `%`),
+    with values in [0, P) in and out.
+    """
+    # Each round is a = (a**3 + b + key1 + r) mod P1, then the same for b with the new a.
+    # One reduction after the cube's first product and one at the end suffice:
+    # (P - 1)**2 plus the three small terms stays below 2**31, and integer `%`
+    # is the costly op on CPUs (PyTorch runs it element by element).
+    for r in range(_ROUNDS):
+        a = ((a * a % _P1) * a + b + key1 + r) % _P1
+        b = ((b * b % _P2) * b + a + key2 + r) % _P2
+    return a, b
+
+
+def _split(value):
+    """The pair (value mod P1, (value // P1) mod P2): unique for value < HASH_RANGE."""
+    return value % _P1, (value // _P1) % _P2
+
+
+# Keys of the seed's own rounds: any fixed values in [0, P) other than the
+# counter's keys, so that seed and counter go through different permutations.
+_SEED_KEY1 = 12345
+_SEED_KEY2 = 27183
+
+
+def hash_ints(shape, seed, counter, offset=0):
     """Uniform int32 values in [0, HASH_RANGE) from a counter-based hash.
 
     Element i of the flattened `shape` is hashed from the pair
     (j mod P1, j mod P2) with j = i + `offset`, which is unique for the first
     P1*P2 (about 1.07e9) values of j, keyed by `seed` and `counter`. Each round
     is a bijection on the pair, so distinct elements never collide.
+
+    The key is the counter hashed under the seed hashed on its own, so every
+    (seed, counter) pair has its own key: seeds s and s + 1 give unrelated
+    values at every counter (adding the seed to the counter would make seed
+    s + 1 repeat seed s one counter later). Seeds are taken mod `HASH_RANGE`.
 
     `offset` places this tensor inside a larger one: the hash of rows
     `[r, r + n)` of a batch is that of the whole batch's rows, with `offset` the
@@ -94,9 +126,15 @@ def hash_ints(shape, seed: int, counter, offset=0):
 
     Args:
         shape: output shape (static or dynamic dimensions).
-        seed: integer key (the layer's seed).
+        seed: integer key (a Python int, e.g. the layer's seed, or an int32
+            scalar tensor, e.g. a sampling seed given at run time).
         counter: int32 scalar tensor, advanced once per call.
         offset: int or int32 scalar tensor added to every element index.
+
+    Example:
+    >>> counter = keras.ops.convert_to_tensor(0, "int32")
+    >>> tuple(hash_ints((2, 3), seed=7, counter=counter).shape)   # same values everywhere
+    (2, 3)
     """
     size = 1
     for dim in shape:
@@ -104,16 +142,12 @@ def hash_ints(shape, seed: int, counter, offset=0):
     index = ops.arange(0, size, dtype="int32")
     if not (isinstance(offset, int) and offset == 0):
         index = index + ops.cast(offset, "int32")
-    counter = ops.cast(counter, "int32")
-    key1 = (counter % _P1 + seed % _P1) % _P1
-    key2 = ((counter // _P1) % _P2 + (seed // _P1) % _P2) % _P2
-    a = index % _P1
-    b = index % _P2
-    # Each round is a = (a**3 + b + key1 + r) mod P1, then the same for b with the new a.
-    # One reduction after the cube's first product and one at the end suffice:
-    # (P - 1)**2 plus the three small terms stays below 2**31, and integer `%`
-    # is the costly op on CPUs (PyTorch runs it element by element).
-    for r in range(_ROUNDS):
-        a = ((a * a % _P1) * a + b + key1 + r) % _P1
-        b = ((b * b % _P2) * b + a + key2 + r) % _P2
+    if isinstance(seed, int):
+        # Python ints: exact at any size, and the same values as the int32 path below.
+        seed = seed % HASH_RANGE
+    else:
+        seed = ops.cast(seed, "int32")
+    seed1, seed2 = _rounds(*_split(seed), _SEED_KEY1, _SEED_KEY2)
+    key1, key2 = _rounds(*_split(ops.cast(counter, "int32")), seed1, seed2)
+    a, b = _rounds(index % _P1, index % _P2, key1, key2)
     return ops.reshape(a * _P2 + b, shape)

@@ -259,10 +259,21 @@ class GenerationEngine:
         pad_token_id: int = 0,
         return_lengths: bool = False,
         callback: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        num_samples: int = 1,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Continues each prompt by up to `max_new_tokens` tokens; see `GPT.generate`."""
         model = self.model
         prompts = prompt_rows(prompt_ids, padding_mask)
+        if (
+            not isinstance(num_samples, (int, np.integer))
+            or isinstance(num_samples, bool)
+            or num_samples < 1
+        ):
+            raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}.")
+        # K samples of a prompt are K rows of it: every row of a batch draws its
+        # own noise (the hash covers the whole (batch, vocabulary) noise tensor),
+        # so the samples are independent, and rows stay in prompt order.
+        prompts = [row for row in prompts for _ in range(int(num_samples))]
         validate(model, prompts, max_new_tokens, pad_token_id)
         sampler = get_sampler(sampler, temperature, top_k, top_p)
         stops = padded_stop_ids(model, stop_token_ids)
