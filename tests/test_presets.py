@@ -25,7 +25,7 @@ GPT2_PARAMETERS = {
 
 
 def test_registry_lists_gpt2_shapes_and_small_configs():
-    listed = {info.name: info for info in keras_gpt.presets.list()}
+    listed = {info.name: info for info in keras_gpt.presets.list_presets()}
     for name, count in GPT2_PARAMETERS.items():
         assert listed[name].parameter_count == count
         assert listed[name].has_weights and listed[name].weights.startswith("hf://")
@@ -36,13 +36,37 @@ def test_registry_lists_gpt2_shapes_and_small_configs():
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"tie_embeddings": False, "intermediate_dim": 40}, {"position_embedding": "sinusoidal"}],
+    [
+        {},
+        {"tie_embeddings": False, "intermediate_dim": 40},
+        {"position_embedding": "sinusoidal"},
+        {"use_bias": False},  # the old formula counted biases a use_bias=False model lacks
+    ],
 )
 def test_count_parameters_matches_built_model(variant):
     config = {**keras_gpt.presets.get("gpt_nano").config, **variant}
     model = GPT(**config, seed=0)
     built = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     assert keras_gpt.presets.count_parameters(config) == built
+
+
+def test_count_parameters_of_a_subclass_and_leaves_no_deferred_weights():
+    """Counting builds the model without weights; nothing is left for Keras to
+    initialise later (a JAX decode traces under a StatelessScope, which would)."""
+
+    class Wider(GPT):
+        def __init__(self, **config):
+            super().__init__(**{**config, "intermediate_dim": 2 * config["hidden_dim"]})
+
+    config = keras_gpt.presets.get("gpt_nano").config
+    assert keras_gpt.presets.count_parameters(config, Wider) < (
+        keras_gpt.presets.count_parameters(config)
+    )
+    assert keras_gpt.presets.get("gpt2_xl").parameter_count == 1_557_611_200
+    # Keras' own list of deferred variables (private: there is no public view of it).
+    from keras.src.backend.common import global_state
+
+    assert not global_state.get_global_attribute("uninitialized_variables")
 
 
 def test_register_rejects_duplicates_and_incomplete_configs():

@@ -594,7 +594,7 @@ class GPT(keras.Model):
         """Loads a model from a preset: keras_gpt, Hugging Face GPT-2 or KerasHub GPT-2.
 
         Args:
-            handle: a registered name (`keras_gpt.presets.list()`), a local
+            handle: a registered name (`keras_gpt.presets.list_presets()`), a local
                 directory, `"hf://owner/name"` or
                 `"kaggle://owner/model/framework/variation[/version]"`.
             **overrides: `GPT` arguments replacing the preset's, e.g.

@@ -2,7 +2,7 @@
 from Hugging Face and KerasHub GPT-2 checkpoints.
 
 Example:
->>> for info in keras_gpt.presets.list():
+>>> for info in keras_gpt.presets.list_presets():
 ...     print(info)
 >>> model = keras_gpt.GPT.from_preset("path/to/preset")
 """
@@ -15,8 +15,11 @@ from keras_gpt.presets.loading import (
     preset_format,
     save_to_preset,
 )
-from keras_gpt.presets.registry import PresetInfo, count_parameters, get, register
-from keras_gpt.presets.registry import list_presets as list  # noqa: A001
+from keras_gpt.presets.registry import PresetInfo, count_parameters, get, list_presets, register
+
+#: The former name of `list_presets`, kept so that existing code runs; it shadows the
+#: builtin `list` inside this namespace, so new code should call `list_presets`.
+list = list_presets  # noqa: A001
 
 __all__ = [
     "PresetError",
@@ -25,6 +28,7 @@ __all__ = [
     "from_preset",
     "get",
     "list",
+    "list_presets",
     "load_tokenizer",
     "preset_format",
     "register",

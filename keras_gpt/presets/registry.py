@@ -18,7 +18,7 @@ _BYTE_VOCABULARY = 257
 
 @dataclass(frozen=True)
 class PresetInfo:
-    """One registry entry, as listed by `keras_gpt.presets.list()`.
+    """One registry entry, as listed by `keras_gpt.presets.list_presets()`.
 
     Args:
         name: the built-in name, usable as a `from_preset` handle.
@@ -184,13 +184,13 @@ def get(name: str) -> PresetInfo:
 def list_presets() -> builtins.list[PresetInfo]:
     """All named presets: name, size, and where their weights are (if any).
 
-    Exported as `keras_gpt.presets.list()`.
+    Also available under its former name `keras_gpt.presets.list`.
 
     Returns:
         `PresetInfo` entries in registration order; `print` one for a table row.
 
     Example:
-    >>> for info in keras_gpt.presets.list():
+    >>> for info in keras_gpt.presets.list_presets():
     ...     print(info)
     gpt2_small       124M  hf://openai-community/gpt2
     """
