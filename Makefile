@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[tensorflow,jax,torch,hub,hf,text,recipes,onnx,dev,bench,docs]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[tensorflow,jax,torch,hub,hf,text,recipes,onnx,serve,dev,bench,docs]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -1,0 +1,310 @@
+"""The batcher: one worker thread decoding the requests in flight together.
+
+Keras models are not thread-safe, so one thread owns the model. Requests wait
+in a queue; whenever the worker is free it takes the oldest waiting request
+and every other waiting request with the same sampler settings (greedy, or
+the same temperature / top-k / top-p), up to `max_batch` rows, and decodes
+them in one `GPT.generate` call: ragged prompts, one compiled step for the
+whole batch. Requests that arrive meanwhile form the next batch.
+
+Why a request's result does not depend on its neighbours:
+
+- Greedy rows: `generate` decodes every row on its own (ragged prompts are
+  right-padded and masked), so a row equals `model.generate` on its prompt
+  alone. A batch decodes as many tokens as its longest-asking row; each row's
+  own `max_tokens` and stop strings are applied by its `TextStream`.
+- Sampled rows with a `seed`: the sampler's noise is keyed by the call's seed
+  and each row's place in the batch, so a seeded request is decoded in a batch
+  of its own (its `n` choices as rows 0…n-1): the same request gives the same
+  choices again, equal to `model.generate([prompt] * n, seed=seed, ...)`.
+- Unseeded sampled rows share a batch and the seed `generate` draws for it.
+
+Batch sizes are rounded up to a power of two (capped at `max_batch`) by
+repeating the first prompt, so a server compiles a handful of programs, not
+one per batch size. Streaming (and stop strings) use `generate`'s `callback`:
+text is released at every step, and when every row of a batch has ended (its
+own `max_tokens`, a stop string, or a client that went away) the callback
+ends the call early. Without them the whole decoding loop runs as one
+compiled program (JAX, TensorFlow), which is faster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_gpt.serving.params import Sampling
+from keras_gpt.serving.text import TextStream
+
+logger = logging.getLogger("keras_gpt.serving")
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` rows: the request is refused (HTTP 429)."""
+
+
+class _BatchDone(Exception):
+    """Raised from the streaming callback when every row of the batch has ended."""
+
+
+@dataclass
+class Choice:
+    """One generated row of a request: choice `index` of the response."""
+
+    index: int
+    prompt_ids: list[int]
+    text: TextStream
+
+
+class Request:
+    """A request's rows (prompts × n choices) and the channel back to its handler.
+
+    The worker thread reports through `events`, an `asyncio.Queue` of the
+    handler's event loop: `("text", index, text)`, `("end", index,
+    finish_reason, tokens)` for each choice, or `("error", message)`.
+
+    Args:
+        request_id: e.g. `"cmpl-..."`, for logs.
+        choices: the rows to generate.
+        sampling: the request's sampler settings.
+        loop: the handler's event loop (`asyncio.get_running_loop()`).
+        prompt_tokens: the request's prompt tokens (each prompt once), for `usage`.
+    """
+
+    _serial = itertools.count()
+
+    def __init__(
+        self,
+        request_id: str,
+        choices: Sequence[Choice],
+        sampling: Sampling,
+        loop: asyncio.AbstractEventLoop,
+        prompt_tokens: int = 0,
+    ):
+        self.id = request_id
+        self.prompt_tokens = int(prompt_tokens)
+        self.choices = list(choices)
+        self.sampling = sampling
+        self.loop = loop
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+        self.started = time.monotonic()
+        arguments = tuple(sorted(sampling.generate_arguments.items()))
+        # A seeded sampled request decodes alone (see the module docstring).
+        seeded = sampling.seed is not None and sampling.temperature > 0
+        self.group = (arguments, next(self._serial)) if seeded else (arguments,)
+
+    def emit(self, *event) -> None:
+        """Sends an event to the handler (called from the worker thread)."""
+        if not self.cancelled:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every choice has ended, or the client went away."""
+        return self.cancelled or all(c.text.finished for c in self.choices)
+
+
+class Batcher:
+    """Queues requests and decodes compatible ones together in a worker thread.
+
+    Args:
+        model: a `keras_gpt.GPT` (only the worker thread calls it).
+        max_batch: most rows decoded in one `generate` call.
+        max_queue: most rows waiting; `submit` raises `QueueFull` beyond.
+        stop_token_ids: ids that end every row (the tokenizer's end of text).
+
+    Example:
+    >>> batcher = Batcher(model, max_batch=16, max_queue=256)
+    >>> batcher.start()
+    >>> batcher.submit(request)        # then await request.events
+    >>> batcher.stats["peak_batch"]
+    """
+
+    def __init__(
+        self,
+        model,
+        max_batch: int = 16,
+        max_queue: int = 256,
+        stop_token_ids: Sequence[int] = (),
+    ):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}.")
+        self.model = model
+        self.max_batch = int(max_batch)
+        self.max_queue = int(max_queue)
+        self.stop_token_ids = list(stop_token_ids)
+        self._waiting: deque[Request] = deque()
+        self._waiting_rows = 0
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stats = dict(
+            requests=0, batches=0, rows_decoded=0, peak_batch=0, decoding=0, tokens=0
+        )
+
+    # -- called from the event loop ----------------------------------------------
+
+    def start(self) -> None:
+        """Starts the worker thread."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="keras_gpt-batcher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the worker after its current batch; waiting requests are dropped."""
+        with self._condition:
+            self._stopping = True
+            for request in self._waiting:
+                request.emit("error", "the server is shutting down")
+            self._waiting.clear()
+            self._waiting_rows = 0
+            self._condition.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, request: Request) -> None:
+        """Queues `request`; raises `QueueFull` if its rows do not fit in the queue.
+
+        Args:
+            request: at most `max_batch` rows.
+        """
+        rows = len(request.choices)
+        if rows > self.max_batch:
+            raise ValueError(f"a request may have at most {self.max_batch} rows, got {rows}")
+        with self._condition:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if self._waiting_rows + rows > self.max_queue:
+                raise QueueFull(
+                    f"{self._waiting_rows} rows are waiting (the limit is {self.max_queue})"
+                )
+            self._waiting.append(request)
+            self._waiting_rows += rows
+            self._stats["requests"] += 1
+            self._condition.notify()
+
+    def cancel(self, request: Request) -> None:
+        """Drops `request` (its client went away): out of the queue at once, and its
+        rows are no longer decoded for; a batch whose rows have all ended stops."""
+        request.cancelled = True
+        with self._condition:
+            if request in self._waiting:
+                self._waiting.remove(request)
+                self._waiting_rows -= len(request.choices)
+
+    @property
+    def stats(self) -> dict:
+        """Counters: `requests`, `batches`, `rows_decoded`, `peak_batch` (most real rows
+        in one batch), `decoding` (rows in the current batch), `waiting` (rows queued),
+        `tokens` (generated), `max_batch`, `max_queue`."""
+        with self._condition:
+            return dict(
+                self._stats,
+                waiting=self._waiting_rows,
+                max_batch=self.max_batch,
+                max_queue=self.max_queue,
+            )
+
+    # -- the worker thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._waiting and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return
+                batch = self._take()
+                rows = sum(len(r.choices) for r in batch)
+                self._stats["batches"] += 1
+                self._stats["rows_decoded"] += rows
+                self._stats["decoding"] = rows
+                self._stats["peak_batch"] = max(self._stats["peak_batch"], rows)
+            try:
+                self._decode(batch)
+            except Exception as error:  # a bug, not a bad request: those never get here
+                logger.exception("batch of %d requests failed", len(batch))
+                for request in batch:
+                    if not request.finished:
+                        request.emit("error", f"generation failed: {error}")
+            finally:
+                with self._condition:
+                    self._stats["decoding"] = 0
+
+    def _take(self) -> list[Request]:
+        """The oldest waiting request and the later ones that share its sampler settings."""
+        group = self._waiting[0].group
+        batch, rows = [], 0
+        for request in list(self._waiting):
+            size = len(request.choices)
+            if request.group == group and rows + size <= self.max_batch:
+                batch.append(request)
+                rows += size
+                self._waiting.remove(request)
+                self._waiting_rows -= size
+        return batch
+
+    def _batch_size(self, rows: int) -> int:
+        """`rows` rounded up to a power of two, at most `max_batch`: few compiled shapes."""
+        return min(1 << (rows - 1).bit_length(), self.max_batch)
+
+    def _decode(self, batch: list[Request]) -> None:
+        rows = [(request, choice) for request in batch for choice in request.choices]
+        prompts = [choice.prompt_ids for _, choice in rows]
+        prompts += [prompts[0]] * (self._batch_size(len(rows)) - len(rows))
+        sampling = batch[0].sampling
+        stepwise = any(r.sampling.stream for r in batch) or any(c.text.stop for _, c in rows)
+
+        def feed(request: Request, choice: Choice, token: int) -> None:
+            if request.cancelled or choice.text.finished:
+                return
+            text = choice.text.feed(token)
+            if text:
+                request.emit("text", choice.index, text)
+            if choice.text.finished:
+                self._end(request, choice)
+
+        def on_step(token_ids: np.ndarray, is_new: np.ndarray) -> None:
+            for r, (request, choice) in enumerate(rows):
+                if is_new[r]:
+                    feed(request, choice, int(token_ids[r]))
+            if all(request.finished for request in batch):
+                raise _BatchDone
+
+        try:
+            out, lengths = self.model.generate(
+                prompts,
+                max_new_tokens=max(c.text.max_tokens for _, c in rows),
+                stop_token_ids=self.stop_token_ids or None,
+                seed=sampling.seed,
+                return_lengths=True,
+                callback=on_step if stepwise else None,
+                **sampling.generate_arguments,
+            )
+        except _BatchDone:
+            return
+        for r, (request, choice) in enumerate(rows):
+            if not stepwise:  # the callback has fed the stepwise rows already
+                for token in out[r, len(choice.prompt_ids) : lengths[r]]:
+                    feed(request, choice, int(token))
+            if not (request.cancelled or choice.text.finished):
+                text = choice.text.close("length")
+                if text:
+                    request.emit("text", choice.index, text)
+                self._end(request, choice)
+
+    def _end(self, request: Request, choice: Choice) -> None:
+        with self._condition:
+            self._stats["tokens"] += choice.text.tokens
+        request.emit("end", choice.index, choice.text.finish_reason, choice.text.tokens)
