@@ -242,6 +242,125 @@ def serve_command(argv: list[str]) -> None:
         raise SystemExit(f"keras-gpt serve: {error}") from None
 
 
+def evaluate_command(argv: list[str]) -> dict:
+    """`keras-gpt evaluate PRESET_OR_RUN_DIR --data FILE_OR_DIR [--task ...]` (see
+    `keras_gpt.evaluation`).
+
+    Args:
+        argv: the command-line arguments after `evaluate`.
+
+    Returns:
+        The task's figures, also printed as JSON (and written to `--json`).
+
+    Example:
+    >>> evaluate_command(["runs/pretrain", "--data", "valid.txt", "--stride", "512"])
+    """
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(
+        prog="keras-gpt evaluate",
+        description="Score a preset (or a recipe's run directory, through its best/ preset) "
+        "on text: perplexity, mean loss and bits per byte (sliding windows), multiple-choice "
+        "accuracy (JSONL with context, endings, label) or last-word accuracy and perplexity.",
+    )
+    parser.add_argument("preset", help="preset handle or directory, or a run directory")
+    parser.add_argument("--data", required=True, nargs="+", help="files, folders or globs")
+    parser.add_argument(
+        "--task", choices=("perplexity", "multiple_choice", "last_word"), default="perplexity"
+    )
+    parser.add_argument("--context", type=int, default=None, help="perplexity window (tokens)")
+    parser.add_argument("--stride", type=int, default=None, help="perplexity window step")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    from keras_gpt.evaluation import evaluate
+    from keras_gpt.model import GPT
+    from keras_gpt.presets import PresetError, load_tokenizer
+
+    handle = args.preset
+    # A recipe's run directory keeps its best model as the preset best/.
+    if os.path.isfile(os.path.join(handle, "best", "config.json")):
+        handle = os.path.join(handle, "best")
+    try:
+        model = GPT.from_preset(handle)
+        tokenizer = load_tokenizer(handle)
+        results = evaluate(
+            model,
+            tokenizer,
+            args.data,
+            task=args.task,
+            batch_size=args.batch_size,
+            context=args.context,
+            stride=args.stride,
+            progress=not args.no_progress,
+        )
+    except (ValueError, PresetError, OSError) as error:
+        raise SystemExit(f"keras-gpt evaluate: {error}") from None
+    results = {"preset": handle, "data": args.data, **results}
+    text = json.dumps(results, indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return results
+
+
+def serve_command(argv: list[str]) -> None:
+    """`keras-gpt serve PRESET_OR_RUN_DIR [--host H] [--port P] ...` (see `keras_gpt.serving`).
+
+    Args:
+        argv: the command-line arguments after `serve`.
+
+    Example:
+    >>> serve_command(["runs/shakespeare", "--port", "8000", "--max-batch", "16"])
+    """
+    parser = argparse.ArgumentParser(
+        prog="keras-gpt serve",
+        description="Serve a preset (or a run directory, through its best/ preset) over an "
+        "OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models, "
+        "/health; streaming and batched decoding.",
+    )
+    parser.add_argument("preset", help="preset handle or directory, or a run directory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", type=int, default=16, help="rows decoded together")
+    parser.add_argument("--max-queue", type=int, default=256, help="rows waiting; more get 429")
+    parser.add_argument("--max-n", type=int, default=None, help="largest n (default max-batch)")
+    parser.add_argument(
+        "--chat",
+        choices=("instruction", "messages"),
+        default=None,
+        help="chat template of a fine-tuned model (default: the preset's metadata.json)",
+    )
+    parser.add_argument("--model-name", default=None, help="model id (default: the preset)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    args = parser.parse_args(argv)
+    try:
+        from keras_gpt.presets import PresetError
+        from keras_gpt.serving import serve
+    except ImportError as error:
+        raise SystemExit(
+            f"keras-gpt serve: {error}; install the serve extra: pip install 'keras-gpt[serve]'"
+        ) from None
+    try:
+        serve(
+            args.preset,
+            host=args.host,
+            port=args.port,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            max_n=args.max_n,
+            chat=args.chat,
+            model_name=args.model_name,
+            log_level=args.log_level,
+        )
+    except (ValueError, PresetError, OSError) as error:
+        raise SystemExit(f"keras-gpt serve: {error}") from None
+
+
 COMMANDS = {
     "pretrain": pretrain_command,
     "finetune": finetune_command,

@@ -1,0 +1,40 @@
+"""Evaluation: perplexity and bits per byte, multiple choice and last word.
+
+Scores are computed as the field's tools compute them: perplexity with
+Hugging Face's sliding window and stride, multiple-choice and last-word
+log-likelihoods as lm-evaluation-harness requests them. Every task is a list
+of token rows scored with one forward pass each, in batches
+(`keras_gpt.evaluation.scoring`). `keras_gpt.evaluation.lm_eval` adapts a
+model to lm-evaluation-harness (the `lm_eval` extra).
+
+Example:
+>>> from keras_gpt.evaluation import perplexity
+>>> model = GPT.from_preset("hf://openai-community/gpt2")
+>>> perplexity(model, load_tokenizer("hf://openai-community/gpt2"), "valid.txt")
+"""
+
+from keras_gpt.evaluation.scoring import Row, RowScore, score_rows
+from keras_gpt.evaluation.tasks import (
+    TASKS,
+    encode_request,
+    evaluate,
+    last_word,
+    loglikelihoods,
+    multiple_choice,
+    perplexity,
+    sliding_windows,
+)
+
+__all__ = [
+    "TASKS",
+    "Row",
+    "RowScore",
+    "encode_request",
+    "evaluate",
+    "last_word",
+    "loglikelihoods",
+    "multiple_choice",
+    "perplexity",
+    "score_rows",
+    "sliding_windows",
+]

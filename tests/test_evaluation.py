@@ -1,0 +1,401 @@
+"""keras_gpt.evaluation and `keras-gpt evaluate`, checked against transformers computed here.
+
+The reference is a `transformers.GPT2LMHeadModel` of an odd shape (3 layers,
+3 heads of width 12, 45 positions, 263 tokens) whose every bias and LayerNorm
+weight is perturbed by hand, so that a conversion that dropped or swapped one
+would show. It is saved with `save_pretrained` and loaded with
+`GPT.from_preset`; the reference figures are computed from transformers'
+own logits in this file, with the definitions the field uses (Hugging Face's
+sliding-window perplexity, lm-evaluation-harness' log-likelihood requests).
+
+Tolerances: the same float32 weights run by PyTorch's kernels and by the
+backend's give log-probabilities that differ by ~1e-6 (test_conversion.py
+measures logits to ~1e-6); a perplexity is exp of a mean of them, so it
+agrees to ~1e-6 relative. The bounds are the issue's: 1e-5 relative for
+perplexity and bits per byte, 1e-4 for log-likelihoods.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_gpt import GPT
+from keras_gpt.cli import main
+from keras_gpt.evaluation import (
+    encode_request,
+    last_word,
+    loglikelihoods,
+    multiple_choice,
+    perplexity,
+    sliding_windows,
+)
+from keras_gpt.tokenizers import ByteTokenizer
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+POSITIONS = 45
+TOKENIZER = ByteTokenizer()  # 257 ids (bytes + <|endoftext|>); the model has 263
+
+DOCUMENTS = [
+    "It was the best of times, it was the worst of times, it was the age of wisdom, "
+    "it was the age of foolishness, it was the epoch of belief.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little money "
+    "in my purse, I thought I would sail about a little and see the watery part of the world.",
+    "Short one.",
+    "é ü — unicode bytes count as bytes.",
+]
+
+ITEMS = [
+    dict(context="The cat sat on the", endings=["mat.", "moon, singing", "a"], label=0),
+    dict(context="She opened the door and ", endings=["left.", "the door left her."], label=1),
+    dict(context="Numbers: one, two,", endings=["three", "seven", "ninety-nine", "ten"], label=0),
+]
+
+PASSAGES = [
+    "He poured the coffee into his favourite mug",
+    "The children ran down to the river",
+    "At the end of the day she finally went home",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(the transformers model, the keras_gpt model loaded from its save_pretrained dir)."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=263,
+        n_positions=POSITIONS,
+        n_embd=36,
+        n_layer=3,
+        n_head=3,
+        initializer_range=0.08,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        perturbed = 0
+        for name, parameter in hf.named_parameters():
+            if name.endswith("bias") or ".ln_" in name or name.startswith("transformer.ln_f"):
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+                perturbed += 1
+    # Per block: ln_1 and ln_2 (weight, bias), 4 Dense biases; ln_f weight, bias.
+    assert perturbed == 3 * 8 + 2
+    directory = tmp_path_factory.mktemp("hf_gpt2")
+    hf.save_pretrained(directory)
+    return hf, GPT.from_preset(str(directory))
+
+
+def token_logprobs(hf, ids: list[int]) -> np.ndarray:
+    """transformers' log P(ids[i] | ids[:i]) for i >= 1, in float64."""
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids[:-1]])).logits[0].double()
+    return torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
+
+
+def hf_guide_nll(hf, ids: list[int], max_length: int, stride: int) -> tuple[float, int]:
+    """The transformers perplexity guide's loop, with transformers' own loss.
+
+    The guide adds `loss * (num_valid_tokens - batch_size)`; the exact count of
+    tokens a window's loss averages over is the number of labels left after
+    the shift, which is what is used here (the guide's subtraction is exact
+    for the first window and one token short for later overlapping ones).
+    """
+    input_ids = torch.tensor([ids])
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + max_length, len(ids))
+        trg_len = end - prev_end
+        window = input_ids[:, begin:end]
+        targets = window.clone()
+        targets[:, :-trg_len] = -100
+        valid = int((targets[:, 1:] != -100).sum())
+        if valid:
+            with torch.no_grad():
+                loss = hf(window, labels=targets).loss.double().item()
+            nll_sum += loss * valid
+            n_tokens += valid
+        prev_end = end
+        if end == len(ids):
+            break
+    return nll_sum, n_tokens
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+# -- sliding windows -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, context, stride", [(10, 6, 3), (100, 16, 5), (7, 8, 8), (50, 10, 10)])
+def test_sliding_windows_score_what_the_guide_scores(n, context, stride):
+    scored = [
+        p for begin, end, first in sliding_windows(n, context, stride) for p in range(first, end)
+    ]
+    # The guide's labels: positions [end - trg_len, end) of each window, minus
+    # its first position (no logits predict it).
+    expected, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + context, n)
+        expected += [p for p in range(prev_end, end) if p > begin]
+        prev_end = end
+        if end == n:
+            break
+    assert scored == expected
+    assert len(set(scored)) == len(scored)  # each token at most once
+    if stride < context:
+        assert scored == list(range(1, n))  # every token but the first
+
+
+# -- parity with transformers ------------------------------------------------
+
+
+@pytest.mark.parametrize("stride", [POSITIONS, 17])
+def test_perplexity_equals_transformers(reference, tmp_path, stride):
+    hf, model = reference
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(DOCUMENTS[0])
+    write_jsonl(tmp_path / "docs" / "b.jsonl", [{"text": t} for t in DOCUMENTS[1:]])
+    # batch_size 3 leaves a partial last batch; the shortest document is one window.
+    result = perplexity(model, TOKENIZER, tmp_path / "docs", stride=stride, batch_size=3)
+
+    nll, tokens = 0.0, 0
+    for text in DOCUMENTS:
+        doc_nll, doc_tokens = hf_guide_nll(hf, TOKENIZER.encode(text), POSITIONS, stride)
+        nll += doc_nll
+        tokens += doc_tokens
+    num_bytes = sum(len(t.encode("utf-8")) for t in DOCUMENTS)
+    assert result["tokens"] == tokens
+    assert result["bytes"] == num_bytes and result["documents"] == len(DOCUMENTS)
+    assert result["context"] == POSITIONS and result["stride"] == stride
+    np.testing.assert_allclose(result["perplexity"], math.exp(nll / tokens), rtol=1e-5)
+    np.testing.assert_allclose(result["mean_loss"], nll / tokens, rtol=1e-5)
+    np.testing.assert_allclose(result["bits_per_byte"], nll / math.log(2) / num_bytes, rtol=1e-5)
+
+
+def test_multiple_choice_loglikelihoods_equal_transformers(reference, tmp_path):
+    hf, model = reference
+    requests = [(item["context"], " " + e) for item in ITEMS for e in item["endings"]]
+    scores = loglikelihoods(model, TOKENIZER, requests, batch_size=4)
+    expected = []
+    for context, continuation in requests:
+        context_ids, continuation_ids = encode_request(TOKENIZER, context, continuation)
+        logprobs = token_logprobs(hf, context_ids + continuation_ids)
+        expected.append(logprobs[len(context_ids) - 1 :].sum())
+        assert scores[len(expected) - 1].tokens == len(continuation_ids)
+    np.testing.assert_allclose([s.loglikelihood for s in scores], expected, rtol=1e-4)
+
+    # acc / acc_norm as lm-evaluation-harness computes them from those scores.
+    result = multiple_choice(model, TOKENIZER, write_jsonl(tmp_path / "mc.jsonl", ITEMS))
+    acc = acc_norm = 0
+    start = 0
+    for item in ITEMS:
+        lls = np.array(expected[start : start + len(item["endings"])])
+        start += len(item["endings"])
+        lengths = np.array([len(e) for e in item["endings"]], float)
+        acc += int(np.argmax(lls) == item["label"])
+        acc_norm += int(np.argmax(lls / lengths) == item["label"])
+    assert result == {
+        "task": "multiple_choice",
+        "acc": acc / len(ITEMS),
+        "acc_norm": acc_norm / len(ITEMS),
+        "items": len(ITEMS),
+    }
+
+
+def test_last_word_equals_transformers(reference, tmp_path):
+    hf, model = reference
+    path = tmp_path / "lambada.txt"
+    path.write_text("\n".join(PASSAGES) + "\n")
+    result = last_word(model, TOKENIZER, path, batch_size=2)
+
+    lls, hits = [], []
+    for text in PASSAGES:
+        context, _, word = text.rpartition(" ")
+        context_ids, word_ids = encode_request(TOKENIZER, context, " " + word)
+        row = context_ids + word_ids
+        lls.append(token_logprobs(hf, row)[len(context_ids) - 1 :].sum())
+        with torch.no_grad():
+            argmax = hf(torch.tensor([row[:-1]])).logits[0].argmax(-1).numpy()
+        hits.append(bool((argmax[len(context_ids) - 1 :] == word_ids).all()))
+    assert result["items"] == len(PASSAGES)
+    assert result["acc"] == sum(hits) / len(PASSAGES)
+    np.testing.assert_allclose(result["perplexity"], math.exp(-np.mean(lls)), rtol=1e-5)
+
+
+def test_is_greedy_marks_what_greedy_decoding_produces(reference):
+    # A random model rarely predicts a real word, so the accuracy above is
+    # likely 0: here a continuation is the model's own greedy output, which
+    # must count as a hit, and the same with its last token changed must not.
+    hf, model = reference
+    prompt = "She walked towards the"
+    ids = TOKENIZER.encode(prompt)
+    for _ in range(3):
+        with torch.no_grad():
+            ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
+    new = ids[len(TOKENIZER.encode(prompt)) :]
+    greedy = TOKENIZER.decode(new)
+    if TOKENIZER.encode(prompt + greedy) != ids or max(new) > 127:
+        pytest.skip(f"greedy bytes {new} do not round-trip as one ASCII continuation")
+    other = greedy[:-1] + ("a" if greedy[-1] != "a" else "b")
+    hit, miss = loglikelihoods(model, TOKENIZER, [(prompt, greedy), (prompt, other)])
+    assert hit.is_greedy and not miss.is_greedy
+    assert hit.loglikelihood > miss.loglikelihood
+
+
+# -- bad input -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return GPT(
+        vocabulary_size=TOKENIZER.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        max_sequence_length=32,
+        seed=0,
+    )
+
+
+GOOD = dict(context="a b", endings=["c", "d"], label=1)
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([GOOD, {"context": "x", "label": 0}], "line 2 has no field 'endings'"),
+        ([GOOD, GOOD, {**GOOD, "label": 2}], "line 3: label 2 is out of range for 2 endings"),
+        ([{**GOOD, "label": "1"}], "line 1: 'label' must be a int, got str"),
+        ([{**GOOD, "context": "x" * 40}], "line 1: context \\+ ending is 42 tokens"),
+        ([{**GOOD, "endings": []}], "line 1: 'endings' must be non-empty strings"),
+    ],
+)
+def test_multiple_choice_bad_input_names_the_line(tiny, tmp_path, records, message):
+    path = write_jsonl(tmp_path / "mc.jsonl", records)
+    with pytest.raises(ValueError, match=message) as error:
+        multiple_choice(tiny, TOKENIZER, path)
+    assert "mc.jsonl" in str(error.value)
+
+
+def test_bad_files_name_the_problem(tiny, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl' is empty"):
+        multiple_choice(tiny, TOKENIZER, tmp_path / "empty.jsonl")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty.txt' is empty"):
+        perplexity(tiny, TOKENIZER, tmp_path / "empty.txt")
+    (tmp_path / "broken.jsonl").write_text('{"text": "a b"}\n{"text": \n')
+    with pytest.raises(ValueError, match="broken.jsonl' line 2 is not JSON"):
+        last_word(tiny, TOKENIZER, tmp_path / "broken.jsonl")
+    (tmp_path / "words.txt").write_text("two words\noneword\n")
+    with pytest.raises(ValueError, match="words.txt' line 2 has no final word"):
+        last_word(tiny, TOKENIZER, tmp_path / "words.txt")
+    (tmp_path / "long.txt").write_text("x" * 40 + " end\n")
+    with pytest.raises(ValueError, match="long.txt' line 1: the passage is 44 tokens"):
+        last_word(tiny, TOKENIZER, tmp_path / "long.txt")
+    (tmp_path / "ok.txt").write_text("some text")
+    with pytest.raises(ValueError, match="`context` must be in \\[2, 33\\]"):
+        perplexity(tiny, TOKENIZER, tmp_path / "ok.txt", context=34)
+    with pytest.raises(ValueError, match="`stride` must be in \\[1, context=32\\]"):
+        perplexity(tiny, TOKENIZER, tmp_path / "ok.txt", stride=33)
+
+
+# -- the command -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def preset(tiny, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("preset")
+    tiny.save_to_preset(str(directory), tokenizer=TOKENIZER)
+    return directory
+
+
+def test_cli_writes_the_figures(tiny, preset, tmp_path, capsys):
+    data = tmp_path / "valid.txt"
+    data.write_text(DOCUMENTS[1])
+    out = tmp_path / "ppl.json"
+    main(["evaluate", str(preset), "--data", str(data), "--stride", "8", "--json", str(out)])
+    written = json.loads(out.read_text())
+    capsys.readouterr()
+    main(["evaluate", str(preset), "--data", str(data), "--stride", "8", "--no-progress"])
+    assert json.loads(capsys.readouterr().out) == written  # stdout: the same JSON, alone
+    expected = perplexity(tiny, TOKENIZER, data, stride=8)
+    assert written["task"] == "perplexity" and written["data"] == [str(data)]
+    for key, value in expected.items():
+        # The same model and program; only the process differs.
+        assert written[key] == (
+            pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+        )
+
+    # A run directory evaluates its best/ preset.
+    run = tmp_path / "run"
+    shutil.copytree(preset, run / "best")
+    mc = write_jsonl(tmp_path / "mc.jsonl", [GOOD, GOOD])
+    main(["evaluate", str(run), "--data", str(mc), "--task", "multiple_choice", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written["preset"] == str(run / "best")
+    assert written["acc"] == multiple_choice(tiny, TOKENIZER, mc)["acc"]
+
+
+def test_cli_error_is_one_line(preset, tmp_path):
+    mc = write_jsonl(tmp_path / "mc.jsonl", [GOOD, {**GOOD, "label": 5}])
+    with pytest.raises(SystemExit) as error:
+        main(["evaluate", str(preset), "--data", str(mc), "--task", "multiple_choice"])
+    message = str(error.value)
+    assert message.startswith("keras-gpt evaluate: ") and "\n" not in message
+    assert "mc.jsonl' line 2: label 5 is out of range" in message
+
+
+# -- every backend ---------------------------------------------------------------
+
+
+@pytest.mark.cross_backend
+def test_same_scores_on_every_backend(preset, tmp_path):
+    text = tmp_path / "valid.txt"
+    text.write_text(" ".join(DOCUMENTS))
+    mc = write_jsonl(tmp_path / "mc.jsonl", ITEMS)
+    lw = tmp_path / "lw.txt"
+    lw.write_text("\n".join(PASSAGES))
+    tasks = {
+        "perplexity": [str(text), "--stride", "12", "--batch-size", "3"],
+        "multiple_choice": [str(mc), "--task", "multiple_choice"],
+        "last_word": [str(lw), "--task", "last_word", "--batch-size", "2"],
+    }
+    results = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        for task, args in tasks.items():
+            out = tmp_path / f"{backend}_{task}.json"
+            command = ["evaluate", str(preset), "--no-progress", "--json", str(out), "--data"]
+            code = f"from keras_gpt.cli import main; main({command + args!r})"
+            proc = subprocess.run(
+                [sys.executable, "-c", code],
+                env={**os.environ, "KERAS_BACKEND": backend},
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert proc.returncode == 0, f"{backend} {task}:\n{proc.stderr[-3000:]}"
+            results[backend, task] = json.loads(out.read_text())
+    for task in tasks:
+        ours = results["tensorflow", task]
+        for backend in ("jax", "torch"):
+            theirs = results[backend, task]
+            for key, value in ours.items():
+                if isinstance(value, float):
+                    # float32 kernels of different backends: ~1e-7 relative here.
+                    assert theirs[key] == pytest.approx(value, rel=1e-5), (backend, task, key)
+                else:
+                    assert theirs[key] == value, (backend, task, key)
