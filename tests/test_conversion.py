@@ -9,7 +9,10 @@ Tolerances: float32 logits of the same weights computed by different kernels
 (PyTorch's vs the backend's) differ by ~1e-6; the issue's bound is 1e-4.
 Weights are drawn with std 0.2 instead of GPT-2's 0.02 so that logits are far
 apart and greedy decoding has no near-ties (each test checks the margin it
-relies on).
+relies on). Both libraries initialise every bias to 0 and every LayerNorm to
+(1, 0), under which swapped `ln_1`/`ln_2`, a dropped `ln_f` bias or a wrong q/k/v
+bias split would go unseen: the reference models get every bias and LayerNorm
+weight perturbed by hand (`perturb_hf`, `perturb_keras`).
 """
 
 import json
@@ -52,7 +55,27 @@ def hf_model(**overrides):
         eos_token_id=None,
         **overrides,
     )
-    return transformers.GPT2LMHeadModel(config).eval()
+    return perturb_hf(transformers.GPT2LMHeadModel(config).eval())
+
+
+def perturb_hf(model):
+    """Every bias and LayerNorm weight of a transformers GPT-2 moved off its default."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias") or ".ln_" in name:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def perturb_keras(model):
+    """The same for a keras_gpt model: biases, LayerNorm scales (gamma) and offsets (beta)."""
+    rng = np.random.default_rng(1)
+    for weight in model.weights:
+        if weight.path.rsplit("/", 1)[-1] in ("bias", "gamma", "beta"):
+            noise = 0.3 * rng.standard_normal(tuple(weight.shape)).astype("float32")
+            weight.assign(to_numpy(weight) + noise)
+    return model
 
 
 def hf_logits(model, ids: np.ndarray) -> np.ndarray:
@@ -124,6 +147,7 @@ def test_native_model_exports_to_transformers(variant, token_ids, tmp_path):
         seed=3,
         **variant,
     )
+    perturb_keras(model)
     model.save_to_preset(str(tmp_path), format="huggingface")
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     np.testing.assert_allclose(

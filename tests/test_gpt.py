@@ -313,6 +313,24 @@ def test_dropout_is_deterministic_per_seed():
     np.testing.assert_array_equal(to_numpy(eval_model(x)), to_numpy(eval_model(x)))
 
 
+def test_dropout_is_active_inside_fit_and_draws_fresh_masks():
+    """Dropout changes the training losses (same seed, same data) and every dropout
+    layer's counter advances once per step, so each step draws a new mask."""
+    data = repeating_data(16)
+    losses = {}
+    for rate in (0.0, 0.2):
+        model = GPT(**TINY, dropout=rate)
+        model.compile(optimizer=keras.optimizers.AdamW(3e-3))
+        losses[rate] = [float(model.train_on_batch(data[:8, :-1], data[:8, 1:])) for _ in range(3)]
+        counters = [w for w in model.weights if w.path.endswith("counter")]
+        assert counters
+        if rate:
+            # 3 steps: each dropout layer drew 3 masks.
+            assert {int(to_numpy(c)) for c in counters} == {3}
+    assert losses[0.0][0] != losses[0.2][0]
+    assert all(a != b for a, b in zip(losses[0.0], losses[0.2]))
+
+
 def test_public_api():
     assert keras_gpt.GPT is GPT
     assert set(keras_gpt.model.layers.__all__) >= {

@@ -39,7 +39,8 @@ def test_lora_trains_only_adapters_and_leaves_base_untouched():
         is_adapter = key.rsplit("/", 1)[-1].startswith("lora_kernel")
         if key.endswith("counter"):
             continue
-        if is_adapter and key.endswith("lora_kernel_b"):
+        if is_adapter:
+            # B starts at 0 and moves at the first step; A gets a gradient once B != 0.
             assert changed, key
         if not is_adapter:
             assert not changed, key
