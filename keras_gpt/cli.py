@@ -189,59 +189,6 @@ def export_command(argv: list[str]) -> None:
     print(args.path)
 
 
-def serve_command(argv: list[str]) -> None:
-    """`keras-gpt serve PRESET_OR_RUN_DIR [--host H] [--port P] ...` (see `keras_gpt.serving`).
-
-    Args:
-        argv: the command-line arguments after `serve`.
-
-    Example:
-    >>> serve_command(["runs/shakespeare", "--port", "8000", "--max-batch", "16"])
-    """
-    parser = argparse.ArgumentParser(
-        prog="keras-gpt serve",
-        description="Serve a preset (or a run directory, through its best/ preset) over an "
-        "OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models, "
-        "/health; streaming and batched decoding.",
-    )
-    parser.add_argument("preset", help="preset handle or directory, or a run directory")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch", type=int, default=16, help="rows decoded together")
-    parser.add_argument("--max-queue", type=int, default=256, help="rows waiting; more get 429")
-    parser.add_argument("--max-n", type=int, default=None, help="largest n (default max-batch)")
-    parser.add_argument(
-        "--chat",
-        choices=("instruction", "messages"),
-        default=None,
-        help="chat template of a fine-tuned model (default: the preset's metadata.json)",
-    )
-    parser.add_argument("--model-name", default=None, help="model id (default: the preset)")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
-    args = parser.parse_args(argv)
-    try:
-        from keras_gpt.presets import PresetError
-        from keras_gpt.serving import serve
-    except ImportError as error:
-        raise SystemExit(
-            f"keras-gpt serve: {error}; install the serve extra: pip install 'keras-gpt[serve]'"
-        ) from None
-    try:
-        serve(
-            args.preset,
-            host=args.host,
-            port=args.port,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-            max_n=args.max_n,
-            chat=args.chat,
-            model_name=args.model_name,
-            log_level=args.log_level,
-        )
-    except (ValueError, PresetError, OSError) as error:
-        raise SystemExit(f"keras-gpt serve: {error}") from None
-
-
 def evaluate_command(argv: list[str]) -> dict:
     """`keras-gpt evaluate PRESET_OR_RUN_DIR --data FILE_OR_DIR [--task ...]` (see
     `keras_gpt.evaluation`).
@@ -366,6 +313,7 @@ COMMANDS = {
     "finetune": finetune_command,
     "generate": generate_command,
     "export": export_command,
+    "evaluate": evaluate_command,
     "serve": serve_command,
 }
 
