@@ -137,6 +137,94 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else "no message"
 
 
+def _allowed_roots(directory: str) -> list[str]:
+    """Real paths a preset directory's files may resolve into.
+
+    The directory itself; for a Hugging Face cache snapshot
+    (`.../models--owner--name/snapshots/REVISION`), also the repository's
+    `blobs/` folder, where huggingface_hub keeps the files the snapshot links to.
+    """
+    root = os.path.realpath(directory)
+    roots = [root]
+    snapshots, _ = os.path.split(root)
+    repository, kind = os.path.split(snapshots)
+    if kind == "snapshots" and os.path.basename(repository).startswith("models--"):
+        roots.append(os.path.join(repository, "blobs"))
+    return roots
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root + os.sep) for root in roots)
+
+
+def preset_file(directory: str, name: object, handle: str, source: str) -> str:
+    """The path of file `name` of preset `directory`, checked to stay inside it.
+
+    For every file name a preset's own files give (an index's `weight_map`,
+    Keras' shard map): `name` must be a relative path that stays inside the
+    directory with `..` resolved, and with symlinks resolved too (see
+    `check_preset_tree`). Nothing is opened.
+
+    Args:
+        directory: the local preset directory.
+        name: the file name, as the preset gives it.
+        handle: the preset handle, for error messages.
+        source: where the name comes from, e.g. `"model.safetensors.index.json"`.
+
+    Returns:
+        `os.path.join(directory, name)`.
+
+    Example:
+    >>> preset_file("my_preset", "model-00001-of-00002.safetensors", "my_preset",
+    ...             "model.safetensors.index.json")
+    'my_preset/model-00001-of-00002.safetensors'
+    """
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise PresetError(f"Preset {handle!r}: {source} names a file {name!r}; expected a name.")
+    normal = os.path.normpath(name)
+    path = os.path.join(directory, name)
+    if (
+        os.path.isabs(name)
+        or normal == os.pardir
+        or normal.startswith(os.pardir + os.sep)
+        or not _inside(path, _allowed_roots(directory))
+    ):
+        raise PresetError(
+            f"Preset {handle!r}: {source} names {name!r}, which resolves outside the preset "
+            "directory; refusing to read it (a preset may only read its own files)."
+        )
+    return path
+
+
+def check_preset_tree(directory: str, handle: str) -> None:
+    """Raises a `PresetError` if a file or folder of preset `directory` links outside it.
+
+    Walks the directory without following links, and checks that every
+    symlink resolves inside it (or, for a Hugging Face cache snapshot, inside
+    its repository's `blobs/`): a preset's fixed files (`config.json`, weights,
+    tokenizer) are then its own.
+
+    Args:
+        directory: the local preset directory.
+        handle: the preset handle, for error messages.
+
+    Example:
+    >>> check_preset_tree("my_preset", "my_preset")     # returns None, or raises
+    """
+    roots = _allowed_roots(directory)
+    for folder, folders, files in os.walk(directory):
+        for name in folders + files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not _inside(path, roots):
+                relative = os.path.relpath(path, directory)
+                raise PresetError(
+                    f"Preset {handle!r}: {relative!r} links to {os.path.realpath(path)!r}, "
+                    "outside the preset directory; refusing to read it (a preset may only "
+                    "read its own files)."
+                )
+
+
 def read_json(path: str, handle: str) -> dict:
     """The parsed JSON file `path` of preset `handle`, or a `PresetError` naming both."""
     try:

@@ -21,7 +21,7 @@ from keras_gpt import tokenizers
 from keras_gpt.presets.errors import PresetError
 from keras_gpt.presets.formats import huggingface, keras_hub
 from keras_gpt.presets.formats import keras_gpt as keras_gpt_format
-from keras_gpt.presets.handles import read_json, resolve
+from keras_gpt.presets.handles import check_preset_tree, read_json, resolve
 from keras_gpt.presets.registry import default_model_class
 from keras_gpt.tokenizers import Tokenizer
 
@@ -77,6 +77,8 @@ def from_preset(
     """
     handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
     directory = resolve(handle)
+    # Before anything is read: no file of the preset may link outside it.
+    check_preset_tree(directory, handle)
     loaders = {
         "keras_gpt": keras_gpt_format.load_keras_gpt,
         "huggingface": huggingface.load_huggingface,
@@ -163,6 +165,7 @@ def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:
     """
     handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
     directory = resolve(handle)
+    check_preset_tree(directory, handle)
     kind = preset_format(directory, handle)
     subdir = {
         "keras_gpt": keras_gpt_format.TOKENIZER_DIR,

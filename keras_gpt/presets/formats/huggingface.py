@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from keras_gpt.presets.errors import PresetError
-from keras_gpt.presets.handles import read_json
+from keras_gpt.presets.handles import preset_file, read_json
 from keras_gpt.presets.weight_map import WeightAssigner
 
 # Hugging Face `activation_function` → `GPT(activation=...)`. The tanh
@@ -270,15 +270,25 @@ def _checkpoint_tensors(directory: str, handle: str) -> Iterator[tuple[str, np.n
     ):
         index_path = os.path.join(directory, index_name)
         if os.path.exists(index_path):
-            weight_map = read_json(index_path, handle).get("weight_map", {})
+            weight_map = read_json(index_path, handle).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()
+            ):
+                raise PresetError(
+                    f"Preset {handle!r}: {index_name} needs a `weight_map` of tensor names "
+                    f"to file names, got {weight_map!r:.200}."
+                )
             files = sorted(set(weight_map.values()))
         elif os.path.exists(os.path.join(directory, single)):
             files = [single]
         else:
             continue
+        # Every file is checked before the first is opened: a name that leaves
+        # the preset directory ("../x", "/etc/passwd") is refused outright.
+        paths = [preset_file(directory, file, handle, index_name) for file in files]
         read = _safetensors_tensors if single.endswith(".safetensors") else _torch_tensors
-        for file in files:
-            yield from read(os.path.join(directory, file), handle)
+        for path in paths:
+            yield from read(path, handle)
         return
     raise PresetError(
         f"Preset {handle!r} has a Hugging Face config.json but no model.safetensors "

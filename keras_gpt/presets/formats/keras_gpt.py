@@ -23,7 +23,7 @@ from typing import Any
 import keras
 
 from keras_gpt.presets.errors import PresetError
-from keras_gpt.presets.handles import read_json
+from keras_gpt.presets.handles import preset_file, read_json
 from keras_gpt.tokenizers import Tokenizer
 
 FORMAT_VERSION = 1
@@ -132,6 +132,8 @@ def load_keras_gpt(cls: type, directory: str, handle: str, **overrides: Any) -> 
             break
     else:
         raise PresetError(f"Preset {handle!r} has no {WEIGHTS_FILE} or {SHARDED_WEIGHTS_FILE}.")
+    if name == SHARDED_WEIGHTS_FILE:
+        _check_shard_names(directory, read_json(path, handle), handle)
     try:
         model.load_weights(path)
     except Exception as error:  # h5py/Keras errors on truncated or mismatched files
@@ -141,6 +143,20 @@ def load_keras_gpt(cls: type, directory: str, handle: str, **overrides: Any) -> 
             f"truncated or does not match config.json ({type(error).__name__}: {first_line})."
         ) from None
     return model
+
+
+def _check_shard_names(directory: str, sharding: dict, handle: str) -> None:
+    """Every shard Keras' `model.weights.json` names is a file inside the preset."""
+    weight_map = sharding.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise PresetError(
+            f"Preset {handle!r}: {SHARDED_WEIGHTS_FILE} has no `weight_map` of shard files."
+        )
+    names = set()
+    for value in weight_map.values():
+        names.update(value if isinstance(value, list) else [value])
+    for shard in sorted(names, key=str):
+        preset_file(directory, shard, handle, SHARDED_WEIGHTS_FILE)
 
 
 def _count(variable) -> int:
