@@ -42,6 +42,7 @@ from keras_gpt.serving.params import (
     parse_sampling,
 )
 from keras_gpt.serving.text import TextStream
+from keras_gpt.tokenizers import Tokenizer
 
 logger = logging.getLogger("keras_gpt.serving")
 
@@ -49,7 +50,7 @@ logger = logging.getLogger("keras_gpt.serving")
 RETRY_AFTER_SECONDS = 1
 
 
-def end_of_text_id(tokenizer) -> int | None:
+def end_of_text_id(tokenizer: Tokenizer) -> int | None:
     """The tokenizer's `<|endoftext|>` id (every row stops there), or None."""
     if END_OF_TEXT not in getattr(tokenizer, "special_tokens", ()):
         return None
@@ -63,8 +64,8 @@ def error_response(error: ApiError) -> JSONResponse:
 
 
 def create_app(
-    model,
-    tokenizer,
+    model: keras.Model,
+    tokenizer: Tokenizer,
     model_name: str = "keras_gpt",
     max_batch: int = 16,
     max_queue: int = 256,

@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 
 from keras_gpt.serving.params import Sampling
@@ -131,7 +132,7 @@ class Batcher:
 
     def __init__(
         self,
-        model,
+        model: keras.Model,
         max_batch: int = 16,
         max_queue: int = 256,
         stop_token_ids: Sequence[int] = (),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 #: Most stop strings a request may give (OpenAI's limit).
 MAX_STOP_STRINGS = 4
@@ -285,4 +284,3 @@ def fit_max_tokens(
             code="context_length_exceeded",
         )
     return requested
-

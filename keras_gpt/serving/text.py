@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from keras_gpt.tokenizers import Tokenizer
+
 REPLACEMENT = "\ufffd"
 
 
@@ -37,7 +39,7 @@ class TextStream:
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: Tokenizer,
         max_tokens: int,
         stop: Sequence[str] = (),
         stop_token_ids: Sequence[int] = (),
