@@ -46,6 +46,9 @@ from keras_gpt.serving.params import Sampling  # noqa: E402
 from keras_gpt.tokenizers import ByteTokenizer  # noqa: E402
 
 CONTEXT = 64
+#: New tokens of the instruction-prompt tests: each prompt (38-40 bytes) + NEW
+#: falls in generate's largest cache bucket (64), so they share compiled programs.
+NEW = 24
 MAX_N = 4
 #: Hard limits: a server that does not answer fails the test instead of hanging it.
 START_TIMEOUT = 180
@@ -200,11 +203,11 @@ def test_health_and_models(servers):
 
 def test_completion_equals_generate_alone(servers, reference):
     _, tokenizer, greedy = reference
-    prompt = "### Instruction:\nsay hi\n\n### Response:\n"
+    prompt = format_prompt("say hi")
     response = client(servers["base"]).completions.create(
-        model="tiny", prompt=prompt, max_tokens=20, temperature=0
+        model="tiny", prompt=prompt, max_tokens=NEW, temperature=0
     )
-    expected, reason, tokens = greedy(prompt, 20)
+    expected, reason, tokens = greedy(prompt, NEW)
     assert response.choices[0].text == expected
     assert response.choices[0].finish_reason == reason
     usage = response.usage
@@ -215,21 +218,21 @@ def test_completion_equals_generate_alone(servers, reference):
 
 def test_streamed_completion_reassembles_the_same_text(servers, reference):
     _, _, greedy = reference
-    prompt = "count one"
+    prompt = format_prompt("say bye")
     stream = client(servers["base"]).completions.create(
-        model="tiny", prompt=prompt, max_tokens=30, temperature=0, stream=True
+        model="tiny", prompt=prompt, max_tokens=NEW, temperature=0, stream=True
     )
     pieces, reasons = [], []
     for chunk in stream:
         pieces.append(chunk.choices[0].text)
         reasons.append(chunk.choices[0].finish_reason)
-    expected, reason, _ = greedy(prompt, 30)
+    expected, reason, _ = greedy(prompt, NEW)
     assert "".join(pieces) == expected
     assert reasons[-1] == reason and set(reasons[:-1]) == {None}
     # Raw SSE: `data:` lines of JSON chunks, ending with [DONE].
     status, headers, text = post(
         servers["base"].url + "/v1/completions",
-        {"prompt": prompt, "max_tokens": 30, "temperature": 0, "stream": True},
+        {"prompt": prompt, "max_tokens": NEW, "temperature": 0, "stream": True},
         raw=True,
     )
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
@@ -280,32 +283,32 @@ def test_n_choices_with_a_seed_repeat_and_equal_generate(servers, reference):
 
 def test_stop_strings_end_the_text(servers, reference):
     _, _, greedy = reference
-    prompt = "### Instruction:\ncount\n\n### Response:\n"
-    full = greedy(prompt, 24)[0]
+    prompt = format_prompt("count")
+    full = greedy(prompt, NEW)[0]
     stop = full[3:5]  # a piece of what the model writes: the text must end before it
-    expected, reason, _ = greedy(prompt, 24, stop=[stop])
+    expected, reason, _ = greedy(prompt, NEW, stop=[stop])
     assert reason == "stop"
     base = client(servers["base"])
     response = base.completions.create(
-        model="tiny", prompt=prompt, max_tokens=24, temperature=0, stop=[stop, "zzz"]
+        model="tiny", prompt=prompt, max_tokens=NEW, temperature=0, stop=[stop, "zzz"]
     )
     assert (response.choices[0].text, response.choices[0].finish_reason) == (expected, "stop")
     stream = base.completions.create(
-        model="tiny", prompt=prompt, max_tokens=24, temperature=0, stop=stop, stream=True
+        model="tiny", prompt=prompt, max_tokens=NEW, temperature=0, stop=stop, stream=True
     )
     assert "".join(c.choices[0].text for c in stream) == expected
 
 
 def test_a_list_of_prompts(servers, reference):
     _, _, greedy = reference
-    prompts = ["say hi", "colour? blue and"]
+    prompts = ["say hi", "bye"]
     status, _, body = post(
         servers["base"].url + "/v1/completions",
-        {"model": "tiny", "prompt": prompts, "max_tokens": 10, "temperature": 0, "n": 2},
+        {"model": "tiny", "prompt": prompts, "max_tokens": 8, "temperature": 0, "n": 2},
     )
     assert status == 200
     texts = [c["text"] for c in sorted(body["choices"], key=lambda c: c["index"])]
-    assert texts == [greedy(p, 10)[0] for p in prompts for _ in range(2)]
+    assert texts == [greedy(p, 8)[0] for p in prompts for _ in range(2)]
 
 
 # -- bad input -------------------------------------------------------------------------
@@ -366,11 +369,12 @@ def test_load_32_clients_are_batched_and_equal_generate(servers, reference):
     _, _, greedy = reference
     url = servers["base"].url
     rng = np.random.default_rng(0)
-    words = ["say", "hi", "bye", "count", "colour?", "blue", "one", "two"]
-    # 32 clients x 4 requests, prompts of 2-12 bytes and 4, 8 or 12 new tokens
-    # (few cache-length buckets: few programs to compile).
+    words = ["say", "hi", "bye", "count", "blue", "one", "two"]
+    # 32 clients x 4 requests, prompts of 2-8 bytes and 2, 5 or 8 new tokens:
+    # all in generate's smallest cache bucket (16), so the server compiles one
+    # program a batch size, and this process one.
     jobs = [
-        (" ".join(rng.choice(words, rng.integers(1, 3)))[:12], int(rng.choice([4, 8, 12])))
+        (" ".join(rng.choice(words, rng.integers(1, 3)))[:8], int(rng.choice([2, 5, 8])))
         for _ in range(32 * 4)
     ]
     barrier = threading.Barrier(32, timeout=REQUEST_TIMEOUT)
@@ -399,14 +403,14 @@ def test_load_32_clients_are_batched_and_equal_generate(servers, reference):
 
 def test_full_queue_is_a_429_with_retry_after(servers):
     # The chat server queues at most 2 rows and decodes 4: 24 simultaneous
-    # requests of 48 streamed tokens cannot all be admitted. Every answer is
+    # requests of 24 streamed tokens cannot all be admitted. Every answer is
     # a success or a 429; none is lost or malformed.
     url = servers["chat"].url
     barrier = threading.Barrier(24, timeout=REQUEST_TIMEOUT)
 
     def one(_):
         barrier.wait()
-        body = {"prompt": "say hi", "max_tokens": 48, "temperature": 0, "stream": True}
+        body = {"prompt": format_prompt("hi"), "max_tokens": NEW, "temperature": 0, "stream": True}
         return post(url + "/v1/completions", body, raw=True)
 
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
@@ -427,18 +431,21 @@ def test_full_queue_is_a_429_with_retry_after(servers):
 
 def test_chat_completion_uses_the_instruction_template(servers, reference):
     _, _, greedy = reference
-    question = "say hi"
+    question = "colour?"
     chat = client(servers["chat"]).chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": question}], max_tokens=20, temperature=0
+        model="tiny",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=NEW,
+        temperature=0,
     )
-    expected, reason, _ = greedy(format_prompt(question), 20, stop=["### Instruction:"])
+    expected, reason, _ = greedy(format_prompt(question), NEW, stop=["### Instruction:"])
     assert chat.choices[0].message.role == "assistant"
     assert chat.choices[0].message.content == expected
     assert chat.choices[0].finish_reason == reason
     stream = client(servers["chat"]).chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": question}],
-        max_tokens=20,
+        max_tokens=NEW,
         temperature=0,
         stream=True,
     )

@@ -105,8 +105,12 @@ class Request:
 
     def emit(self, *event) -> None:
         """Sends an event to the handler (called from the worker thread)."""
-        if not self.cancelled:
+        if self.cancelled:
+            return
+        try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop has closed (shutdown): nobody is listening
+            self.cancelled = True
 
     @property
     def finished(self) -> bool:
