@@ -30,11 +30,13 @@ import pytest
 from keras_gpt import GPT
 from keras_gpt.cli import main
 from keras_gpt.evaluation import (
+    Row,
     encode_request,
     last_word,
     loglikelihoods,
     multiple_choice,
     perplexity,
+    score_rows,
     sliding_windows,
 )
 from keras_gpt.tokenizers import ByteTokenizer
@@ -363,32 +365,50 @@ def test_cli_error_is_one_line(preset, tmp_path):
 
 
 @pytest.mark.cross_backend
-def test_same_scores_on_every_backend(preset, tmp_path):
+def test_same_scores_on_every_backend(tmp_path):
+    preset = tmp_path / "preset"
+    model = GPT(
+        vocabulary_size=TOKENIZER.vocabulary_size,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=64,
+        seed=0,
+    )
+    model.save_to_preset(str(preset), tokenizer=TOKENIZER)
     text = tmp_path / "valid.txt"
     text.write_text(" ".join(DOCUMENTS))
     mc = write_jsonl(tmp_path / "mc.jsonl", ITEMS)
     lw = tmp_path / "lw.txt"
     lw.write_text("\n".join(PASSAGES))
     tasks = {
-        "perplexity": [str(text), "--stride", "12", "--batch-size", "3"],
-        "multiple_choice": [str(mc), "--task", "multiple_choice"],
-        "last_word": [str(lw), "--task", "last_word", "--batch-size", "2"],
+        "perplexity": dict(data=str(text), stride=12, batch_size=3),
+        "multiple_choice": dict(data=str(mc)),
+        "last_word": dict(data=str(lw), batch_size=2),
     }
+    code = (
+        "import json, sys\n"
+        "from keras_gpt.evaluation import evaluate\n"
+        "from keras_gpt.model import GPT\n"
+        "from keras_gpt.presets import load_tokenizer\n"
+        "preset, tasks, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]\n"
+        "model, tokenizer = GPT.from_preset(preset), load_tokenizer(preset)\n"
+        "results = {t: evaluate(model, tokenizer, task=t, **o) for t, o in tasks.items()}\n"
+        "open(out, 'w').write(json.dumps(results))\n"
+    )
     results = {}
     for backend in ("tensorflow", "jax", "torch"):
-        for task, args in tasks.items():
-            out = tmp_path / f"{backend}_{task}.json"
-            command = ["evaluate", str(preset), "--no-progress", "--json", str(out), "--data"]
-            code = f"from keras_gpt.cli import main; main({command + args!r})"
-            proc = subprocess.run(
-                [sys.executable, "-c", code],
-                env={**os.environ, "KERAS_BACKEND": backend},
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert proc.returncode == 0, f"{backend} {task}:\n{proc.stderr[-3000:]}"
-            results[backend, task] = json.loads(out.read_text())
+        out = tmp_path / f"{backend}.json"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(preset), json.dumps(tasks), str(out)],
+            env={**os.environ, "KERAS_BACKEND": backend},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, f"{backend}:\n{proc.stderr[-3000:]}"
+        for task, result in json.loads(out.read_text()).items():
+            results[backend, task] = result
     for task in tasks:
         ours = results["tensorflow", task]
         for backend in ("jax", "torch"):
@@ -399,3 +419,106 @@ def test_same_scores_on_every_backend(preset, tmp_path):
                     assert theirs[key] == pytest.approx(value, rel=1e-5), (backend, task, key)
                 else:
                     assert theirs[key] == value, (backend, task, key)
+
+
+# -- lm-evaluation-harness -------------------------------------------------------
+
+TASK_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: {output_type}
+{fields}
+"""
+
+
+@pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND") != "torch",
+    reason="slow (imports lm_eval and datasets): runs in the PyTorch pass only; the scores "
+    "it checks are the same on every backend (test_same_scores_on_every_backend)",
+)
+def test_lm_eval_runs_a_local_task_through_the_adapter(tmp_path, monkeypatch):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    import keras_gpt.evaluation.harness  # noqa: F401  (registers "keras_gpt")
+
+    # No network: the "json" dataset builder reads the local file.
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = GPT(
+        vocabulary_size=TOKENIZER.vocabulary_size,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=64,
+        seed=4,
+    )
+    preset = tmp_path / "preset"
+    model.save_to_preset(str(preset), tokenizer=TOKENIZER)
+    rng = np.random.default_rng(0)
+    words = "red blue green cat dog sat ran the a on under over quickly".split()
+    items = [
+        dict(
+            context=" ".join(rng.choice(words, 5)),
+            endings=[" ".join(rng.choice(words, int(rng.integers(1, 4)))) for _ in range(4)],
+            label=int(rng.integers(4)),
+        )
+        for _ in range(16)
+    ]
+    mc = write_jsonl(tmp_path / "mc.jsonl", items)
+    documents = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in DOCUMENTS])
+    (tmp_path / "kg_mc.yaml").write_text(
+        TASK_YAML.format(
+            name="kg_mc",
+            path=mc,
+            output_type="multiple_choice",
+            fields='doc_to_text: "{{context}}"\ndoc_to_choice: "{{endings}}"\n'
+            'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n  - metric: acc_norm',
+        )
+    )
+    (tmp_path / "kg_text.yaml").write_text(
+        TASK_YAML.format(
+            name="kg_text",
+            path=documents,
+            output_type="loglikelihood_rolling",
+            fields='doc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+            "metric_list:\n  - metric: bits_per_byte",
+        )
+    )
+    results = lm_eval.simple_evaluate(
+        model="keras_gpt",
+        model_args=f"preset={preset},batch_size=5",
+        tasks=["kg_mc", "kg_text"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+    )["results"]
+
+    ours = multiple_choice(model, TOKENIZER, mc)
+    assert 0 < ours["acc"] < 1  # a check that could fail either way
+    # Counts of items out of 16: exact.
+    assert results["kg_mc"]["acc,none"] == pytest.approx(ours["acc"], abs=1e-12)
+    assert results["kg_mc"]["acc_norm,none"] == pytest.approx(ours["acc_norm"], abs=1e-12)
+
+    # Rolling log-likelihood as lm_eval's docstring draws it: the first window
+    # predicts the first 64 tokens after <|endoftext|>, later ones 64 each with
+    # one token of context, the last one fewer with a full-length context.
+    eot, length = TOKENIZER.token_to_id("<|endoftext|>"), 64
+    rows = []
+    for text in DOCUMENTS:
+        ids = TOKENIZER.encode(text)
+        rows.append(Row([eot] + ids[:length], 1))
+        done = min(length, len(ids))
+        while done < len(ids):
+            end = done + min(len(ids) - done, length)
+            start = end - length - 1
+            rows.append(Row(ids[start:end], done - start))
+            done = end
+    assert len(rows) > len(DOCUMENTS)  # some documents span several windows
+    nll = -sum(s.loglikelihood for s in score_rows(model, rows))
+    num_bytes = sum(len(t.encode("utf-8")) for t in DOCUMENTS)
+    expected = nll / math.log(2) / num_bytes
+    # The same rows, batched differently: float32 sums in another order.
+    assert results["kg_text"]["bits_per_byte,none"] == pytest.approx(expected, rel=1e-5)
