@@ -17,8 +17,9 @@ id a character, so prompts are exactly `--prompt-tokens` tokens.
 `tokens_per_s` is generated tokens / wall time of a level;
 `p50_s`/`p99_s` are request latencies (send to last byte); `speedup` is
 `tokens_per_s` over concurrency 1's, `p50_vs_lone` is `p50_s` over
-concurrency 1's. Each level runs once untimed first (it compiles the batch
-sizes it forms).
+concurrency 1's. Each level runs twice and the second run is timed: the
+first compiles the batch sizes that level forms (`generate` compiles one
+program a power-of-two batch size and cache bucket).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def main() -> None:
                     time.sleep(0.5)
             levels = []
             for concurrency in args.concurrency:
-                run_level(url, prompts[: max(concurrency, 8)], args.max_tokens, concurrency, 600)
+                run_level(url, prompts, args.max_tokens, concurrency, args.timeout)
                 wall, latencies, tokens = run_level(
                     url, prompts, args.max_tokens, concurrency, args.timeout
                 )

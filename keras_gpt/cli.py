@@ -283,6 +283,12 @@ def serve_command(argv: list[str]) -> None:
         help="chat template of a fine-tuned model (default: the preset's metadata.json)",
     )
     parser.add_argument("--model-name", default=None, help="model id (default: the preset)")
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="how long a free worker waits for more requests before a batch that is not full",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     args = parser.parse_args(argv)
     try:
@@ -303,6 +309,7 @@ def serve_command(argv: list[str]) -> None:
             chat=args.chat,
             model_name=args.model_name,
             log_level=args.log_level,
+            batch_wait=args.batch_wait_ms / 1000,
         )
     except (ValueError, PresetError, OSError) as error:
         raise SystemExit(f"keras-gpt serve: {error}") from None

@@ -71,6 +71,7 @@ def create_app(
     max_queue: int = 256,
     max_n: int | None = None,
     chat_template: str | None = None,
+    batch_wait: float = 0.01,
 ) -> Starlette:
     """An OpenAI-compatible ASGI app serving `model` (run it with uvicorn or any ASGI server).
 
@@ -85,6 +86,8 @@ def create_app(
         max_n: largest `n` a request may ask for (default `max_batch`).
         chat_template: `"instruction"`, `"messages"` or `None` (chat completions
             refused); see `keras_gpt.serving.chat`.
+        batch_wait: seconds a free worker waits for more requests before
+            starting a batch that is not full (see `Batcher`).
 
     Returns:
         A Starlette app; `app.state.batcher` is its `Batcher`.
@@ -103,7 +106,13 @@ def create_app(
         )
     eot = end_of_text_id(tokenizer)
     stop_ids = [] if eot is None or eot >= model.vocabulary_size else [eot]
-    batcher = Batcher(model, max_batch=max_batch, max_queue=max_queue, stop_token_ids=stop_ids)
+    batcher = Batcher(
+        model,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        stop_token_ids=stop_ids,
+        batch_wait=batch_wait,
+    )
     created = int(time.time())
     context = int(model.max_sequence_length)
 

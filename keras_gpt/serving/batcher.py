@@ -126,6 +126,11 @@ class Batcher:
         max_batch: most rows decoded in one `generate` call.
         max_queue: most rows waiting; `submit` raises `QueueFull` beyond.
         stop_token_ids: ids that end every row (the tokenizer's end of text).
+        batch_wait: seconds the worker, once free, waits for more requests
+            before starting a batch that is not full. Clients that send their
+            next request when the last one returns arrive a few milliseconds
+            apart; without the wait, one of them starts a batch of one and
+            the others the next batch, and they stay out of step.
 
     Example:
     >>> batcher = Batcher(model, max_batch=16, max_queue=256)
@@ -140,6 +145,7 @@ class Batcher:
         max_batch: int = 16,
         max_queue: int = 256,
         stop_token_ids: Sequence[int] = (),
+        batch_wait: float = 0.01,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}.")
@@ -147,6 +153,7 @@ class Batcher:
         self.max_batch = int(max_batch)
         self.max_queue = int(max_queue)
         self.stop_token_ids = list(stop_token_ids)
+        self.batch_wait = float(batch_wait)
         self._waiting: deque[Request] = deque()
         self._waiting_rows = 0
         self._condition = threading.Condition()
@@ -228,8 +235,16 @@ class Batcher:
             with self._condition:
                 while not self._waiting and not self._stopping:
                     self._condition.wait()
+                deadline = time.monotonic() + self.batch_wait
+                while self._waiting_rows < self.max_batch and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._condition.wait(left)
                 if self._stopping:
                     return
+                if not self._waiting:  # cancelled while we waited
+                    continue
                 batch = self._take()
                 rows = sum(len(r.choices) for r in batch)
                 self._stats["batches"] += 1

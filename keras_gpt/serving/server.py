@@ -46,6 +46,7 @@ def serve(
     chat: str | None = None,
     model_name: str | None = None,
     log_level: str = "info",
+    batch_wait: float = 0.01,
 ) -> None:
     """Serves a preset or training run over HTTP until interrupted (`keras-gpt serve`).
 
@@ -61,6 +62,8 @@ def serve(
             preset's `metadata.json`; `None` reads it from there.
         model_name: the model id clients use (default: `handle`).
         log_level: uvicorn's and the request log's level.
+        batch_wait: seconds a free worker waits for more requests before
+            starting a batch that is not full (see `Batcher`).
 
     Example:
     >>> serve("runs/shakespeare", port=8000)      # blocks; Ctrl-C stops it
@@ -82,6 +85,7 @@ def serve(
         max_queue=max_queue,
         max_n=max_n,
         chat_template=template,
+        batch_wait=batch_wait,
     )
     logger.info(
         "serving %s (%s, %s parameters, context %d, chat %s) on backend %s at http://%s:%d",
