@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 
@@ -325,13 +327,97 @@ COMMANDS = {
 }
 
 
+USAGE = """usage: keras-gpt COMMAND [options]   (keras-gpt COMMAND --help for its options)
+
+commands:
+  pretrain   train a GPT from scratch on a corpus (a TOML config and/or --key value)
+  finetune   fine-tune a preset, fully or with LoRA, on instructions or plain text
+  generate   continue a prompt with a preset, streaming to the terminal
+  export     write a preset as a TensorFlow SavedModel (or its logits graph as ONNX)
+  evaluate   perplexity, bits per byte, multiple-choice and last-word accuracy
+  serve      an OpenAI-compatible HTTP server for a preset
+
+--debug (anywhere) shows the Python traceback of an error."""
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Runs `keras-gpt ARGV...`; a user mistake exits with status 2 and one line on stderr.
+
+    Args:
+        argv: the arguments after `keras-gpt` (default: `sys.argv[1:]`).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: keras-gpt {{{'|'.join(COMMANDS)}}} [options]  (--help on each)")
-        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    COMMANDS[argv[0]](argv[1:])
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        _fail(f"unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except KeyboardInterrupt:
+        print("\nkeras-gpt: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, OSError) as error:
+        # Bad settings, values, files or presets: keras_gpt raises ValueError (PresetError
+        # is one) or an OSError naming the file. One line, no traceback.
+        if debug:
+            raise
+        _fail(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+
+
+def _fail(message: str) -> None:
+    print(f"keras-gpt: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+#: Lines the TensorFlow and XLA C++ runtimes write to stderr before their logging is
+#: configured (so TF_CPP_MIN_LOG_LEVEL cannot silence them): absl's notice and info or
+#: warning lines such as cudart's "Could not find cuda drivers".
+_NATIVE_LOG = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR|[IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] )"
+)
+
+
+def _filter_native_logs() -> None:
+    """Routes file descriptor 2 through a thread that drops the C++ runtimes' start-up noise.
+
+    Python's own warnings and errors, and native errors (`E...` lines), pass through.
+    """
+    import atexit
+    import threading
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "rb") as source, os.fdopen(real, "wb", buffering=0) as target:
+            for line in source:
+                if not _NATIVE_LOG.match(line.decode("utf-8", "replace")):
+                    target.write(line)
+
+    thread = threading.Thread(target=pump, daemon=True, name="keras-gpt-stderr")
+    thread.start()
+
+    def close() -> None:
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # end of input for the pump
+        thread.join(timeout=5)
+
+    atexit.register(close)
+
+
+def run() -> None:
+    """The `keras-gpt` console script: `main` with TensorFlow's start-up log lines hidden."""
+    if os.environ.get("KERAS_GPT_FILTER_LOGS", "1") != "0":  # 0 shows them (debugging)
+        _filter_native_logs()
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import importlib
 import math
 from dataclasses import dataclass, field
 
@@ -54,9 +55,16 @@ class PresetInfo:
 
 
 def default_model_class() -> type:
-    """`keras_gpt.GPT`, found by its registered Keras name (presets never import the model)."""
-    # Importing any part of keras_gpt runs keras_gpt/__init__.py, which registers GPT.
-    return keras.saving.get_registered_object("keras_gpt>GPT")
+    """`keras_gpt.GPT`, found by its registered Keras name (presets never import the model).
+
+    As Keras' own deserialization does, a registered name that is not loaded yet
+    is loaded by module name: `keras_gpt.model` registers `GPT` when imported.
+    """
+    cls = keras.saving.get_registered_object("keras_gpt>GPT")
+    if cls is None:
+        importlib.import_module("keras_gpt.model")
+        cls = keras.saving.get_registered_object("keras_gpt>GPT")
+    return cls
 
 
 def count_parameters(config: dict, model_class: type | None = None) -> int:
