@@ -499,3 +499,25 @@ def test_queue_limit_counts_waiting_rows(presets):
         assert batcher.stats["waiting"] == 3
     finally:
         loop.close()
+
+
+def test_chat_messages_are_written_in_the_fine_tuning_templates():
+    from keras_gpt.data.instructions import segments
+    from keras_gpt.serving import ApiError
+    from keras_gpt.serving.chat import render
+
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ]
+    # "messages": the text the fine-tuning data renders for these turns, then the reply's tag.
+    trained = "".join(text for text, _ in segments({"messages": turns}))
+    assert render(turns, "messages") == trained + "<|assistant|>\n"
+    # "instruction": the prompt of a {"prompt", "response"} record.
+    assert render(turns[1:2], "instruction") == format_prompt("Hi")
+    assert render(turns[:2], "instruction") == format_prompt("Be brief.\n\nHi")
+    with pytest.raises(ApiError) as refused:
+        render(turns, "instruction")  # one user turn only: what the template was trained on
+    assert refused.value.param == "messages"
