@@ -435,6 +435,20 @@ output_type: {output_type}
 """
 
 
+def rolling_rows(ids: list[int], eot: int, length: int) -> list[Row]:
+    """lm_eval's rolling windows as its docstring draws them: the first predicts
+    the first `length` tokens after `eot`, later ones `length` each with one
+    token of context, the last one the rest with a full-length context."""
+    rows = [Row([eot] + ids[:length], 1)]
+    done = min(length, len(ids))
+    while done < len(ids):
+        end = done + min(len(ids) - done, length)
+        start = end - length - 1
+        rows.append(Row(ids[start:end], done - start))
+        done = end
+    return rows
+
+
 @pytest.mark.skipif(
     os.environ.get("KERAS_BACKEND") != "torch",
     reason="slow (imports lm_eval and datasets): runs in the PyTorch pass only; the scores "
@@ -502,23 +516,46 @@ def test_lm_eval_runs_a_local_task_through_the_adapter(tmp_path, monkeypatch):
     assert results["kg_mc"]["acc,none"] == pytest.approx(ours["acc"], abs=1e-12)
     assert results["kg_mc"]["acc_norm,none"] == pytest.approx(ours["acc_norm"], abs=1e-12)
 
-    # Rolling log-likelihood as lm_eval's docstring draws it: the first window
-    # predicts the first 64 tokens after <|endoftext|>, later ones 64 each with
-    # one token of context, the last one fewer with a full-length context.
-    eot, length = TOKENIZER.token_to_id("<|endoftext|>"), 64
-    rows = []
-    for text in DOCUMENTS:
-        ids = TOKENIZER.encode(text)
-        rows.append(Row([eot] + ids[:length], 1))
-        done = min(length, len(ids))
-        while done < len(ids):
-            end = done + min(len(ids) - done, length)
-            start = end - length - 1
-            rows.append(Row(ids[start:end], done - start))
-            done = end
+    eot = TOKENIZER.token_to_id("<|endoftext|>")
+    rows = [row for text in DOCUMENTS for row in rolling_rows(TOKENIZER.encode(text), eot, 64)]
     assert len(rows) > len(DOCUMENTS)  # some documents span several windows
     nll = -sum(s.loglikelihood for s in score_rows(model, rows))
     num_bytes = sum(len(t.encode("utf-8")) for t in DOCUMENTS)
     expected = nll / math.log(2) / num_bytes
     # The same rows, batched differently: float32 sums in another order.
     assert results["kg_text"]["bits_per_byte,none"] == pytest.approx(expected, rel=1e-5)
+
+
+class Request:
+    """What the adapter reads from an lm_eval `Instance`: its `args`."""
+
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_harness_adapter_answers_each_request_type(tiny):
+    pytest.importorskip("lm_eval")
+    from keras_gpt.evaluation.harness import KerasGPTLM
+
+    lm = KerasGPTLM(model=tiny, tokenizer=TOKENIZER, batch_size=2)
+    pairs = [("a b", " c"), ("", "hello"), ("x" * 40, " y")]  # empty, and truncated context
+    scores = lm.loglikelihood([Request(*p) for p in pairs])
+    expected = loglikelihoods(tiny, TOKENIZER, pairs[:2])
+    assert [s[0] for s in scores[:2]] == pytest.approx([e.loglikelihood for e in expected])
+    # Too long for the model: lm_eval keeps the last max_length + 1 tokens.
+    ids = TOKENIZER.encode("x" * 40 + " y")[-33:]
+    (kept,) = score_rows(tiny, [Row(ids, 31)])
+    assert scores[2] == (pytest.approx(kept.loglikelihood), kept.is_greedy)
+
+    (rolling,) = lm.loglikelihood_rolling([Request("some words " * 8)])
+    rows = rolling_rows(
+        TOKENIZER.encode("some words " * 8), TOKENIZER.token_to_id("<|endoftext|>"), 32
+    )
+    assert [len(r.ids) - r.first for r in rows] == [32, 32, 24]
+    assert rolling == pytest.approx(sum(s.loglikelihood for s in score_rows(tiny, rows)), rel=1e-6)
+
+    (text,) = lm.generate_until([Request("ab", {"until": ["q"], "max_gen_toks": 6})])
+    prompt, eot = TOKENIZER.encode("ab"), TOKENIZER.token_to_id("<|endoftext|>")
+    tokens = tiny.generate([prompt], max_new_tokens=6, sampler="greedy", stop_token_ids=[eot])
+    full = TOKENIZER.decode([t for t in tokens[0, len(prompt) :] if t != eot])
+    assert text == full.split("q")[0]
