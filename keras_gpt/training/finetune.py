@@ -48,6 +48,7 @@ from keras_gpt.presets import load_tokenizer
 from keras_gpt.training.config import RunConfig
 from keras_gpt.training.loop import train_loop
 from keras_gpt.training.optimizer import gpt_optimizer
+from keras_gpt.training.runs import start_run
 
 FORMATS = ("auto", "instructions", "text")
 
@@ -85,6 +86,8 @@ class FinetuneConfig(RunConfig):
         patience: stop after this many evaluations without improvement (0: never).
         seed: shuffling seed.
         verbose: Keras progress-bar verbosity.
+        overwrite: replace a run already in `out` (its checkpoints, metrics
+            and `best/`); without it such a run is refused unless resumed.
     """
 
     preset: str = ""
@@ -110,6 +113,7 @@ class FinetuneConfig(RunConfig):
     patience: int = 3
     seed: int = 0
     verbose: int = 1
+    overwrite: bool = False
 
 
 def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
@@ -117,7 +121,9 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
 
     Args:
         config: the run's settings.
-        resume: continue from `config.out/checkpoints` if it holds a checkpoint.
+        resume: continue from `config.out/checkpoints` if it holds a checkpoint
+            (written with the same settings, except those in
+            `keras_gpt.training.runs.RESUMABLE_SETTINGS`).
 
     Returns:
         A dict with `steps`, `val_loss`, `best_val_loss`, `trainable_parameters`,
@@ -135,6 +141,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     if data_format == "auto":
         data_format = "instructions" if is_instruction_file(config.data) else "text"
     out = pathlib.Path(config.out)
+    start_run(config, resume)  # before anything is written (see pretrain)
     out.mkdir(parents=True, exist_ok=True)
     print(f"keras_gpt finetune · backend {keras.backend.backend()} · {data_format} data")
     for key, value in dataclasses.asdict(config).items():
@@ -189,6 +196,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
         max_seconds=config.max_seconds,
         patience=config.patience,
         save_best=save_best,
+        settings=dataclasses.asdict(config),
     )
     return {
         "steps": state["step"],

@@ -29,6 +29,30 @@ def append_metrics(out: pathlib.Path, row: dict) -> None:
         f.write(",".join(str(v) for v in row.values()) + "\n")
 
 
+def truncate_metrics(out: pathlib.Path, step: int) -> None:
+    """Keeps only the rows up to `step` in `out/metrics.jsonl` and `out/metrics.csv`.
+
+    A resumed run redoes the rounds after its checkpoint: rows a killed run
+    logged after it (and a line cut short by the kill) are dropped, so every
+    round appears once.
+    """
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # half a line, written as the process was killed
+        if isinstance(row, dict) and row.get("step", step + 1) <= step:
+            rows.append(row)
+    for name in ("metrics.jsonl", "metrics.csv"):
+        (out / name).unlink(missing_ok=True)
+    for row in rows:
+        append_metrics(out, row)
+
+
 def read_metrics(out: str | os.PathLike) -> list[dict]:
     """The rows of a run's `metrics.jsonl`."""
     path = pathlib.Path(out) / "metrics.jsonl"

@@ -8,8 +8,8 @@ import time
 
 import keras
 
-from keras_gpt.training.checkpoints import load_checkpoint, save_checkpoint
-from keras_gpt.training.history import append_metrics, plot_loss_curve
+from keras_gpt.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from keras_gpt.training.history import append_metrics, plot_loss_curve, truncate_metrics
 
 
 class StepBatches(keras.utils.PyDataset):
@@ -50,13 +50,17 @@ def train_loop(
     save_best=None,
     flops_per_token: float = 0.0,
     peak_flops: float = 0.0,
+    settings: dict | None = None,
 ) -> dict:
     """Trains a compiled model in rounds of `eval_interval` steps, with evaluation after each.
 
     After every round: evaluates on `validation`, calls `save_best(model)` when
-    the validation loss improved, writes a checkpoint (`out/checkpoints`) and
-    appends a row to `out/metrics.jsonl` and `out/metrics.csv`. Ends with
-    `out/loss_curve.png`. With `resume`, continues from the checkpoint.
+    the validation loss improved, appends a row to `out/metrics.jsonl` and
+    `out/metrics.csv`, then writes a checkpoint (`out/checkpoints`, one atomic
+    unit; see `keras_gpt.training.checkpoints`). Ends with
+    `out/loss_curve.png`. With `resume`, continues from the newest checkpoint
+    and drops the rows logged after it, so a run killed at any moment and
+    resumed logs every round once.
 
     Args:
         model: a compiled `GPT`.
@@ -74,13 +78,17 @@ def train_loop(
         save_best: called with the model when the validation loss improves.
         flops_per_token: with `peak_flops`, adds `mfu` to the rows.
         peak_flops: peak FLOP/s of the machine.
+        settings: the run's settings, kept in each checkpoint (see
+            `keras_gpt.training.runs.start_run`).
 
     Returns:
         The final state: `step`, `val_loss`, `best_val_loss`, `elapsed_seconds`, ...
     """
     checkpoints = out / "checkpoints"
-    if resume and (checkpoints / "state.json").exists():
-        state = load_checkpoint(model, checkpoints)
+    checkpoint = latest_checkpoint(checkpoints) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(model, checkpoint)
+        truncate_metrics(out, state["step"])
         print(f"resumed from step {state['step']}")
     else:
         state = {
@@ -140,7 +148,9 @@ def train_loop(
                 save_best(model)
         else:
             state["bad_evaluations"] += 1
-        save_checkpoint(model, state, checkpoints)
+        # The row first: a kill before the checkpoint is written redoes this
+        # round on resume, and the resume drops the row (truncate_metrics).
         append_metrics(out, row)
+        save_checkpoint(model, state, checkpoints, settings)
     plot_loss_curve(out)
     return state

@@ -13,7 +13,10 @@
 - `best/`: the model with the lowest validation loss, with its tokenizer;
 - `loss_curve.png`: train and validation loss against step (needs matplotlib).
 
-Resuming (`resume=True`) reloads the checkpoint and continues at its step.
+An output directory that already holds a run is refused unless the call
+resumes it or sets `overwrite` (`keras_gpt.training.runs.start_run`).
+Resuming (`resume=True`) checks the checkpoint against the config, reloads it
+and continues at its step.
 Batches are a pure function of (seed, step) and dropout masks come from
 counters saved with the model, so a resumed run reproduces the loss curve of
 an uninterrupted one.
@@ -42,6 +45,7 @@ from keras_gpt.training.config import RunConfig
 from keras_gpt.training.history import mean_throughput
 from keras_gpt.training.loop import train_loop
 from keras_gpt.training.optimizer import gpt_optimizer
+from keras_gpt.training.runs import start_run
 from keras_gpt.training.throughput import Throughput, flops_per_token, probe_peak_flops
 
 
@@ -87,6 +91,8 @@ class PretrainConfig(RunConfig):
         verbose: Keras progress-bar verbosity (0, 1 or 2).
         sample_prompt: prompt for the sample printed at the end.
         sample_tokens: length of that sample (0: no sample).
+        overwrite: replace a run already in `out` (its checkpoints, metrics
+            and `best/`); without it such a run is refused unless resumed.
     """
 
     data: str | None = None
@@ -122,6 +128,7 @@ class PretrainConfig(RunConfig):
     verbose: int = 1
     sample_prompt: str = "\n"
     sample_tokens: int = 200
+    overwrite: bool = False
 
 
 def load_config(
@@ -136,7 +143,9 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
 
     Args:
         config: the run's settings.
-        resume: continue from `config.out/checkpoints` if it holds a checkpoint.
+        resume: continue from `config.out/checkpoints` if it holds a checkpoint
+            (written with the same settings, except those in
+            `keras_gpt.training.runs.RESUMABLE_SETTINGS`).
 
     Returns:
         A dict with `steps`, `val_loss`, `best_val_loss`, `tokens_per_second`,
@@ -146,6 +155,9 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     >>> summary = pretrain(load_config("recipes/configs/shakespeare_char.toml"))
     """
     out = pathlib.Path(config.out)
+    # Before anything is written: refuses to replace a run by accident, and
+    # checks a resume against its checkpoint.
+    start_run(config, resume)
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     print(f"keras_gpt pretrain · backend {keras.backend.backend()}")
@@ -233,6 +245,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         save_best=save_best,
         flops_per_token=flops,
         peak_flops=peak,
+        settings=dataclasses.asdict(config),
     )
     summary = {
         "steps": state["step"],

@@ -1,0 +1,208 @@
+"""A run is never lost: no silent overwrite, resumes checked first, atomic checkpoints.
+
+Runs are tiny (a 1-block, 16-wide model on a repetitive text, a few steps).
+The kill test SIGKILLs a run in a subprocess at seeded moments, counted in
+program order (a training step's batch, each file operation of a checkpoint,
+each metrics row), so it never races: each moment is hit exactly.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from helpers import run_python
+
+from keras_gpt.cli import main
+from keras_gpt.training import (
+    CheckpointError,
+    RunError,
+    latest_checkpoint,
+    read_metrics,
+)
+from keras_gpt.training.checkpoints import read_manifest
+from keras_gpt.training.pretrain import PretrainConfig, pretrain
+
+TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
+
+
+def tiny_config(tmp_path, out_name="run", **overrides) -> PretrainConfig:
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+    base = PretrainConfig(
+        data=str(data),
+        tokenizer="char",
+        out=str(tmp_path / out_name),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        sequence_length=16,
+        batch_size=4,
+        max_steps=4,
+        eval_interval=2,
+        eval_batches=2,
+        warmup_steps=2,
+        dropout=0.1,
+        learning_rate=1e-2,
+        peak_flops=1e9,
+        verbose=0,
+        sample_tokens=0,
+    )
+    return base.update(overrides)
+
+
+def snapshot(directory: pathlib.Path) -> dict:
+    """Every file under `directory` with its bytes and modification time."""
+    return {
+        str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_run_is_not_replaced_without_resume_or_overwrite(tmp_path):
+    config = tiny_config(tmp_path)
+    pretrain(config)
+    out = tmp_path / "run"
+    before = snapshot(out)
+    with pytest.raises(RunError, match="already holds a run.*--resume.*--overwrite"):
+        pretrain(config)
+    assert snapshot(out) == before
+    # --overwrite (a setting, so also `overwrite = true` in a TOML file) replaces it.
+    main(["pretrain", "--config", str(out / "config.toml"), "--overwrite", "--max-steps", "2"])
+    assert [row["step"] for row in read_metrics(out)] == [2]
+    assert latest_checkpoint(out / "checkpoints").name == "step_00000002"
+
+
+def test_resume_with_other_settings_names_them_and_changes_nothing(tmp_path):
+    pretrain(tiny_config(tmp_path))
+    out = tmp_path / "run"
+    before = snapshot(out)
+    changed = tiny_config(tmp_path, num_layers=2, hidden_dim=32)
+    with pytest.raises(CheckpointError, match=r"hidden_dim = 16 \(now 32\); num_layers = 1"):
+        pretrain(changed, resume=True)
+    assert snapshot(out) == before
+    # Settings that only say how long to run may change: the run continues.
+    summary = pretrain(tiny_config(tmp_path, max_steps=6), resume=True)
+    assert summary["steps"] == 6 and [r["step"] for r in read_metrics(out)] == [2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        ("truncate", "weights.npz"),
+        ("flip", "optimizer.npz"),
+        ("delete", "state.json"),
+        ("garbage", "manifest.json"),
+    ],
+)
+def test_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, damage, file):
+    config = tiny_config(tmp_path)
+    pretrain(config)
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints") / file
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif damage == "delete":
+        path.unlink()
+    else:
+        path.write_text("{not json")
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=f"{file}.*damaged.*--overwrite"):
+        pretrain(config, resume=True)
+    assert snapshot(tmp_path / "run") == before
+
+
+# -- killed at any moment -------------------------------------------------------------
+
+# Runs `pretrain` (resuming whatever is in OUT) and SIGKILLs itself at the
+# K-th occurrence of event LABEL: "batch" (a training step's batch is read),
+# "savez" / "fsync" / "rename" (before and after each such file operation of a
+# checkpoint) or "metrics" (before and after a metrics row is appended).
+_WORKER = textwrap.dedent("""
+    import json, os, signal, sys
+    import numpy as np
+    import keras_gpt.training.loop as loop
+    from keras_gpt.training.pretrain import PretrainConfig, pretrain
+
+    settings, label, k = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    counts = {}
+
+    def event(name):
+        counts[name] = counts.get(name, 0) + 1
+        if name == label and counts[name] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            event(name)
+            result = function(*args, **kwargs)
+            event(name)
+            return result
+        return wrapper
+
+    np.savez = counted("savez", np.savez)
+    os.fsync = counted("fsync", os.fsync)
+    os.rename = counted("rename", os.rename)
+    loop.append_metrics = counted("metrics", loop.append_metrics)
+    getitem = loop.StepBatches.__getitem__
+    def batch(self, index):
+        event("batch")
+        return getitem(self, index)
+    loop.StepBatches.__getitem__ = batch
+    pretrain(PretrainConfig(**settings), resume=True)
+""")
+
+# Events of one two-step round: 2 batches, 2x2 savez, 2x6 fsync, 2x1 rename and
+# 2x1 metrics; a K up to these lands in the process's first round (or right
+# after its checkpoint), so each process completes at most one round.
+_EVENTS = {"batch": 2, "savez": 4, "fsync": 12, "rename": 2, "metrics": 2}
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="checkpoint files are backend-independent: the torch pass (fastest to start "
+    "a process) runs the subprocess kill test once",
+)
+def test_a_run_killed_at_seeded_moments_resumes_to_the_same_metrics(tmp_path):
+    reference = tiny_config(tmp_path, "reference", max_steps=8)
+    pretrain(reference)
+    expected = read_metrics(tmp_path / "reference")
+    config = tiny_config(tmp_path, "killed", max_steps=8)
+    settings = json.dumps(dataclasses.asdict(config))
+    rng = np.random.default_rng(22)
+    kills = 0
+    for attempt in range(8):
+        label = ["batch", "savez", "fsync", "rename", "metrics"][attempt % 5]
+        k = int(rng.integers(1, _EVENTS[label] + 1))
+        proc = run_python(["-c", _WORKER, settings, label, k], timeout=300, check=False)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        kills += 1
+        # Whatever moment the kill came at, the newest checkpoint is complete.
+        checkpoint = latest_checkpoint(tmp_path / "killed" / "checkpoints")
+        if checkpoint is not None:
+            manifest = read_manifest(checkpoint)
+            state = json.loads((checkpoint / "state.json").read_text())
+            assert manifest["step"] == state["step"] == int(checkpoint.name.split("_")[1])
+    else:
+        run_python(["-c", _WORKER, settings, "none", "0"], timeout=300)
+    # Each process completes at most one of the four rounds before it dies: at
+    # least four kills before the run can end.
+    assert kills >= 4, kills
+    rows = read_metrics(tmp_path / "killed")
+    assert [r["step"] for r in rows] == [r["step"] for r in expected]
+    # Same batches, dropout counters and optimizer state: the resumed curve is
+    # the uninterrupted one up to float32 rounding (as in test_pretraining).
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in expected], rtol=1e-5)
+    assert (tmp_path / "killed" / "metrics.csv").read_text().count("\n") == len(rows) + 1
+    assert os.path.isdir(tmp_path / "killed" / "best")
