@@ -6,7 +6,7 @@ models, so run it through this module, which registers the model and then
 hands its arguments to lm_eval's command line unchanged:
 
     python -m keras_gpt.evaluation.harness --model keras_gpt \\
-        --model_args preset=hf://openai-community/gpt2,batch_size=16 --tasks hellaswag
+        --model_args preset=hf://openai-community/gpt2 --batch_size 16 --tasks hellaswag
 
 From Python, pass an instance: `lm_eval.simple_evaluate(model=KerasGPTLM(...))`.
 The three request types run on any backend: `loglikelihood` and
