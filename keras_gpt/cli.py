@@ -64,6 +64,7 @@ def generate_command(argv: list[str]) -> None:
 
     from keras_gpt.model import GPT
     from keras_gpt.presets import load_tokenizer
+    from keras_gpt.tokenizers import TextStream
 
     parser = argparse.ArgumentParser(prog="keras-gpt generate", description="Generate text.")
     parser.add_argument("--preset", required=True, help="preset handle or directory")
@@ -102,17 +103,18 @@ def generate_command(argv: list[str]) -> None:
             seed=args.seed,
         )
         if args.num_samples == 1:
-            printed = []
+            # Text is written only at whole characters: a byte-level token can hold
+            # part of one, which decoded alone would print as U+FFFD.
+            text = TextStream(tokenizer, max_tokens=kwargs["max_new_tokens"])
 
-            def stream(tokens, done):
-                piece = tokenizer.decode([int(tokens[0])])
-                printed.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+            def stream(tokens, is_new):
+                if is_new[0]:
+                    sys.stdout.write(text.feed(int(tokens[0])))
+                    sys.stdout.flush()
 
             sys.stdout.write(prompt)
             model.generate(np.array([ids]), callback=stream, **kwargs)
-            sys.stdout.write("\n")
+            sys.stdout.write(text.close() + "\n")
             return
         # Several samples: one batched call (independent noise per sample), then
         # each sample printed whole.

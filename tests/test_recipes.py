@@ -14,7 +14,7 @@ import pytest
 
 import keras_gpt
 from keras_gpt.cli import main
-from keras_gpt.tokenizers import CharTokenizer
+from keras_gpt.tokenizers import ByteTokenizer, CharTokenizer
 
 CONTEXT = 16
 
@@ -67,6 +67,46 @@ def test_generate_recipe_streams_the_greedy_continuation(preset, monkeypatch, ca
     )
     expected = greedy_by_recomputation(model, tokenizer.encode("abc"), 6)
     assert capsys.readouterr().out == tokenizer.decode(expected) + "\n"
+
+
+def test_generate_streams_whole_utf8_characters(tmp_path, monkeypatch, capsys):
+    """A byte-level model's tokens can hold part of a character: the streamed text
+    must be the decoded row, never a U+FFFD per partial byte."""
+    tokenizer = ByteTokenizer()
+    model = keras_gpt.GPT(
+        vocabulary_size=tokenizer.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=32,
+        seed=11,
+    )
+    # Teach it "éé…": bytes C3 A9 repeated, so greedy decoding writes two-byte characters.
+    row = np.array(tokenizer.encode("é" * 12), "int32")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    for _ in range(60):
+        model.train_on_batch(row[None, :-1].repeat(4, 0), row[None, 1:].repeat(4, 0))
+    model.save_to_preset(str(tmp_path), tokenizer=tokenizer)
+    prompt = "é"
+    ids = model.generate([tokenizer.encode(prompt)], 12)[0]
+    generated = [int(i) for i in ids[len(tokenizer.encode(prompt)) :]]
+    # The case this test is about: decoding token by token differs from the whole.
+    assert "".join(tokenizer.decode([i]) for i in generated) != tokenizer.decode(generated)
+    run_recipe(
+        "generate",
+        [
+            "--preset",
+            str(tmp_path),
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "12",
+        ],
+        monkeypatch,
+    )
+    assert capsys.readouterr().out == tokenizer.decode(list(ids)) + "\n"
 
 
 def test_generate_recipe_interactive_loop_answers_each_prompt(preset, monkeypatch, capsys):

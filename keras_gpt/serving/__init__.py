@@ -16,7 +16,7 @@ from keras_gpt.serving.batcher import Batcher
 from keras_gpt.serving.chat import CHAT_TEMPLATES, chat_template_of
 from keras_gpt.serving.params import ApiError
 from keras_gpt.serving.server import preset_path, serve
-from keras_gpt.serving.text import TextStream
+from keras_gpt.tokenizers import TextStream  # the streamed text of a row (also used by the CLI)
 
 __all__ = [
     "CHAT_TEMPLATES",

@@ -41,8 +41,7 @@ from keras_gpt.serving.params import (
     parse_prompts,
     parse_sampling,
 )
-from keras_gpt.serving.text import TextStream
-from keras_gpt.tokenizers import Tokenizer
+from keras_gpt.tokenizers import TextStream, Tokenizer
 
 logger = logging.getLogger("keras_gpt.serving")
 

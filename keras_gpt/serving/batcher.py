@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 from keras_gpt.serving.params import Sampling
-from keras_gpt.serving.text import TextStream
+from keras_gpt.tokenizers import TextStream
 
 logger = logging.getLogger("keras_gpt.serving")
 

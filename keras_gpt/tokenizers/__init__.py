@@ -9,12 +9,14 @@ whichever kind was saved.
 from keras_gpt.tokenizers.byte_pair_tokenizer import BytePairTokenizer, bytes_to_unicode
 from keras_gpt.tokenizers.byte_tokenizer import ByteTokenizer
 from keras_gpt.tokenizers.char_tokenizer import CharTokenizer
+from keras_gpt.tokenizers.streaming import TextStream
 from keras_gpt.tokenizers.tokenizer import Tokenizer, load_tokenizer, split_text
 
 __all__ = [
     "BytePairTokenizer",
     "ByteTokenizer",
     "CharTokenizer",
+    "TextStream",
     "Tokenizer",
     "bytes_to_unicode",
     "load_tokenizer",

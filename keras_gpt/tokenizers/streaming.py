@@ -1,6 +1,7 @@
 """Token ids to text, one token at a time: whole UTF-8 characters and stop strings.
 
-A served row is decoded as it grows. Two things keep the streamed text equal
+A generated row (served, or streamed to the terminal by `keras-gpt generate`) is
+decoded as it grows. Two things keep the streamed text equal
 to the text of the finished row:
 
 - Text is released only up to its last whole character: the tokenizers decode
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from keras_gpt.tokenizers import Tokenizer
+from keras_gpt.tokenizers.tokenizer import Tokenizer
 
 REPLACEMENT = "\ufffd"
 
