@@ -180,6 +180,9 @@ def export(
         os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=2, default=str)
+        # mkdtemp makes the staging folder private (0o700); the export gets the
+        # usual mode instead, so that another account (a server) can read it.
+        os.chmod(staging, 0o777 & ~_umask())
         if os.path.exists(path):  # only with overwrite (checked above)
             shutil.rmtree(path)
         os.replace(staging, path)
@@ -287,6 +290,13 @@ def generate_function(
 def _padded_stops(stops: np.ndarray) -> np.ndarray:
     # decode_loop compares with a non-empty list; -1 never matches a sampled id.
     return stops if stops.size else np.array([-1], "int32")
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _add_endpoints(archive, model, max_new_tokens, stops, pad_token_id) -> None:

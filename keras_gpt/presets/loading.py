@@ -138,6 +138,7 @@ def save_to_preset(
             model,
             directory,
             vocabulary_size=min(size, model.vocabulary_size) if size else None,
+            special_token_id=_end_of_text_id(tokenizer),
         )
         if tokenizer is not None:
             # A GPT-2 BPE tokenizer writes vocab.json + merges.txt, which
@@ -145,6 +146,15 @@ def save_to_preset(
             tokenizer.save(directory)
     else:
         raise ValueError(f"`format` must be 'keras_gpt' or 'huggingface', got {format!r}.")
+
+
+def _end_of_text_id(tokenizer: Tokenizer | None) -> int | None:
+    """The id Hugging Face configs call bos/eos: `<|endoftext|>`, else the first special token."""
+    specials = list(getattr(tokenizer, "special_tokens", None) or [])
+    if not specials:
+        return None
+    token = "<|endoftext|>" if "<|endoftext|>" in specials else specials[0]
+    return int(tokenizer.token_to_id(token))
 
 
 def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:

@@ -172,7 +172,10 @@ def load_huggingface(cls: type, directory: str, handle: str, **overrides: Any) -
 
 
 def save_huggingface(
-    model: keras.Model, directory: str | os.PathLike, vocabulary_size: int | None = None
+    model: keras.Model,
+    directory: str | os.PathLike,
+    vocabulary_size: int | None = None,
+    special_token_id: int | None = None,
 ) -> None:
     """Writes `model` as a directory `transformers.GPT2LMHeadModel.from_pretrained` loads.
 
@@ -186,6 +189,10 @@ def save_huggingface(
         vocabulary_size: keep only the first rows of the embedding (and output
             kernel); for a model trained with a vocabulary padded past the
             tokenizer's size. Defaults to `model.vocabulary_size`.
+        special_token_id: the tokenizer's end-of-text id, written as
+            `bos_token_id` and `eos_token_id` of `config.json` and
+            `generation_config.json` (GPT-2 uses one id for both), so that
+            transformers' `generate` stops on it.
 
     Example:
     >>> save_huggingface(model, "exported")
@@ -240,6 +247,11 @@ def save_huggingface(
         "scale_attn_weights": True,
         "dtype": "float32",
     }
+    if special_token_id is not None:
+        ids = {"bos_token_id": int(special_token_id), "eos_token_id": int(special_token_id)}
+        hf_config.update(ids)
+        with open(os.path.join(directory, "generation_config.json"), "w") as f:
+            json.dump(ids, f, indent=2)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
