@@ -14,7 +14,7 @@ def _overrides(extra: list[str]) -> dict:
     while i < len(extra):
         key = extra[i]
         if not key.startswith("--"):
-            raise SystemExit(f"expected --key value, got {key!r}")
+            raise ValueError(f"expected --key value, got {key!r}")
         if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
             values[key[2:]] = extra[i + 1]
             i += 2
@@ -25,38 +25,46 @@ def _overrides(extra: list[str]) -> dict:
 
 
 def pretrain_command(argv: list[str]) -> dict:
-    from keras_gpt.training.pretrain import load_config, pretrain
+    from keras_gpt.training.config import PretrainConfig
 
     parser = argparse.ArgumentParser(
         prog="keras-gpt pretrain",
-        description="Pretrain a GPT. Any setting of keras_gpt.training.pretrain.PretrainConfig "
-        "can be given as --key value (e.g. --max-steps 500 --dropout 0.1).",
+        description="Pretrain a GPT on a corpus. Every setting below can be given as "
+        "--key value or in a TOML file (--config); the command line wins.",
+        epilog=PretrainConfig.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML file of settings")
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoints if present"
     )
     args, extra = parser.parse_known_args(argv)
-    config = load_config(args.config, _overrides(extra))
+    config = PretrainConfig.load(args.config, _overrides(extra))
+    from keras_gpt.training.pretrain import pretrain  # imports Keras and the backend
+
     return pretrain(config, resume=args.resume)
 
 
 def finetune_command(argv: list[str]) -> dict:
-    from keras_gpt.training.finetune import FinetuneConfig, finetune
+    from keras_gpt.training.config import FinetuneConfig
 
     parser = argparse.ArgumentParser(
         prog="keras-gpt finetune",
         description="Fine-tune a preset, fully or with LoRA, on instruction JSONL or on plain "
-        "text (continued pretraining; --format auto|instructions|text). Any setting "
-        "of keras_gpt.training.finetune.FinetuneConfig can be given as --key value "
-        "(e.g. --preset DIR --data train.jsonl --lora-rank 8).",
+        "text (continued pretraining; --format auto|instructions|text). Every setting below "
+        "can be given as --key value or in a TOML file (--config).",
+        epilog=FinetuneConfig.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML file of settings")
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoints if present"
     )
     args, extra = parser.parse_known_args(argv)
-    return finetune(FinetuneConfig.load(args.config, _overrides(extra)), resume=args.resume)
+    config = FinetuneConfig.load(args.config, _overrides(extra))
+    from keras_gpt.training.finetune import finetune  # imports Keras and the backend
+
+    return finetune(config, resume=args.resume)
 
 
 def generate_command(argv: list[str]) -> None:

@@ -4,9 +4,11 @@ Each test starts `python -m keras_gpt.cli` (what the console script runs) in a
 fresh process on this pass's backend, from an empty working directory.
 """
 
+import dataclasses
 import re
 
 import keras
+import pytest
 from helpers import run_python
 
 BACKEND = keras.backend.backend()
@@ -18,19 +20,45 @@ def keras_gpt_command(args, cwd, check=False):
     return run_python(["-m", "keras_gpt.cli", *args], backend=BACKEND, cwd=cwd, check=check)
 
 
-def test_help_imports_no_backend(tmp_path):
+@pytest.mark.parametrize(
+    "args, expected_code",
+    [
+        (["--help"], 0),
+        (["pretrain", "--help"], 0),
+        (["finetune", "--help"], 0),
+        (["pretrain", "--max-steps", "many"], 2),  # an argument error
+    ],
+)
+def test_help_and_argument_errors_import_no_backend(args, expected_code, tmp_path):
     code = (
         "import sys\n"
         "from keras_gpt.cli import main\n"
         "try:\n"
-        "    main(['--help'])\n"
+        f"    main({args!r})\n"
         "except SystemExit as exit:\n"
-        "    assert exit.code == 0\n"
+        f"    assert exit.code == {expected_code}, exit.code\n"
         "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))\n"
     )
     out = run_python(["-c", code], backend=BACKEND, cwd=tmp_path).stdout
-    assert "pretrain" in out and "serve" in out
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_recipe_help_lists_every_setting_with_its_default(tmp_path):
+    from keras_gpt.training.config import FinetuneConfig, PretrainConfig
+
+    for command, config in (("pretrain", PretrainConfig), ("finetune", FinetuneConfig)):
+        out = keras_gpt_command([command, "--help"], tmp_path, check=True).stdout
+        for field in dataclasses.fields(config):
+            line = next(
+                (
+                    s
+                    for s in out.splitlines()
+                    if s.split()[:1] == [f"--{field.name.replace('_', '-')}"]
+                ),
+                None,
+            )
+            assert line is not None, f"{command} --help lacks {field.name}"
+            assert "(default: " in line and len(line.split()) > 3, line
 
 
 def test_a_user_mistake_is_one_line_and_exit_status_2(tmp_path):

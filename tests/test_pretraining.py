@@ -110,9 +110,9 @@ def test_config_errors_and_overrides(tmp_path):
     }
     config = PretrainConfig().update({"max-steps": "5", "dropout": "0.1", "tensorboard": "true"})
     assert (config.max_steps, config.dropout, config.tensorboard) == (5, 0.1, True)
-    with pytest.raises(ValueError, match="Unknown setting 'max_step'"):
+    with pytest.raises(ValueError, match="unknown setting 'max_step'; did you mean 'max_steps'"):
         PretrainConfig().update({"max_step": 5})
-    with pytest.raises(ValueError, match="max_steps must be a int"):
+    with pytest.raises(ValueError, match="max_steps must be an integer, got 'many'"):
         PretrainConfig().update({"max_steps": "many"})
     with pytest.raises(ValueError, match="tokenizer must be"):
         pretrain(tiny_config(tmp_path, tokenizer="nonsense"))

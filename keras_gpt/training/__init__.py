@@ -12,39 +12,50 @@ and the two recipes themselves (`pretrain`, `finetune`).
 - `pretrain.py`, `finetune.py`: the recipes behind `keras-gpt pretrain` / `finetune`.
 """
 
-from keras_gpt.training.checkpoints import (
-    CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from keras_gpt.training.config import RunConfig
-from keras_gpt.training.finetune import FinetuneConfig, finetune
-from keras_gpt.training.history import (
-    append_metrics,
-    mean_throughput,
-    plot_loss_curve,
-    read_metrics,
-    write_json_atomic,
-)
-from keras_gpt.training.loop import StepBatches, train_loop
-from keras_gpt.training.optimizer import (
-    NO_DECAY_NAMES,
-    exclude_from_decay,
-    gpt_optimizer,
-)
-from keras_gpt.training.pretrain import PretrainConfig, load_config, pretrain
-from keras_gpt.training.runs import RESUMABLE_SETTINGS, RunError, start_run
-from keras_gpt.training.throughput import Throughput, flops_per_token, probe_peak_flops
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Names are imported on first use (PEP 562): `keras-gpt pretrain --help` reads the
+# configs (`config.py`, no Keras) without importing the training code and a backend.
+_EXPORTS = {
+    "CheckpointError": "keras_gpt.training.checkpoints",
+    "FinetuneConfig": "keras_gpt.training.config",
+    "NO_DECAY_NAMES": "keras_gpt.training.optimizer",
+    "PretrainConfig": "keras_gpt.training.config",
+    "RESUMABLE_SETTINGS": "keras_gpt.training.runs",
+    "RunConfig": "keras_gpt.training.config",
+    "RunError": "keras_gpt.training.runs",
+    "StepBatches": "keras_gpt.training.loop",
+    "Throughput": "keras_gpt.training.throughput",
+    "append_metrics": "keras_gpt.training.history",
+    "exclude_from_decay": "keras_gpt.training.optimizer",
+    "finetune": "keras_gpt.training.finetune",
+    "flops_per_token": "keras_gpt.training.throughput",
+    "gpt_optimizer": "keras_gpt.training.optimizer",
+    "latest_checkpoint": "keras_gpt.training.checkpoints",
+    "load_checkpoint": "keras_gpt.training.checkpoints",
+    "load_config": "keras_gpt.training.pretrain",
+    "mean_throughput": "keras_gpt.training.history",
+    "plot_loss_curve": "keras_gpt.training.history",
+    "pretrain": "keras_gpt.training.pretrain",
+    "probe_peak_flops": "keras_gpt.training.throughput",
+    "read_metrics": "keras_gpt.training.history",
+    "save_checkpoint": "keras_gpt.training.checkpoints",
+    "start_run": "keras_gpt.training.runs",
+    "train_loop": "keras_gpt.training.loop",
+    "write_json_atomic": "keras_gpt.training.history",
+}
 
 __all__ = [
-    "NO_DECAY_NAMES",
-    "RESUMABLE_SETTINGS",
     "CheckpointError",
-    "RunError",
     "FinetuneConfig",
+    "NO_DECAY_NAMES",
     "PretrainConfig",
+    "RESUMABLE_SETTINGS",
     "RunConfig",
+    "RunError",
     "StepBatches",
     "Throughput",
     "append_metrics",
@@ -65,3 +76,37 @@ __all__ = [
     "train_loop",
     "write_json_atomic",
 ]
+
+if TYPE_CHECKING:
+    from keras_gpt.training.checkpoints import (
+        CheckpointError,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from keras_gpt.training.config import FinetuneConfig, PretrainConfig, RunConfig
+    from keras_gpt.training.finetune import finetune
+    from keras_gpt.training.history import (
+        append_metrics,
+        mean_throughput,
+        plot_loss_curve,
+        read_metrics,
+        write_json_atomic,
+    )
+    from keras_gpt.training.loop import StepBatches, train_loop
+    from keras_gpt.training.optimizer import NO_DECAY_NAMES, exclude_from_decay, gpt_optimizer
+    from keras_gpt.training.pretrain import load_config, pretrain
+    from keras_gpt.training.runs import RESUMABLE_SETTINGS, RunError, start_run
+    from keras_gpt.training.throughput import Throughput, flops_per_token, probe_peak_flops
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_gpt.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,10 +1,17 @@
-"""Run configs: dataclasses read from TOML files and `--key value` overrides."""
+"""Run configs: the recipes' settings, read from TOML files and `--key value` overrides.
+
+This module imports neither Keras nor a backend, so `keras-gpt pretrain --help`
+(which lists every setting from these dataclasses) starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import json
 import os
+import re
 
 
 class RunConfig:
@@ -17,7 +24,9 @@ class RunConfig:
         for key, value in values.items():
             key = key.replace("-", "_")
             if key not in fields:
-                raise ValueError(f"Unknown setting {key!r}; known: {sorted(fields)}.")
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {sorted(fields)}"
+                raise ValueError(f"unknown setting {key!r}; {hint}")
             converted[key] = _convert(value, getattr(self, key), key)
         return dataclasses.replace(self, **converted)
 
@@ -28,6 +37,35 @@ class RunConfig:
             for key, value in dataclasses.asdict(self).items()
             if value is not None
         )
+
+    @classmethod
+    def settings(cls) -> list[tuple[str, object, str]]:
+        """`(name, default, meaning)` of every setting, the meaning from the docstring.
+
+        Example:
+        >>> PretrainConfig.settings()[0]
+        ('data', None, 'text file, folder, glob or JSONL; "shakespeare"; ...')
+        """
+        meanings = {}
+        doc = inspect.cleandoc(cls.__doc__ or "")
+        if "Attributes:" in doc:
+            body = doc.split("Attributes:", 1)[1]
+            for match in re.finditer(r"^ {4}(\w+): (.*(?:\n {8}.*)*)", body, re.M):
+                meanings[match.group(1)] = " ".join(match.group(2).split())
+        defaults = cls()
+        return [
+            (f.name, getattr(defaults, f.name), meanings.get(f.name, ""))
+            for f in dataclasses.fields(cls)
+        ]
+
+    @classmethod
+    def help_text(cls) -> str:
+        """The settings as the `--help` of a recipe command lists them."""
+        lines = ["settings (--key value on the command line, or key = value in --config):"]
+        for name, default, meaning in cls.settings():
+            flag = "--" + name.replace("_", "-")
+            lines.append(f"  {flag:<30} {meaning} (default: {json.dumps(default)})")
+        return "\n".join(lines)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: dict | None = None):
@@ -53,4 +91,152 @@ def _convert(value, default, key: str):
             return value.lower() in ("true", "1")
         return type(default)(value)
     except ValueError:
-        raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}.") from None
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            type(default).__name__, f"a {type(default).__name__}"
+        )
+        raise ValueError(f"{key} must be {kind}, got {value!r}") from None
+
+
+@dataclasses.dataclass
+class PretrainConfig(RunConfig):
+    """Every setting of a pretraining run (a TOML file or `--key value` flags).
+
+    Attributes:
+        data: text file, folder, glob or JSONL; `"shakespeare"`; `None` (or
+            `"stdlib"`) for Python's own standard-library source.
+        tokenizer: `"byte"`, `"char"` (vocabulary from the corpus) or a
+            directory holding a saved tokenizer.
+        out: output directory.
+        num_layers: transformer blocks.
+        num_heads: attention heads.
+        hidden_dim: model width.
+        sequence_length: context length (the model's `max_sequence_length`).
+        dropout: dropout rate.
+        use_bias: biases in Dense layers and LayerNorms (GPT-2); `false` is
+            nanoGPT's `bias=False`.
+        batch_size: sequences per step.
+        gradient_accumulation_steps: batches per optimizer update.
+        max_steps: training steps.
+        max_seconds: stop early after this much training time (0 = no limit).
+        learning_rate: peak learning rate.
+        min_learning_rate_ratio: final learning rate as a fraction of the peak.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW decay on weight matrices.
+        beta_1: Adam β1.
+        beta_2: Adam β2.
+        clipnorm: global gradient-norm clipping (0 disables).
+        adam_epsilon: Adam ε (Keras' 1e-7; nanoGPT, through PyTorch, 1e-8).
+        decay_embeddings: weight-decay the embeddings too, as nanoGPT does.
+        dtype: `"float32"` or `"mixed_bfloat16"`.
+        eval_interval: evaluate, log and checkpoint every this many steps.
+        eval_batches: validation batches per evaluation.
+        seed: seed for weights, dropout and batches.
+        data_parallel: JAX: split each batch over all devices
+            (`keras_gpt.distribution.configure`).
+        model_parallel: JAX: shard the weights over this many devices (1: off).
+        peak_flops: peak FLOP/s for MFU; 0 measures it with a matmul probe.
+        tensorboard: also write TensorBoard logs to `out/tensorboard`.
+        verbose: Keras progress-bar verbosity (0, 1 or 2).
+        sample_prompt: prompt for the sample printed at the end.
+        sample_tokens: length of that sample (0: no sample).
+        overwrite: replace a run already in `out` (its checkpoints, metrics
+            and `best/`); without it such a run is refused unless resumed.
+    """
+
+    data: str | None = None
+    tokenizer: str = "byte"
+    out: str = "runs/pretrain"
+    num_layers: int = 4
+    num_heads: int = 4
+    hidden_dim: int = 128
+    sequence_length: int = 128
+    dropout: float = 0.0
+    use_bias: bool = True
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 2000
+    max_seconds: float = 0.0
+    learning_rate: float = 1e-3
+    min_learning_rate_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta_1: float = 0.9
+    beta_2: float = 0.95
+    clipnorm: float = 1.0
+    adam_epsilon: float = 1e-7
+    decay_embeddings: bool = False
+    dtype: str = "float32"
+    eval_interval: int = 250
+    eval_batches: int = 20
+    seed: int = 0
+    data_parallel: bool = False
+    model_parallel: int = 1
+    peak_flops: float = 0.0
+    tensorboard: bool = False
+    verbose: int = 1
+    sample_prompt: str = "\n"
+    sample_tokens: int = 200
+    overwrite: bool = False
+
+
+@dataclasses.dataclass
+class FinetuneConfig(RunConfig):
+    """Every setting of a fine-tuning run.
+
+    Attributes:
+        preset: preset handle or directory to start from.
+        data: JSONL file of `{"prompt", "response"}` or `{"messages"}` records,
+            or plain text: a file, folder, glob, JSONL of `{"text"}`
+            documents, or `"shakespeare"` (see `format`).
+        format: `"instructions"`, `"text"` or `"auto"` (instructions for a
+            JSONL file of such records, text otherwise).
+        validation_data: validation data in the same format; default: a
+            held-out `validation_fraction` of `data` (random records for
+            instructions, the last tokens for text).
+        validation_fraction: share of `data` held out when no validation data.
+        out: output directory.
+        lora_rank: LoRA rank; 0 fine-tunes every weight.
+        lora_alpha: LoRA alpha (default: the rank).
+        lora_target: comma-separated projections to adapt.
+        sequence_length: example or window length (default: the model's context).
+        batch_size: rows per step.
+        pack: instructions: several examples per row (see `InstructionBatches`).
+        max_steps: training steps.
+        max_seconds: stop after this much training time (0: no limit).
+        learning_rate: peak learning rate.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW weight decay on weight matrices.
+        clipnorm: global gradient-norm clipping (0 disables).
+        eval_interval: evaluate, log and checkpoint every this many steps.
+        eval_batches: text: validation batches per evaluation (0: all).
+        patience: stop after this many evaluations without improvement (0: never).
+        seed: shuffling seed.
+        verbose: Keras progress-bar verbosity.
+        overwrite: replace a run already in `out` (its checkpoints, metrics
+            and `best/`); without it such a run is refused unless resumed.
+    """
+
+    preset: str = ""
+    data: str = ""
+    format: str = "auto"
+    validation_data: str | None = None
+    validation_fraction: float = 0.1
+    out: str = "runs/finetune"
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_target: str = "qkv,attn_out,mlp_in,mlp_out"
+    sequence_length: int = 0
+    batch_size: int = 8
+    pack: bool = False
+    max_steps: int = 500
+    max_seconds: float = 0.0
+    learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    clipnorm: float = 1.0
+    eval_interval: int = 50
+    eval_batches: int = 20
+    patience: int = 3
+    seed: int = 0
+    verbose: int = 1
+    overwrite: bool = False

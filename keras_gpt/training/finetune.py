@@ -45,75 +45,12 @@ from keras_gpt.data.instructions import is_instruction_file
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.presets import load_tokenizer
-from keras_gpt.training.config import RunConfig
+from keras_gpt.training.config import FinetuneConfig
 from keras_gpt.training.loop import train_loop
 from keras_gpt.training.optimizer import gpt_optimizer
 from keras_gpt.training.runs import start_run
 
 FORMATS = ("auto", "instructions", "text")
-
-
-@dataclasses.dataclass
-class FinetuneConfig(RunConfig):
-    """Every setting of a fine-tuning run.
-
-    Attributes:
-        preset: preset handle or directory to start from.
-        data: JSONL file of `{"prompt", "response"}` or `{"messages"}` records,
-            or plain text: a file, folder, glob, JSONL of `{"text"}`
-            documents, or `"shakespeare"` (see `format`).
-        format: `"instructions"`, `"text"` or `"auto"` (instructions for a
-            JSONL file of such records, text otherwise).
-        validation_data: validation data in the same format; default: a
-            held-out `validation_fraction` of `data` (random records for
-            instructions, the last tokens for text).
-        validation_fraction: share of `data` held out when no validation data.
-        out: output directory.
-        lora_rank: LoRA rank; 0 fine-tunes every weight.
-        lora_alpha: LoRA alpha (default: the rank).
-        lora_target: comma-separated projections to adapt.
-        sequence_length: example or window length (default: the model's context).
-        batch_size: rows per step.
-        pack: instructions: several examples per row (see `InstructionBatches`).
-        max_steps: training steps.
-        max_seconds: stop after this much training time (0: no limit).
-        learning_rate: peak learning rate.
-        warmup_steps: linear warm-up steps.
-        weight_decay: AdamW weight decay on weight matrices.
-        clipnorm: global gradient-norm clipping (0 disables).
-        eval_interval: evaluate, log and checkpoint every this many steps.
-        eval_batches: text: validation batches per evaluation (0: all).
-        patience: stop after this many evaluations without improvement (0: never).
-        seed: shuffling seed.
-        verbose: Keras progress-bar verbosity.
-        overwrite: replace a run already in `out` (its checkpoints, metrics
-            and `best/`); without it such a run is refused unless resumed.
-    """
-
-    preset: str = ""
-    data: str = ""
-    format: str = "auto"
-    validation_data: str | None = None
-    validation_fraction: float = 0.1
-    out: str = "runs/finetune"
-    lora_rank: int = 0
-    lora_alpha: float = 0.0
-    lora_target: str = "qkv,attn_out,mlp_in,mlp_out"
-    sequence_length: int = 0
-    batch_size: int = 8
-    pack: bool = False
-    max_steps: int = 500
-    max_seconds: float = 0.0
-    learning_rate: float = 1e-4
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    clipnorm: float = 1.0
-    eval_interval: int = 50
-    eval_batches: int = 20
-    patience: int = 3
-    seed: int = 0
-    verbose: int = 1
-    overwrite: bool = False
 
 
 def finetune(config: FinetuneConfig, resume: bool = False) -> dict:

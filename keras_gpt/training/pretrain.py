@@ -41,94 +41,12 @@ from keras_gpt.data import (
 )
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
-from keras_gpt.training.config import RunConfig
+from keras_gpt.training.config import PretrainConfig
 from keras_gpt.training.history import mean_throughput
 from keras_gpt.training.loop import train_loop
 from keras_gpt.training.optimizer import gpt_optimizer
 from keras_gpt.training.runs import start_run
 from keras_gpt.training.throughput import Throughput, flops_per_token, probe_peak_flops
-
-
-@dataclasses.dataclass
-class PretrainConfig(RunConfig):
-    """Every setting of a pretraining run (a TOML file or `--key value` flags).
-
-    Attributes:
-        data: text file, folder, glob or JSONL; `"shakespeare"`; `None` (or
-            `"stdlib"`) for Python's own standard-library source.
-        tokenizer: `"byte"`, `"char"` (vocabulary from the corpus) or a
-            directory holding a saved tokenizer.
-        out: output directory.
-        num_layers: transformer blocks.
-        num_heads: attention heads.
-        hidden_dim: model width.
-        sequence_length: context length (the model's `max_sequence_length`).
-        dropout: dropout rate.
-        use_bias: biases in Dense layers and LayerNorms (GPT-2); `false` is
-            nanoGPT's `bias=False`.
-        batch_size: sequences per step.
-        gradient_accumulation_steps: batches per optimizer update.
-        max_steps: training steps.
-        max_seconds: stop early after this much training time (0 = no limit).
-        learning_rate: peak learning rate.
-        min_learning_rate_ratio: final learning rate as a fraction of the peak.
-        warmup_steps: linear warm-up steps.
-        weight_decay: AdamW decay on weight matrices.
-        beta_1: Adam β1.
-        beta_2: Adam β2.
-        clipnorm: global gradient-norm clipping (0 disables).
-        adam_epsilon: Adam ε (Keras' 1e-7; nanoGPT, through PyTorch, 1e-8).
-        decay_embeddings: weight-decay the embeddings too, as nanoGPT does.
-        dtype: `"float32"` or `"mixed_bfloat16"`.
-        eval_interval: evaluate, log and checkpoint every this many steps.
-        eval_batches: validation batches per evaluation.
-        seed: seed for weights, dropout and batches.
-        data_parallel: JAX: split each batch over all devices
-            (`keras_gpt.distribution.configure`).
-        model_parallel: JAX: shard the weights over this many devices (1: off).
-        peak_flops: peak FLOP/s for MFU; 0 measures it with a matmul probe.
-        tensorboard: also write TensorBoard logs to `out/tensorboard`.
-        verbose: Keras progress-bar verbosity (0, 1 or 2).
-        sample_prompt: prompt for the sample printed at the end.
-        sample_tokens: length of that sample (0: no sample).
-        overwrite: replace a run already in `out` (its checkpoints, metrics
-            and `best/`); without it such a run is refused unless resumed.
-    """
-
-    data: str | None = None
-    tokenizer: str = "byte"
-    out: str = "runs/pretrain"
-    num_layers: int = 4
-    num_heads: int = 4
-    hidden_dim: int = 128
-    sequence_length: int = 128
-    dropout: float = 0.0
-    use_bias: bool = True
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 2000
-    max_seconds: float = 0.0
-    learning_rate: float = 1e-3
-    min_learning_rate_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta_1: float = 0.9
-    beta_2: float = 0.95
-    clipnorm: float = 1.0
-    adam_epsilon: float = 1e-7
-    decay_embeddings: bool = False
-    dtype: str = "float32"
-    eval_interval: int = 250
-    eval_batches: int = 20
-    seed: int = 0
-    data_parallel: bool = False
-    model_parallel: int = 1
-    peak_flops: float = 0.0
-    tensorboard: bool = False
-    verbose: int = 1
-    sample_prompt: str = "\n"
-    sample_tokens: int = 200
-    overwrite: bool = False
 
 
 def load_config(
