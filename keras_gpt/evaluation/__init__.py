@@ -22,6 +22,7 @@ from keras_gpt.evaluation.tasks import (
     loglikelihoods,
     multiple_choice,
     perplexity,
+    request_row,
     sliding_windows,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "loglikelihoods",
     "multiple_choice",
     "perplexity",
+    "request_row",
     "score_rows",
     "sliding_windows",
 ]

@@ -103,7 +103,6 @@ def score_rows(
 
     Example:
     >>> score_rows(model, [Row([5, 6, 7, 8], first=2)])
-    [RowScore(loglikelihood=-7.31, tokens=2, is_greedy=False)]
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")

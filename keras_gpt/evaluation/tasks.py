@@ -74,6 +74,20 @@ def encode_request(tokenizer: Tokenizer, context: str, continuation: str) -> tup
     return whole[: len(context_ids)], whole[len(context_ids) :]
 
 
+def request_row(tokenizer: Tokenizer, context: str, continuation: str) -> Row:
+    """The scored row of one `(context, continuation)` request (see `encode_request`).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        context: the conditioning text.
+        continuation: the text whose log-likelihood is wanted; must have tokens.
+    """
+    context_ids, continuation_ids = encode_request(tokenizer, context, continuation)
+    if not continuation_ids:
+        raise ValueError(f"The continuation {continuation!r} has no tokens.")
+    return Row(context_ids + continuation_ids, len(context_ids))
+
+
 def loglikelihoods(
     model: keras.Model,
     tokenizer: Tokenizer,
@@ -98,14 +112,8 @@ def loglikelihoods(
 
     Example:
     >>> loglikelihoods(model, tokenizer, [("The cat", " sat")])[0].loglikelihood
-    -4.2
     """
-    rows = []
-    for i, (context, continuation) in enumerate(requests):
-        context_ids, continuation_ids = encode_request(tokenizer, context, continuation)
-        if not continuation_ids:
-            raise ValueError(f"Request {i}: the continuation {continuation!r} has no tokens.")
-        rows.append(Row(context_ids + continuation_ids, len(context_ids)))
+    rows = [request_row(tokenizer, context, continuation) for context, continuation in requests]
     return score_rows(model, rows, batch_size, groups, _progress(len(rows), progress))
 
 
@@ -161,13 +169,21 @@ def _field(record: dict, name: str, kind: type, where: str, line: int) -> Any:
     return value
 
 
-def _check_fits(model: keras.Model, length: int, where: str, line: int, what: str) -> None:
-    # The last token is never fed to the model: it reads length - 1 tokens.
-    if length - 1 > model.max_sequence_length:
+def _line_row(
+    model: keras.Model, tokenizer: Tokenizer, context: str, continuation: str, where, line, what
+) -> Row:
+    """`request_row`, with errors naming the file and line; never truncated."""
+    try:
+        row = request_row(tokenizer, context, continuation)
+    except ValueError as error:
+        raise ValueError(f"{where!r} line {line}: {error}") from None
+    # The last token is never fed to the model: it reads len(ids) - 1 tokens.
+    if len(row.ids) - 1 > model.max_sequence_length:
         raise ValueError(
-            f"{where!r} line {line}: {what} is {length} tokens; the model reads at most "
+            f"{where!r} line {line}: {what} is {len(row.ids)} tokens; the model reads at most "
             f"{model.max_sequence_length} + 1 (its max_sequence_length)."
         )
+    return row
 
 
 # -- perplexity ----------------------------------------------------------------
@@ -244,7 +260,6 @@ def perplexity(
 
     Example:
     >>> perplexity(model, tokenizer, "valid.txt", stride=512)["perplexity"]
-    29.94
     """
     context = int(model.max_sequence_length) if context is None else int(context)
     stride = context if stride is None else int(stride)
@@ -322,9 +337,8 @@ def multiple_choice(
 
     Example:
     >>> multiple_choice(model, tokenizer, "hellaswag_val.jsonl")["acc_norm"]
-    0.3114
     """
-    items, requests, groups, labels = [], [], [], []
+    items, rows, groups, labels = [], [], [], []
     for where, line, record in _items(data):
         if not isinstance(record, dict):
             raise ValueError(f"{where!r} line {line}: multiple choice needs JSONL records.")
@@ -338,13 +352,12 @@ def multiple_choice(
                 f"{where!r} line {line}: label {label} is out of range for {len(endings)} endings."
             )
         for ending in endings:
-            context_ids, ending_ids = encode_request(tokenizer, context, delimiter + ending)
-            _check_fits(model, len(context_ids) + len(ending_ids), where, line, "context + ending")
-            requests.append((context, delimiter + ending))
+            what = "context + ending"
+            rows.append(_line_row(model, tokenizer, context, delimiter + ending, where, line, what))
             groups.append(len(items))
         items.append(endings)
         labels.append(label)
-    scores = loglikelihoods(model, tokenizer, requests, batch_size, groups, progress)
+    scores = score_rows(model, rows, batch_size, groups, _progress(len(rows), progress))
     correct = correct_norm = 0
     start = 0
     for endings, label in zip(items, labels):
@@ -394,18 +407,15 @@ def last_word(
 
     Example:
     >>> last_word(model, tokenizer, "lambada_test.jsonl")["perplexity"]
-    40.06
     """
-    requests = []
+    rows = []
     for where, line, record in _items(data):
         text = _field(record, text_field, str, where, line) if isinstance(record, dict) else record
         context, space, word = text.rstrip().rpartition(" ")
         if not space or not context or not word:
             raise ValueError(f"{where!r} line {line} has no final word after a space.")
-        context_ids, word_ids = encode_request(tokenizer, context, " " + word)
-        _check_fits(model, len(context_ids) + len(word_ids), where, line, "the passage")
-        requests.append((context, " " + word))
-    scores = loglikelihoods(model, tokenizer, requests, batch_size, progress=progress)
+        rows.append(_line_row(model, tokenizer, context, " " + word, where, line, "the passage"))
+    scores = score_rows(model, rows, batch_size, progress=_progress(len(rows), progress))
     return {
         "task": "last_word",
         "acc": sum(s.is_greedy for s in scores) / len(scores),
