@@ -51,6 +51,10 @@ def test_pretrain_writes_outputs_and_learns(tmp_path):
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
     for key in ("step", "train_loss", "val_loss", "tokens_per_second", "val_perplexity", "mfu"):
         assert all(key in r for r in rows)
+    # Compiling is reported on its own (the first step of the process), not in tokens/s.
+    assert rows[0]["compile_seconds"] > 0 and all(r["compile_seconds"] == 0 for r in rows[1:])
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert all(len(line.split(",")) == len(header) for line in (out / "metrics.csv").open())
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     assert summary["steps"] == 20 and isinstance(summary["sample"], str)
     # The config as run reads back to the same config.

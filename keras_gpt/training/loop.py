@@ -100,6 +100,7 @@ def train_loop(
         }
         for name in ("metrics.jsonl", "metrics.csv"):
             (out / name).unlink(missing_ok=True)
+    compiled = False
     while state["step"] < max_steps:
         if max_seconds and state["elapsed_seconds"] >= max_seconds:
             print(f"time budget of {max_seconds:.0f} s reached at step {state['step']}")
@@ -111,29 +112,47 @@ def train_loop(
             )
             break
         steps = min(eval_interval, max_steps - state["step"])
-        start = time.perf_counter()
-        # shuffle=False: Keras shuffles a PyDataset's batch order by default,
-        # which would make the run (and a resumed run) depend on NumPy's global RNG.
-        history = model.fit(
-            StepBatches(batch_at, state["step"], steps),
-            epochs=1,
-            shuffle=False,
-            verbose=verbose,
-            callbacks=callbacks or [],
-        )
-        seconds = time.perf_counter() - start
+
+        def fit(first: int, count: int):
+            # shuffle=False: Keras shuffles a PyDataset's batch order by default,
+            # which would make the run (and a resumed run) depend on NumPy's global RNG.
+            start = time.perf_counter()
+            history = model.fit(
+                StepBatches(batch_at, first, count),
+                epochs=1,
+                shuffle=False,
+                verbose=verbose,
+                callbacks=callbacks or [],
+            )
+            return history.history["loss"][-1], time.perf_counter() - start
+
+        compile_seconds = 0.0
+        if not compiled and steps > 1:
+            # This process's first step compiles the train step: time it on its own, so
+            # tokens/s counts only the steps after it (the same steps and updates either
+            # way; the round's loss is the same mean, to float32 rounding).
+            first_loss, compile_seconds = fit(state["step"], 1)
+            loss, seconds = fit(state["step"] + 1, steps - 1)
+            train_loss = (float(first_loss) + (steps - 1) * float(loss)) / steps
+            rate = (steps - 1) * tokens_per_step / seconds
+        else:
+            loss, seconds = fit(state["step"], steps)
+            train_loss = float(loss)
+            rate = steps * tokens_per_step / seconds
+        compiled = True
         state["step"] += steps
-        state["elapsed_seconds"] += seconds
+        state["elapsed_seconds"] += seconds + compile_seconds
         val_loss, val_perplexity = model.evaluate(validation, verbose=0)
-        rate = steps * tokens_per_step / seconds
         row = {
             "step": state["step"],
-            "train_loss": float(history.history["loss"][-1]),
+            "train_loss": train_loss,
             "val_loss": float(val_loss),
             "val_perplexity": float(val_perplexity),
             "tokens_per_second": rate,
             "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
             "elapsed_seconds": state["elapsed_seconds"],
+            # Time the round's first step took to compile the train step (0: compiled).
+            "compile_seconds": compile_seconds,
         }
         if flops_per_token and peak_flops:
             row["mfu"] = rate * flops_per_token / peak_flops

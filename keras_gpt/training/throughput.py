@@ -22,18 +22,37 @@ def flops_per_token(model, sequence_length: int | None = None) -> float:
     return 6.0 * params + attention
 
 
-def probe_peak_flops(size: int = 1024, repeats: int = 5) -> float:
-    """A quick estimate of peak float32 matmul FLOP/s on the current backend."""
-    a = keras.ops.convert_to_tensor(
-        np.random.default_rng(0).standard_normal((size, size)), "float32"
-    )
-    keras.ops.convert_to_numpy(keras.ops.matmul(a, a))  # warm up
-    best = float("inf")
-    for _ in range(repeats):
+def probe_peak_flops(size: int = 1536, chain: int = 3, budget_seconds: float = 0.5) -> float:
+    """An estimate of the peak float32 matmul FLOP/s on the current backend.
+
+    The best of several timed runs of `chain` dependent `size`² matmuls, each run
+    read back once: a single small product is dominated by dispatch and the copy
+    back to NumPy, which underestimated the peak (and so overstated the MFU a run
+    logged) several times over. Runs repeat for about `budget_seconds` (at least 3).
+
+    Args:
+        size: matrix side.
+        chain: matmuls per timed run.
+        budget_seconds: how long to keep timing.
+    """
+    rng = np.random.default_rng(0)
+    # Scaled so that repeated products keep their magnitude (no overflow to inf).
+    a = keras.ops.convert_to_tensor(rng.standard_normal((size, size)) / np.sqrt(size), "float32")
+
+    def run():
+        c = a
+        for _ in range(chain):
+            c = keras.ops.matmul(a, c)
+        keras.ops.convert_to_numpy(c[:1, :1])  # waits for the chain, copies 4 bytes
+
+    run()  # warm up (and compile, where the backend does)
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < 3 or spent < budget_seconds:
         start = time.perf_counter()
-        keras.ops.convert_to_numpy(keras.ops.matmul(a, a))
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+        run()
+        seconds = time.perf_counter() - start
+        best, spent, runs = min(best, seconds), spent + seconds, runs + 1
+    return 2.0 * size**3 * chain / best
 
 
 class Throughput(keras.callbacks.Callback):
