@@ -26,9 +26,9 @@ FLOORS = {
     "generation": 2,
     "model": 3,
     "distribution": 4,
+    "evaluation": 4,
     "training": 5,
     "export": 5,
-    "evaluation": 5,
     "serving": 6,
     "cli": 7,
 }

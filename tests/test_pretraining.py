@@ -180,3 +180,24 @@ def test_weight_decay_applies_to_weight_matrices_only(decay_embeddings):
         expected = before[v.path] * (1 - lr * wd) if decayed else before[v.path]
         # float32 arithmetic on values ~0.02: 1e-6 relative is a few ulps.
         np.testing.assert_allclose(to_numpy(v), expected, rtol=1e-6, atol=1e-9, err_msg=v.path)
+
+
+def test_run_evaluates_its_best_model_at_the_end(tmp_path):
+    """`evaluate_data`: the best model's figures, as keras_gpt.evaluation computes them,
+    land in evaluation.json and as a row of metrics.jsonl apart from the training rows."""
+    import json
+
+    from keras_gpt.evaluation import perplexity
+    from keras_gpt.presets import load_tokenizer
+
+    config = tiny_config(tmp_path, max_steps=6, eval_interval=3, sample_tokens=0)
+    config = config.update({"evaluate_data": config.data})
+    summary = pretrain(config)
+    out = tmp_path / "run"
+    recorded = json.loads((out / "evaluation.json").read_text())
+    assert read_metrics(out, evaluations=True) == [recorded] == [summary["evaluation"]]
+    assert [r["step"] for r in read_metrics(out)] == [3, 6]  # training rows unchanged
+    best = str(out / "best")
+    expected = perplexity(GPT.from_preset(best), load_tokenizer(best), config.data)
+    assert recorded["task"] == "perplexity" and recorded["step"] == 6
+    assert recorded["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)

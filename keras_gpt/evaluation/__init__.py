@@ -4,7 +4,7 @@ Scores are computed as the field's tools compute them: perplexity with
 Hugging Face's sliding window and stride, multiple-choice and last-word
 log-likelihoods as lm-evaluation-harness requests them. Every task is a list
 of token rows scored with one forward pass each, in batches
-(`keras_gpt.evaluation.scoring`). `keras_gpt.evaluation.lm_eval` adapts a
+(`keras_gpt.evaluation.scoring`). `keras_gpt.evaluation.harness` adapts a
 model to lm-evaluation-harness (the `lm_eval` extra).
 
 Example:

@@ -8,6 +8,7 @@ and the two recipes themselves (`pretrain`, `finetune`).
 - `checkpoints.py`: atomic, checksummed checkpoints with exact resume.
 - `runs.py`: `start_run`, which keeps a run from being replaced by accident
   and checks a resume against its checkpoint.
+- `evaluate.py`: `evaluate_run`, the end-of-run evaluation (`evaluate_data`).
 - `loop.py`: `train_loop`, rounds of `fit` with evaluation, logging and checkpoints.
 - `pretrain.py`, `finetune.py`: the recipes behind `keras-gpt pretrain` / `finetune`.
 """
@@ -30,6 +31,7 @@ _EXPORTS = {
     "StepBatches": "keras_gpt.training.loop",
     "Throughput": "keras_gpt.training.throughput",
     "append_metrics": "keras_gpt.training.history",
+    "evaluate_run": "keras_gpt.training.evaluate",
     "exclude_from_decay": "keras_gpt.training.optimizer",
     "finetune": "keras_gpt.training.finetune",
     "flops_per_token": "keras_gpt.training.throughput",
@@ -59,6 +61,7 @@ __all__ = [
     "StepBatches",
     "Throughput",
     "append_metrics",
+    "evaluate_run",
     "exclude_from_decay",
     "finetune",
     "flops_per_token",
@@ -85,6 +88,7 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
     from keras_gpt.training.config import FinetuneConfig, PretrainConfig, RunConfig
+    from keras_gpt.training.evaluate import evaluate_run
     from keras_gpt.training.finetune import finetune
     from keras_gpt.training.history import (
         append_metrics,

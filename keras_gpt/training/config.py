@@ -141,6 +141,10 @@ class PretrainConfig(RunConfig):
         sample_tokens: length of that sample (0: no sample).
         overwrite: replace a run already in `out` (its checkpoints, metrics
             and `best/`); without it such a run is refused unless resumed.
+        evaluate_data: evaluate the best model at the end of the run on these
+            files (`keras-gpt evaluate`'s `--data`); the figures go to
+            `out/evaluation.json` and a row of `metrics.jsonl`.
+        evaluate_task: `"perplexity"`, `"multiple_choice"` or `"last_word"`.
     """
 
     data: str | None = None
@@ -177,6 +181,8 @@ class PretrainConfig(RunConfig):
     sample_prompt: str = "\n"
     sample_tokens: int = 200
     overwrite: bool = False
+    evaluate_data: str | None = None
+    evaluate_task: str = "perplexity"
 
 
 @dataclasses.dataclass
@@ -214,6 +220,10 @@ class FinetuneConfig(RunConfig):
         verbose: Keras progress-bar verbosity.
         overwrite: replace a run already in `out` (its checkpoints, metrics
             and `best/`); without it such a run is refused unless resumed.
+        evaluate_data: evaluate the best model at the end of the run on these
+            files (`keras-gpt evaluate`'s `--data`); the figures go to
+            `out/evaluation.json` and a row of `metrics.jsonl`.
+        evaluate_task: `"perplexity"`, `"multiple_choice"` or `"last_word"`.
     """
 
     preset: str = ""
@@ -240,3 +250,5 @@ class FinetuneConfig(RunConfig):
     seed: int = 0
     verbose: int = 1
     overwrite: bool = False
+    evaluate_data: str | None = None
+    evaluate_task: str = "perplexity"

@@ -46,6 +46,7 @@ from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.presets import load_tokenizer
 from keras_gpt.training.config import FinetuneConfig
+from keras_gpt.training.evaluate import evaluate_run
 from keras_gpt.training.loop import train_loop
 from keras_gpt.training.optimizer import gpt_optimizer
 from keras_gpt.training.runs import start_run
@@ -135,7 +136,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
         save_best=save_best,
         settings=dataclasses.asdict(config),
     )
-    return {
+    summary = {
         "steps": state["step"],
         "val_loss": state["val_loss"],
         "best_val_loss": state["best_val_loss"],
@@ -143,6 +144,11 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
         "format": data_format,
         "out": str(out),
     }
+    if config.evaluate_data:
+        summary["evaluation"] = evaluate_run(
+            out, state["step"], config.evaluate_data, config.evaluate_task
+        )
+    return summary
 
 
 def _instruction_data(config: FinetuneConfig, tokenizer, length: int):

@@ -18,9 +18,15 @@ def write_json_atomic(path: pathlib.Path, obj: object) -> None:
 
 
 def append_metrics(out: pathlib.Path, row: dict) -> None:
-    """Appends one evaluation's row to `out/metrics.jsonl` and `out/metrics.csv`."""
+    """Appends one evaluation's row to `out/metrics.jsonl` and `out/metrics.csv`.
+
+    A row with a `"task"` (an end-of-run evaluation, `evaluate_data`) goes to
+    `metrics.jsonl` only: its columns are not the training rows'.
+    """
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
+    if "task" in row:
+        return
     csv = out / "metrics.csv"
     new = not csv.exists()
     with open(csv, "a") as f:
@@ -53,10 +59,12 @@ def truncate_metrics(out: pathlib.Path, step: int) -> None:
         append_metrics(out, row)
 
 
-def read_metrics(out: str | os.PathLike) -> list[dict]:
-    """The rows of a run's `metrics.jsonl`."""
+def read_metrics(out: str | os.PathLike, evaluations: bool = False) -> list[dict]:
+    """The training rows of a run's `metrics.jsonl` (or, with `evaluations`, its
+    end-of-run evaluation rows, those with a `"task"`)."""
     path = pathlib.Path(out) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if ("task" in r) == evaluations]
 
 
 def mean_throughput(out: pathlib.Path) -> float:

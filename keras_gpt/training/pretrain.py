@@ -42,6 +42,7 @@ from keras_gpt.data import (
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.training.config import PretrainConfig
+from keras_gpt.training.evaluate import evaluate_run
 from keras_gpt.training.history import mean_throughput
 from keras_gpt.training.loop import train_loop
 from keras_gpt.training.optimizer import gpt_optimizer
@@ -186,6 +187,10 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         )
         summary["sample"] = tokenizer.decode(ids[0])
         print("sample:\n" + summary["sample"])
+    if config.evaluate_data:
+        summary["evaluation"] = evaluate_run(
+            out, state["step"], config.evaluate_data, config.evaluate_task
+        )
     return summary
 
 

@@ -1,0 +1,42 @@
+"""The end of a run: evaluating its best model on the user's data (`evaluate_data`)."""
+
+from __future__ import annotations
+
+import pathlib
+
+from keras_gpt.evaluation import evaluate
+from keras_gpt.model import GPT
+from keras_gpt.presets import load_tokenizer
+from keras_gpt.training.history import append_metrics, write_json_atomic
+
+
+def evaluate_run(out: pathlib.Path, step: int, data: str, task: str = "perplexity") -> dict:
+    """Evaluates `out/best` on `data` with `keras_gpt.evaluation.evaluate`; records the figures.
+
+    The figures are written to `out/evaluation.json` and appended to
+    `out/metrics.jsonl` as a row `{"step", "task", "data", ...figures}`
+    (`read_metrics(out, evaluations=True)` reads those rows back).
+
+    Args:
+        out: the run's output directory (its best model is in `out/best`).
+        step: the run's last step, recorded with the figures.
+        data: the files to evaluate on (as `keras-gpt evaluate --data`).
+        task: `"perplexity"`, `"multiple_choice"` or `"last_word"`.
+
+    Returns:
+        The row that was recorded.
+
+    Example:
+    >>> evaluate_run(pathlib.Path("runs/shakespeare_char"), 2000, "valid.txt")
+    """
+    best = out / "best"
+    model = GPT.from_preset(str(best))
+    figures = evaluate(model, load_tokenizer(str(best)), data, task=task)
+    row = {"step": int(step), "task": task, "data": str(data), **figures}
+    write_json_atomic(out / "evaluation.json", row)
+    append_metrics(out, row)
+    print(
+        f"evaluation ({task} on {data}): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float))
+    )
+    return row
