@@ -139,6 +139,9 @@ def test_finetuning_learns_to_reverse(tmp_path, lora_rank):
     tuned = GPT.from_preset(str(tmp_path / "run" / "best"))
     assert accuracy(tuned, load_tokenizer(str(tmp_path / "run" / "best")), test) >= 0.8
     assert math.isfinite(summary["best_val_loss"])
+    # The template it learned is recorded, for `keras-gpt serve`'s chat completions.
+    metadata = json.loads((tmp_path / "run" / "best" / "metadata.json").read_text())
+    assert metadata["chat_template"] == "instruction"
     if lora_rank:
         assert summary["trainable_parameters"] < 0.25 * base.count_params()
         assert (tmp_path / "run" / "best" / "adapters.npz").exists()
@@ -255,6 +258,8 @@ def test_continued_pretraining_on_plain_text_and_exact_resume(tmp_path):
         TokenStream.from_directory(out / "data" / "tokens", "val"), 32, 8, max_batches=4
     )
     base, tuned = GPT.from_preset(config.preset), GPT.from_preset(str(out / "best"))
+    # Plain text teaches no chat template.
+    assert "chat_template" not in json.loads((out / "best" / "metadata.json").read_text())
     for model in (base, tuned):
         model.compile(optimizer="adamw")
     before, after = (m.evaluate(validation, verbose=0) for m in (base, tuned))

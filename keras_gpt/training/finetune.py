@@ -26,6 +26,7 @@ optimizer state, and batches are a pure function of the step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -118,8 +119,14 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_variables))
     print(f"trainable parameters: {trainable:,} of {model.count_params():,} · {description}")
 
+    # What `keras-gpt serve` needs to answer chat completions: the template trained.
+    chat_template = None
+    if data_format == "instructions":
+        records = read_instructions(config.data)
+        chat_template = "messages" if any("messages" in r for r in records) else "instruction"
+
     def save_best(model):
-        _save_best(model, tokenizer, out / "best", config)
+        _save_best(model, tokenizer, out / "best", config, chat_template)
 
     state = train_loop(
         model,
@@ -210,7 +217,9 @@ def _text_data(config: FinetuneConfig, tokenizer, length: int, directory: pathli
     )
 
 
-def _save_best(model, tokenizer, directory: pathlib.Path, config: FinetuneConfig) -> None:
+def _save_best(
+    model, tokenizer, directory: pathlib.Path, config: FinetuneConfig, chat_template=None
+) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_to_preset(  # saves the adapters merged into the kernels
@@ -218,6 +227,13 @@ def _save_best(model, tokenizer, directory: pathlib.Path, config: FinetuneConfig
         tokenizer=tokenizer,
         data_description=f"fine-tuned from {config.preset} on {config.data}",
     )
+    if chat_template:
+        # The instruction template the model learned (`keras_gpt.data.instructions`):
+        # "instruction" for prompt/response records, "messages" for chat records.
+        metadata_path = tmp / "metadata.json"
+        metadata = json.loads(metadata_path.read_text())
+        metadata["chat_template"] = chat_template
+        metadata_path.write_text(json.dumps(metadata, indent=2))
     if model.lora_config:
         model.save_lora(str(tmp / "adapters.npz"))
     shutil.rmtree(directory, ignore_errors=True)
