@@ -78,8 +78,8 @@ _ROUNDS = 4
 HASH_RANGE = _P1 * _P2
 
 
-def _rounds(a, b, key1, key2):
-    """`_ROUNDS` keyed rounds on the pair (a mod P1, b mod P2); a bijection of the pair.
+def _rounds(a, b, key1, key2, rounds=_ROUNDS):
+    """`rounds` keyed rounds on the pair (a mod P1, b mod P2); a bijection of the pair.
 
     Works on Python ints and int32 tensors alike (the same `*`, `+` and `%`),
     with values in [0, P) in and out.
@@ -88,7 +88,7 @@ def _rounds(a, b, key1, key2):
     # One reduction after the cube's first product and one at the end suffice:
     # (P - 1)**2 plus the three small terms stays below 2**31, and integer `%`
     # is the costly op on CPUs (PyTorch runs it element by element).
-    for r in range(_ROUNDS):
+    for r in range(rounds):
         a = ((a * a % _P1) * a + b + key1 + r) % _P1
         b = ((b * b % _P2) * b + a + key2 + r) % _P2
     return a, b
@@ -99,12 +99,6 @@ def _split(value):
     return value % _P1, (value // _P1) % _P2
 
 
-# Keys of the seed's own rounds: any fixed values in [0, P) other than the
-# counter's keys, so that seed and counter go through different permutations.
-_SEED_KEY1 = 12345
-_SEED_KEY2 = 27183
-
-
 def hash_ints(shape, seed, counter, offset=0):
     """Uniform int32 values in [0, HASH_RANGE) from a counter-based hash.
 
@@ -113,10 +107,13 @@ def hash_ints(shape, seed, counter, offset=0):
     P1*P2 (about 1.07e9) values of j, keyed by `seed` and `counter`. Each round
     is a bijection on the pair, so distinct elements never collide.
 
-    The key is the counter hashed under the seed hashed on its own, so every
-    (seed, counter) pair has its own key: seeds s and s + 1 give unrelated
-    values at every counter (adding the seed to the counter would make seed
-    s + 1 repeat seed s one counter later). Seeds are taken mod `HASH_RANGE`.
+    The key is the counter's pair put through two rounds keyed by the seed's
+    pair, so seed and counter meet only through the cube: seeds s and s + 1
+    give unrelated values at every counter (adding the seed to the counter
+    would make seed s + 1 repeat seed s one counter later). Two scalar rounds
+    suffice there (the four element rounds follow) and keep the per-call op
+    count low, which PyTorch's per-token decoding pays for. Seeds are taken
+    mod `HASH_RANGE`.
 
     `offset` places this tensor inside a larger one: the hash of rows
     `[r, r + n)` of a batch is that of the whole batch's rows, with `offset` the
@@ -147,7 +144,6 @@ def hash_ints(shape, seed, counter, offset=0):
         seed = seed % HASH_RANGE
     else:
         seed = ops.cast(seed, "int32")
-    seed1, seed2 = _rounds(*_split(seed), _SEED_KEY1, _SEED_KEY2)
-    key1, key2 = _rounds(*_split(ops.cast(counter, "int32")), seed1, seed2)
+    key1, key2 = _rounds(*_split(ops.cast(counter, "int32")), *_split(seed), rounds=2)
     a, b = _rounds(index % _P1, index % _P2, key1, key2)
     return ops.reshape(a * _P2 + b, shape)
