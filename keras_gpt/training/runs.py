@@ -33,6 +33,9 @@ RESUMABLE_SETTINGS = frozenset(
         "sample_tokens",
         "peak_flops",
         "overwrite",
+        # What happens after training: the end-of-run evaluation.
+        "evaluate_data",
+        "evaluate_task",
     }
 )
 
