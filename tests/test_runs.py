@@ -79,6 +79,20 @@ def test_a_run_is_not_replaced_without_resume_or_overwrite(tmp_path):
     assert latest_checkpoint(out / "checkpoints").name == "step_00000002"
 
 
+def test_the_cli_refuses_in_one_line(tmp_path, capsys):
+    pretrain(tiny_config(tmp_path))
+    capsys.readouterr()  # the run's own progress output
+    out = tmp_path / "run"
+    before = snapshot(out)
+    with pytest.raises(SystemExit) as info:
+        main(["pretrain", "--config", str(out / "config.toml")])
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("keras-gpt: error: ")
+    assert "--resume" in error[0] and "--overwrite" in error[0]
+    assert snapshot(out) == before
+
+
 def test_resume_with_other_settings_names_them_and_changes_nothing(tmp_path):
     pretrain(tiny_config(tmp_path))
     out = tmp_path / "run"
