@@ -5,7 +5,8 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-BACKEND ?= tensorflow
+# PyTorch: the fastest backend for the demo on the CPUs measured (docs/benchmarks.md).
+BACKEND ?= torch
 BACKENDS ?= tensorflow jax torch
 PY := $(VENV)/bin/python
 
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	KERAS_BACKEND=$(BACKEND) $(VENV)/bin/keras-gpt pretrain --config recipes/configs/demo.toml $(ARGS)
+	KERAS_BACKEND=$(BACKEND) $(VENV)/bin/keras-gpt pretrain --config recipes/configs/demo.toml --overwrite $(ARGS)
 
 test: $(VENV)/.installed lint
 	set -e; for b in $(BACKENDS); do \
