@@ -31,6 +31,7 @@ _EXPORTS = {
     "GPT": "keras_gpt.model",
     "Perplexity": "keras_gpt.model",
     "causal_lm_loss": "keras_gpt.model",
+    "count_parameters": "keras_gpt.model",
     "layers": "keras_gpt.model",
     "Tokenizer": "keras_gpt.tokenizers",
     "export": "keras_gpt.export",
@@ -58,6 +59,7 @@ __all__ = [
     "Perplexity",
     "Tokenizer",
     "causal_lm_loss",
+    "count_parameters",
     "export",
     "export_onnx",
     "layers",
@@ -68,7 +70,7 @@ __all__ = [
 if TYPE_CHECKING:  # for type checkers and the API docs; at run time, __getattr__
     from keras_gpt import presets
     from keras_gpt.export import export, export_onnx
-    from keras_gpt.model import GPT, Perplexity, causal_lm_loss, layers
+    from keras_gpt.model import GPT, Perplexity, causal_lm_loss, count_parameters, layers
     from keras_gpt.tokenizers import Tokenizer
 
 

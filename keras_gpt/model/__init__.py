@@ -11,5 +11,13 @@ from keras_gpt.model import layers
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.losses import causal_lm_loss, token_cross_entropy
 from keras_gpt.model.metrics import Perplexity
+from keras_gpt.model.parameters import count_parameters
 
-__all__ = ["GPT", "Perplexity", "causal_lm_loss", "layers", "token_cross_entropy"]
+__all__ = [
+    "GPT",
+    "Perplexity",
+    "causal_lm_loss",
+    "count_parameters",
+    "layers",
+    "token_cross_entropy",
+]

@@ -15,7 +15,7 @@ from keras_gpt.presets.loading import (
     preset_format,
     save_to_preset,
 )
-from keras_gpt.presets.registry import PresetInfo, count_parameters, get, list_presets, register
+from keras_gpt.presets.registry import PresetInfo, get, list_presets, register
 
 #: The former name of `list_presets`, kept so that existing code runs; it shadows the
 #: builtin `list` inside this namespace, so new code should call `list_presets`.
@@ -24,7 +24,6 @@ list = list_presets  # noqa: A001
 __all__ = [
     "PresetError",
     "PresetInfo",
-    "count_parameters",
     "from_preset",
     "get",
     "list",

@@ -6,8 +6,8 @@ Face GPT-2 checkpoint, or a KerasHub GPT-2 preset.
 
 The loaders are given the model class (as KerasHub's loaders are): they build
 `model_class(**config)` and fill its variables by path, so they never import
-the model and `MyGPT.from_preset(...)` returns a `MyGPT`. With no class given,
-`keras_gpt.GPT` is found through Keras' serialization registry.
+the model and `MyGPT.from_preset(...)` returns a `MyGPT`. Users call
+`keras_gpt.GPT.from_preset`, which passes its class.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from keras_gpt.presets.errors import PresetError
 from keras_gpt.presets.formats import huggingface, keras_hub
 from keras_gpt.presets.formats import keras_gpt as keras_gpt_format
 from keras_gpt.presets.handles import check_preset_tree, read_json, resolve
-from keras_gpt.presets.registry import default_model_class
 from keras_gpt.tokenizers import Tokenizer
 
 FORMATS = ("keras_gpt", "huggingface", "keras_hub")
@@ -56,16 +55,13 @@ def preset_format(directory: str, handle: str | None = None) -> str:
     )
 
 
-def from_preset(
-    handle: str | os.PathLike, model_class: type | None = None, **overrides: Any
-) -> keras.Model:
+def from_preset(handle: str | os.PathLike, model_class: type, **overrides: Any) -> keras.Model:
     """Loads a model from a preset handle; see `GPT.from_preset`.
 
     Args:
         handle: a registered name, local directory, `hf://owner/name` or
             `kaggle://owner/model/framework/variation[/version]`.
-        model_class: the class to build (`keras_gpt.GPT` or a subclass);
-            default `keras_gpt.GPT`.
+        model_class: the class to build (`keras_gpt.GPT` or a subclass).
         **overrides: `GPT` arguments replacing the preset's (e.g. `dropout`,
             `dtype`, `attention_implementation`).
 
@@ -73,7 +69,7 @@ def from_preset(
         The model.
 
     Example:
-    >>> model = from_preset("hf://openai-community/gpt2")   # doctest: +SKIP
+    >>> model = from_preset("hf://openai-community/gpt2", keras_gpt.GPT)  # doctest: +SKIP
     """
     handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
     directory = resolve(handle)
@@ -84,8 +80,7 @@ def from_preset(
         "huggingface": huggingface.load_huggingface,
         "keras_hub": keras_hub.load_keras_hub,
     }
-    cls = model_class or default_model_class()
-    return loaders[preset_format(directory, handle)](cls, directory, handle, **overrides)
+    return loaders[preset_format(directory, handle)](model_class, directory, handle, **overrides)
 
 
 def save_to_preset(

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import builtins
-import importlib
-import math
 from dataclasses import dataclass, field
-
-import keras
 
 from keras_gpt.presets.errors import PresetError
 
@@ -30,7 +26,7 @@ class PresetInfo:
 
     Example:
     >>> info = keras_gpt.presets.get("gpt2_small")
-    >>> info.parameter_count
+    >>> keras_gpt.count_parameters(info.config)
     124439808
     """
 
@@ -40,82 +36,15 @@ class PresetInfo:
     description: str = ""
 
     @property
-    def parameter_count(self) -> int:
-        """Trainable parameters of `GPT(**config)`, counted on the built model."""
-        return count_parameters(self.config)
-
-    @property
     def has_weights(self) -> bool:
         """Whether `from_preset(name)` loads trained weights."""
         return self.weights is not None
 
     def __str__(self) -> str:
+        c = self.config
+        shape = f"{c['num_layers']}L {c['num_heads']}H {c['hidden_dim']}d"
         weights = self.weights or "no weights (architecture only)"
-        return f"{self.name:<14} {_human(self.parameter_count):>6}  {weights}"
-
-
-def default_model_class() -> type:
-    """`keras_gpt.GPT`, found by its registered Keras name (presets never import the model).
-
-    As Keras' own deserialization does, a registered name that is not loaded yet
-    is loaded by module name: `keras_gpt.model` registers `GPT` when imported.
-    """
-    cls = keras.saving.get_registered_object("keras_gpt>GPT")
-    if cls is None:
-        importlib.import_module("keras_gpt.model")
-        cls = keras.saving.get_registered_object("keras_gpt>GPT")
-    return cls
-
-
-def count_parameters(config: dict, model_class: type | None = None) -> int:
-    """Trainable parameters of `model_class(**config)`, counted on the built model.
-
-    The model is built inside a `keras.StatelessScope`, where Keras defers
-    creating variable values: only shapes exist, so even GPT-2 XL counts in
-    milliseconds without allocating its 6 GB.
-
-    Args:
-        config: keyword arguments of the model class.
-        model_class: `keras_gpt.GPT` (default) or a subclass.
-
-    Returns:
-        The number of trainable weights (dropout counters excluded).
-
-    Example:
-    >>> count_parameters(dict(vocabulary_size=50257, num_layers=12, num_heads=12,
-    ...                       hidden_dim=768, max_sequence_length=1024))
-    124439808
-    """
-    cls = model_class or default_model_class()
-    with keras.StatelessScope(initialize_variables=False):
-        model = cls(**config)
-    count = sum(math.prod(v.shape) for v in model.trainable_weights)
-    _forget_deferred(model.weights)
-    return int(count)
-
-
-def _forget_deferred(variables) -> None:
-    """Drops `variables` from Keras' list of variables waiting to be initialized.
-
-    Keras keeps variables created in a `StatelessScope` in a global list and
-    initializes them when the next outermost `StatelessScope` exits (JAX's
-    generation traces under one). There is no public API to discard them, so
-    this edits that list (`keras.src.backend.common.global_state`).
-    """
-    from keras.src.backend.common import global_state
-
-    pending = global_state.get_global_attribute("uninitialized_variables")
-    if pending:
-        ids = {id(v) for v in variables}
-        pending[:] = [v for v in pending if id(v) not in ids]
-
-
-def _human(count: int) -> str:
-    if count >= 1e9:
-        return f"{count / 1e9:.1f}B"
-    if count >= 1e6:
-        return f"{count / 1e6:.0f}M"
-    return f"{count / 1e3:.0f}K"
+        return f"{self.name:<12} {shape:<14} {weights}"
 
 
 def _gpt2(layers: int, heads: int, width: int) -> dict:
@@ -190,7 +119,7 @@ def get(name: str) -> PresetInfo:
 
 
 def list_presets() -> builtins.list[PresetInfo]:
-    """All named presets: name, size, and where their weights are (if any).
+    """All named presets: name, shape, and where their weights are (if any).
 
     Also available under its former name `keras_gpt.presets.list`.
 
@@ -200,7 +129,7 @@ def list_presets() -> builtins.list[PresetInfo]:
     Example:
     >>> for info in keras_gpt.presets.list_presets():
     ...     print(info)
-    gpt2_small       124M  hf://openai-community/gpt2
+    gpt2_small   12L 12H 768d   hf://openai-community/gpt2
     """
     return builtins.list(_REGISTRY.values())
 
