@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import sys
 import time
 
 import keras
@@ -71,7 +72,7 @@ def train_loop(
         eval_interval: steps per round.
         tokens_per_step: for tokens/s.
         resume: continue from `out/checkpoints` if it holds a checkpoint.
-        verbose: Keras progress-bar verbosity.
+        verbose: Keras progress-bar verbosity (1 becomes 2 when stdout is not a terminal).
         callbacks: extra Keras callbacks for `fit`.
         max_seconds: stop after this much training time (0: no limit).
         patience: stop after this many rounds without improvement (0: never).
@@ -84,6 +85,10 @@ def train_loop(
     Returns:
         The final state: `step`, `val_loss`, `best_val_loss`, `elapsed_seconds`, ...
     """
+    if verbose == 1 and not sys.stdout.isatty():
+        # Keras' bar redraws itself with ANSI codes, which a file or pipe keeps as
+        # they are: print its one plain line a round instead.
+        verbose = 2
     checkpoints = out / "checkpoints"
     checkpoint = latest_checkpoint(checkpoints) if resume else None
     if checkpoint is not None:
