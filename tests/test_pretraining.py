@@ -2,9 +2,7 @@
 
 import os
 import signal
-import subprocess
-import sys
-import time
+import textwrap
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from helpers import ROOT, run_python
 
 from keras_gpt import GPT
 from keras_gpt.cli import _overrides
-from keras_gpt.training import read_metrics
+from keras_gpt.training import latest_checkpoint, read_metrics
 from keras_gpt.training.pretrain import PretrainConfig, load_config, pretrain
 
 TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
@@ -65,33 +63,40 @@ def test_pretrain_writes_outputs_and_learns(tmp_path):
     assert best.count_params() > 0
 
 
+# `keras-gpt pretrain ARGS...` that SIGKILLs itself right after its second metrics
+# row is appended, before that round's checkpoint: a moment in program order, so
+# the kill never races the run (a watcher polling the metrics file could see the
+# run finish first).
+_KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    import keras_gpt.training.loop as loop
+    from keras_gpt.cli import main
+
+    append, rows = loop.append_metrics, []
+
+    def append_then_die(out, row):
+        append(out, row)
+        rows.append(row)
+        if len(rows) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.append_metrics = append_then_die
+    main(sys.argv[1:])
+""")
+
+
 def test_killed_run_resumes_to_the_same_loss_curve(tmp_path):
     reference = pretrain(tiny_config(tmp_path, "reference"))
     expected = read_metrics(tmp_path / "reference")
 
     config = tiny_config(tmp_path, "killed")
-    cmd = [
-        sys.executable,
-        "-m",
-        "keras_gpt.cli",
-        "pretrain",
-        "--config",
-        str(tmp_path / "reference" / "config.toml"),
-        "--out",
-        config.out,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    interrupted = read_metrics(tmp_path / "killed")
-    assert len(interrupted) < len(expected), "the run finished before it was killed"
+    args = ["pretrain", "--config", tmp_path / "reference" / "config.toml", "--out", config.out]
+    proc = run_python(["-c", _KILLED_RUN, *args], timeout=300, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    # Killed between the second round's row and its checkpoint: two rows, the
+    # first round's checkpoint.
+    assert [r["step"] for r in read_metrics(tmp_path / "killed")] == [2, 4]
+    assert latest_checkpoint(tmp_path / "killed" / "checkpoints").name == "step_00000002"
 
     resumed = pretrain(config, resume=True)
     rows = read_metrics(tmp_path / "killed")
