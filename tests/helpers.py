@@ -1,9 +1,11 @@
 """Shared test helpers: run Python in a subprocess (on a chosen backend), run a worker on
-every backend and collect its arrays, and one harness for every layer (`run_layer_test`).
+every backend and collect its arrays, one harness for every layer (`run_layer_test`), and
+the real corpus tests read (`corpus_text`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import subprocess
@@ -12,10 +14,44 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import pytest
 
 BACKENDS = ("tensorflow", "jax", "torch")
 TESTS = pathlib.Path(__file__).resolve().parent
 ROOT = TESTS.parent
+
+#: tinyshakespeare: KERAS_GPT_SHAKESPEARE (as for the recipes' `data = "shakespeare"`),
+#: else the project machines' sibling ../shared/data, which a clone does not have. Point
+#: KERAS_GPT_SHAKESPEARE at a missing file to test as a fresh clone does.
+SHAKESPEARE = pathlib.Path(
+    os.environ.get("KERAS_GPT_SHAKESPEARE")
+    or ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+)
+#: tinyshakespeare's length in characters: the size of the stand-in corpus.
+SHAKESPEARE_CHARS = 1_115_394
+
+
+def shakespeare_text() -> str:
+    """tinyshakespeare itself, for tests of figures tied to it; skips the test without it."""
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} is not here (set KERAS_GPT_SHAKESPEARE)")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@functools.cache
+def corpus_text() -> str:
+    """A real text corpus of about a megabyte, present everywhere.
+
+    tinyshakespeare where it is here; otherwise the start of Python's own
+    standard-library source (what `make demo` trains on), cut to
+    tinyshakespeare's length, so a fresh clone runs the same tests on as much
+    text instead of skipping them.
+    """
+    if SHAKESPEARE.is_file():
+        return SHAKESPEARE.read_text(encoding="utf-8")
+    from keras_gpt.data.corpus import stdlib_corpus
+
+    return stdlib_corpus(max_bytes=2 * SHAKESPEARE_CHARS)[:SHAKESPEARE_CHARS]
 
 
 def run_python(

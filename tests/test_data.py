@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY
+from helpers import SHAKESPEARE, corpus_text, shakespeare_text
 
 import keras_gpt
 from keras_gpt.data import (
@@ -22,25 +23,15 @@ from keras_gpt.data import (
 from keras_gpt.data.documents import stream_pieces
 from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer, CharTokenizer
 
-SHAKESPEARE = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-)
-
 HOSTILE = (
     "emoji 🤖👩‍👩‍👧 e\u0301 中文字 \t\n\n" + " " * 40 + "x\x00\x07\u2028 <|endoftext|> it's "
     "a\u00a0b  \r\n end"
 )
 
 
-def shakespeare() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} is not here")
-    return SHAKESPEARE.read_text(encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def bpe() -> BytePairTokenizer:
-    return BytePairTokenizer.train([shakespeare()[:30_000], HOSTILE], vocabulary_size=300)
+    return BytePairTokenizer.train([corpus_text()[:30_000], HOSTILE], vocabulary_size=300)
 
 
 @pytest.fixture
@@ -48,7 +39,7 @@ def corpus(tmp_path) -> pathlib.Path:
     """A folder with two text files (one in a subfolder), a JSONL file and a hidden file."""
     root = tmp_path / "corpus"
     (root / "sub").mkdir(parents=True)
-    (root / "a.txt").write_text(shakespeare()[:20_000], encoding="utf-8")
+    (root / "a.txt").write_text(corpus_text()[:20_000], encoding="utf-8")
     (root / "sub" / "b.md").write_text(HOSTILE * 30, encoding="utf-8")
     records = [{"text": "first record\n"}, {"text": HOSTILE, "id": 2}, {"text": ""}]
     (root / "c.jsonl").write_text(
@@ -84,15 +75,15 @@ def test_inputs_files_folders_globs_and_jsonl(corpus):
         corpus / "a.txt",
     ]
     documents = list(read_documents(corpus))
-    assert documents == [shakespeare()[:20_000], "first record\n", HOSTILE, "", HOSTILE * 30]
+    assert documents == [corpus_text()[:20_000], "first record\n", HOSTILE, "", HOSTILE * 30]
 
 
 def test_large_files_stream_in_bounded_pieces(tmp_path):
     path = tmp_path / "big.txt"
-    path.write_text(shakespeare() * 2, encoding="utf-8")  # 2.2 MB
+    path.write_text(corpus_text() * 2, encoding="utf-8")  # 2.2 MB
     pieces = list(stream_pieces(path, max_chars=4096))
     texts = [text for text, _, _ in pieces]
-    assert "".join(texts) == shakespeare() * 2
+    assert "".join(texts) == corpus_text() * 2
     assert max(map(len, texts)) <= 4096  # memory per step does not grow with the file
     assert sum(read for _, _, read in pieces) == path.stat().st_size
     assert [ends for _, ends, _ in pieces].count(True) == 1 and pieces[-1][1]
@@ -115,7 +106,7 @@ def test_input_errors_name_the_input(tmp_path):
 
 
 def test_prepare_char_shakespeare_matches_nanogpt(tmp_path):
-    text = shakespeare()
+    text = shakespeare_text()
     tokenizer = CharTokenizer.from_text(text)
     metadata = prepare(SHAKESPEARE, tmp_path / "out", tokenizer, end_of_text=None, progress=False)
     # nanoGPT's data/shakespeare_char/prepare.py: 90/10 split of the characters.

@@ -8,12 +8,13 @@ make the two disagree.
 
 import json
 import pathlib
+import re
 import shutil
 
 import keras
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import corpus_text, run_python, shakespeare_text
 
 from keras_gpt.tokenizers import (
     BytePairTokenizer,
@@ -22,11 +23,6 @@ from keras_gpt.tokenizers import (
     bytes_to_unicode,
     load_tokenizer,
     split_text,
-)
-
-# The repository's sibling ../shared/data (never copied into the repository).
-SHAKESPEARE = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 )
 
 HOSTILE = [
@@ -51,16 +47,10 @@ HOSTILE = [
 NUL_TEXT = "a NUL \x00 inside \x00\x00 text"
 
 
-def shakespeare() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} is not here")
-    return SHAKESPEARE.read_text(encoding="utf-8")
-
-
 @pytest.fixture(scope="session")
 def bpe_dir(tmp_path_factory) -> pathlib.Path:
-    """A small BPE (vocabulary 400) trained on a slice of tinyshakespeare, saved."""
-    tokenizer = BytePairTokenizer.train([shakespeare()[:100_000]], vocabulary_size=400)
+    """A small BPE (vocabulary 400) trained on a slice of a real corpus, saved."""
+    tokenizer = BytePairTokenizer.train([corpus_text()[:100_000]], vocabulary_size=400)
     directory = tmp_path_factory.mktemp("bpe")
     tokenizer.save(directory)
     return directory
@@ -123,8 +113,8 @@ def hf_reference(bpe_dir):
     return reference
 
 
-def test_ids_equal_hugging_face_on_shakespeare(bpe, bpe_dir):
-    text = shakespeare()[:300_000]  # a quarter of it: Hugging Face takes ~1 s per 1 MB here
+def test_ids_equal_hugging_face_on_a_real_corpus(bpe, bpe_dir):
+    text = corpus_text()[:300_000]  # a quarter of it: Hugging Face takes ~1 s per 1 MB here
     reference = hf_reference(bpe_dir)
     # One call (our encoder splits the text and runs the pieces in parallel).
     assert bpe.encode(text) == reference.encode(text).ids
@@ -157,7 +147,13 @@ def test_ids_equal_keras_hub(bpe, bpe_dir):
         _allow_python_workflow=False,
     )
     # KerasHub's graph tokenizer is slow (~5 KB/s here): a slice of the corpus.
-    texts = shakespeare()[:6000].split("\n\n") + HOSTILE + [random_unicode(1, 500)]
+    texts = corpus_text()[:6000].split("\n\n") + HOSTILE + [random_unicode(1, 500)]
+    # Measured on keras-hub 0.32: at the very end of a text its TensorFlow path splits
+    # a run of whitespace as GPT-2's regex does before a word ("a   " gives "a", "  ",
+    # " "; GPT-2's regex and Hugging Face give "a", "   "). A vocabulary with merges of
+    # spaces (trained on Python source) shows it, so such texts are compared with
+    # Hugging Face only (above).
+    texts = [text for text in texts if not re.search(r"\s\s\Z", text)]
     ours = bpe.encode_batch(texts)
     theirs = [np.asarray(row).tolist() for row in reference.tokenize(texts)]
     for text, a, b in zip(texts, ours, theirs):
@@ -171,7 +167,7 @@ def test_ids_equal_keras_hub(bpe, bpe_dir):
 
 @pytest.mark.parametrize("kind", ["bpe", "byte", "char"])
 def test_decode_encode_round_trips_any_text(kind, bpe):
-    texts = HOSTILE + [NUL_TEXT, random_unicode(2, 2000), shakespeare()[:50_000]]
+    texts = HOSTILE + [NUL_TEXT, random_unicode(2, 2000), corpus_text()[:50_000]]
     if kind == "bpe":
         tokenizer = bpe
     elif kind == "byte":
@@ -230,7 +226,7 @@ def test_errors_name_the_bad_value(bpe):
 
 
 def test_char_tokenizer_matches_nanogpt_shakespeare_char():
-    text = shakespeare()
+    text = shakespeare_text()
     tokenizer = CharTokenizer.from_text(text)
     chars = sorted(set(text))  # nanoGPT's data/shakespeare_char/prepare.py
     assert tokenizer.vocabulary_size == len(chars) == 65
@@ -269,7 +265,7 @@ def test_loads_openai_and_keras_hub_layouts(tmp_path, bpe_dir, bpe):
         "keras_hub": ("vocabulary.json", "merges.txt"),
         "hugging_face": ("vocab.json", "merges.txt"),
     }
-    text = shakespeare()[:5000] + "<|endoftext|>"
+    text = corpus_text()[:5000] + "<|endoftext|>"
     for name, (vocabulary_name, merges_name) in layouts.items():
         directory = tmp_path / name
         directory.mkdir()
@@ -296,7 +292,7 @@ def test_split_text_pieces_encode_like_the_whole(bpe, bpe_dir, max_chars):
     reference = hf_reference(bpe_dir)
     reference.add_special_tokens(["<|im start|>"])
     texts = [
-        shakespeare()[:20_000],
+        corpus_text()[:20_000],
         "".join(HOSTILE),
         random_unicode(3, 2000),
         "x<|im start|>user hi" * 50,
@@ -331,14 +327,14 @@ def both_engines(vocabulary, merges, special_tokens=None):
 
 
 @pytest.fixture(scope="session")
-def shakespeare_bpe() -> BytePairTokenizer:
-    """A larger BPE (vocabulary 4096) trained on all of tinyshakespeare."""
+def corpus_bpe() -> BytePairTokenizer:
+    """A larger BPE (vocabulary 4096) trained on a whole corpus (`corpus_text`)."""
     if keras.backend.backend() != "jax":
         pytest.skip(
             "tokenizers do not depend on the backend, and encoding whole corpora with "
             "both engines takes seconds: these tests run in the JAX pass"
         )
-    return BytePairTokenizer.train([shakespeare()], vocabulary_size=4096)
+    return BytePairTokenizer.train([corpus_text()], vocabulary_size=4096)
 
 
 def assert_engines_agree(fast, exact, texts):
@@ -348,9 +344,9 @@ def assert_engines_agree(fast, exact, texts):
     assert fast.encode_batch(texts) == exact.encode_batch(texts)
 
 
-def test_engines_agree_on_all_of_shakespeare(shakespeare_bpe):
-    text = shakespeare()
-    fast, exact = both_engines(shakespeare_bpe.vocabulary, shakespeare_bpe.merges)
+def test_engines_agree_on_a_whole_corpus(corpus_bpe):
+    text = corpus_text()
+    fast, exact = both_engines(corpus_bpe.vocabulary, corpus_bpe.merges)
     texts = [text, *HOSTILE, NUL_TEXT, random_unicode(4, 5000), "".join(HOSTILE) * 20]
     assert_engines_agree(fast, exact, texts)
     assert fast.encode_batch(text.splitlines(keepends=True)) == exact.encode_batch(
@@ -358,7 +354,7 @@ def test_engines_agree_on_all_of_shakespeare(shakespeare_bpe):
     )
     # Special tokens that start alike: both match the longest one.
     specials = ["<|endoftext|>", "<|end", "<|im start|>", "<|im start|>!"]
-    fast, exact = both_engines(shakespeare_bpe.vocabulary, shakespeare_bpe.merges, specials)
+    fast, exact = both_engines(corpus_bpe.vocabulary, corpus_bpe.merges, specials)
     mixed = "a<|end<|endoftext|>b<|im start|>!x<|im start|> <|en" * 30
     assert_engines_agree(fast, exact, [mixed, mixed + text[:100_000]])
 
@@ -380,26 +376,26 @@ def gpt2_layout(
     return directory / "encoder.json", directory / "vocab.bpe"
 
 
-def test_engines_agree_on_gpt2_layout_files(tmp_path, shakespeare_bpe):
-    paths = gpt2_layout(shakespeare_bpe, tmp_path / "openai")
+def test_engines_agree_on_gpt2_layout_files(tmp_path, corpus_bpe):
+    paths = gpt2_layout(corpus_bpe, tmp_path / "openai")
     fast, exact = [
         BytePairTokenizer.from_files(*paths, engine=e) for e in ("tiktoken", "tokenizers")
     ]
     assert fast.token_to_id("!") == 0 and fast.token_to_id("Ā") == 188  # GPT-2's byte ids
-    texts = [shakespeare(), *HOSTILE, NUL_TEXT, random_unicode(5, 5000)]
+    texts = [corpus_text(), *HOSTILE, NUL_TEXT, random_unicode(5, 5000)]
     assert_engines_agree(fast, exact, texts)
     reference = hf_reference_from_files(*paths)
     assert fast.encode(texts[0][:200_000]) == reference.encode(texts[0][:200_000]).ids
 
 
-def test_engines_agree_when_ids_are_not_in_merge_order(shakespeare_bpe):
+def test_engines_agree_when_ids_are_not_in_merge_order(corpus_bpe):
     # tiktoken ranks must follow the merge order; here the ids do not, so a table maps ranks to ids.
-    vocabulary = dict(shakespeare_bpe.vocabulary)
-    merged = [a + b for a, b in (m.split(" ") for m in shakespeare_bpe.merges)]
+    vocabulary = dict(corpus_bpe.vocabulary)
+    merged = [a + b for a, b in (m.split(" ") for m in corpus_bpe.merges)]
     shuffled = np.random.default_rng(0).permutation([vocabulary[t] for t in merged])
     vocabulary.update(zip(merged, shuffled.tolist()))
-    fast, exact = both_engines(vocabulary, shakespeare_bpe.merges)
-    assert_engines_agree(fast, exact, [shakespeare()[:300_000], *HOSTILE, random_unicode(6, 3000)])
+    fast, exact = both_engines(vocabulary, corpus_bpe.merges)
+    assert_engines_agree(fast, exact, [corpus_text()[:300_000], *HOSTILE, random_unicode(6, 3000)])
 
 
 def hf_reference_from_files(vocabulary_path, merges_path):
