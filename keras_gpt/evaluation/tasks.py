@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,7 +33,10 @@ Inputs = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def _progress(total: int, progress: bool) -> keras.utils.Progbar | None:
-    return keras.utils.Progbar(total, unit_name="row") if progress and total else None
+    if not (progress and total):
+        return None
+    # Keras' live bar is ANSI codes and redraws: into a file or pipe, one final line.
+    return keras.utils.Progbar(total, unit_name="row", verbose=1 if sys.stdout.isatty() else 2)
 
 
 # -- log-likelihood requests (lm-evaluation-harness' definition) -------------
