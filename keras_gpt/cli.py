@@ -232,7 +232,11 @@ def evaluate_command(argv: list[str]) -> dict:
     parser.add_argument("--stride", type=int, default=None, help="perplexity window step")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none when stdout is not a terminal: stdout is the JSON)",
+    )
     args = parser.parse_args(argv)
 
     from keras_gpt.evaluation import evaluate
@@ -254,7 +258,8 @@ def evaluate_command(argv: list[str]) -> dict:
             batch_size=args.batch_size,
             context=args.context,
             stride=args.stride,
-            progress=not args.no_progress,
+            # The figures are JSON on stdout: a bar there would corrupt a redirected file.
+            progress=not args.no_progress and sys.stdout.isatty(),
         )
     except (ValueError, PresetError, OSError) as error:
         raise SystemExit(f"keras-gpt evaluate: {error}") from None
@@ -395,15 +400,23 @@ def _filter_native_logs() -> None:
     """Routes file descriptor 2 through a thread that drops the C++ runtimes' start-up noise.
 
     Python's own warnings and errors, and native errors (`E...` lines), pass through.
+    On a terminal, Python's `sys.stderr` writes to it directly: they need no
+    filtering, and progress lines see a terminal (so redraw themselves) rather
+    than the pipe.
     """
     import atexit
     import threading
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    terminal = os.isatty(2)
     real = os.dup(2)
     read, write = os.pipe()
     os.dup2(write, 2)
     os.close(write)
+    if terminal:
+        sys.stderr = open(
+            os.dup(real), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace"
+        )
 
     def pump() -> None:
         with os.fdopen(read, "rb") as source, os.fdopen(real, "wb", buffering=0) as target:

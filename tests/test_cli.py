@@ -5,7 +5,14 @@ fresh process on this pass's backend, from an empty working directory.
 """
 
 import dataclasses
+import json
+import os
+import pty
 import re
+import select
+import subprocess
+import sys
+import tty
 
 import keras
 import pytest
@@ -87,3 +94,89 @@ def test_unknown_command_and_debug_traceback(tmp_path):
     )
     proc = keras_gpt_command(["generate", "--preset", "missing", "--debug"], tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(100))
+
+
+def pretrain_args(tmp_path) -> list[str]:
+    """A tiny `keras-gpt pretrain` at the default verbosity (Keras' progress bar)."""
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+    settings = dict(
+        data=data, tokenizer="char", out=tmp_path / "run", num_layers=1, num_heads=2,
+        hidden_dim=16, sequence_length=16, batch_size=4, max_steps=4, eval_interval=2,
+        eval_batches=2, warmup_steps=1, peak_flops=1e9, sample_tokens=8,
+    )  # fmt: skip
+    return ["pretrain", *(a for k, v in settings.items() for a in (f"--{k}", str(v)))]
+
+
+def test_progress_into_a_pipe_has_no_escape_codes(tmp_path):
+    """Into a pipe (a log file, `| tee`), `keras-gpt pretrain` and `keras-gpt evaluate`
+    write plain lines: no ANSI escape codes, no carriage-return redraws, and
+    evaluate's stdout is its JSON alone."""
+    # Bytes, not text: text mode would turn each "\r" into "\n".
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_gpt.cli", *pretrain_args(tmp_path)],
+        capture_output=True,
+        cwd=tmp_path,
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+        timeout=600,
+    )
+    stdout, stderr = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 0, stderr[-3000:]
+    for name, output in (("stdout", stdout), ("stderr", stderr)):
+        for control in ("\x1b[", "\r", "\b"):
+            assert control not in output, f"{control!r} in {name}: {output[-2000:]!r}"
+    # Progress is still there, a line at a time: Keras' line per fit call, the
+    # recipe's rounds and the tokenizing's final figures.
+    assert re.search(r"^\s*\d+/\d+ - ", stdout, re.M), stdout
+    assert "step 4: train loss" in stdout
+    assert re.search(r"^prepare: .* tokens$", stderr, re.M), stderr
+
+    run, data = str(tmp_path / "run"), str(tmp_path / "corpus.txt")
+    proc = keras_gpt_command(["evaluate", run, "--data", data], tmp_path, check=True)
+    assert "\x1b[" not in proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["perplexity"] > 1
+
+
+def read_terminal(controller: int, proc: subprocess.Popen, timeout: float = 600) -> str:
+    """What the child writes to the terminal whose controlling side is `controller`."""
+    chunks = []
+    while select.select([controller], [], [], timeout)[0]:
+        try:
+            data = os.read(controller, 1 << 16)
+        except OSError:  # EIO: the child's side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.skipif(
+    BACKEND != "torch",
+    reason="progress does not depend on the backend: the torch pass checks a terminal once",
+)
+def test_progress_on_a_terminal_redraws_itself(tmp_path):
+    """On a terminal the live displays stay: Keras' bar and the tokenizing's line
+    (written to stderr, which the console script's log filter keeps a terminal)."""
+    controller, terminal = pty.openpty()
+    tty.setraw(terminal)  # no "\n" -> "\r\n": each "\r" read back was written as one
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_gpt.cli", *pretrain_args(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=tmp_path,
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+    )
+    os.close(terminal)
+    try:
+        output = read_terminal(controller, proc)
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0, output[-3000:]
+    assert "\x1b[" in output  # Keras' bar, in colour
+    assert "\rprepare: " in output, output[:3000]

@@ -62,7 +62,8 @@ def prepare(
         text_field: the JSONL field holding the text.
         shard_tokens: tokens per shard file.
         chunk_chars: characters tokenized per piece (memory is a few times this).
-        progress: show a progress bar with MB/s and tokens/s.
+        progress: show progress with MB/s and tokens/s on stderr (a line that
+            redraws itself on a terminal; elsewhere only the final figures).
 
     Returns:
         The metadata dictionary (also in `output_dir/metadata.json`).
@@ -200,20 +201,23 @@ def prepare(
 
 
 class _Progress:
-    """One self-overwriting line: bytes done, MB/s and tokens/s (at most 4 updates a second)."""
+    """Bytes done, MB/s and tokens/s on stderr: on a terminal one line that redraws
+    itself (at most 4 times a second); into a file or pipe only the final line, so a
+    log holds no carriage-return redraws."""
 
     def __init__(self, total_bytes: int):
         self.total, self.start, self.shown = max(total_bytes, 1), time.perf_counter(), 0.0
+        self.live = sys.stderr.isatty()
 
     def update(self, done: int, tokens: int, final: bool = False) -> None:
         now = time.perf_counter()
-        if not final and now - self.shown < 0.25:
+        if not final and (not self.live or now - self.shown < 0.25):
             return
         self.shown = now
         seconds = max(now - self.start, 1e-9)
         done = min(done, self.total)
-        line = (
-            f"\rprepare: {done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
+        line = ("\r" if self.live else "") + (
+            f"prepare: {done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
             f"({100 * done / self.total:3.0f}%)  {done / seconds / 1e6:,.2f} MB/s  "
             f"{tokens / seconds:,.0f} tokens/s  {tokens:,} tokens"
         )
