@@ -10,7 +10,7 @@ import pytest
 from conftest import to_numpy
 
 from keras_gpt import GPT
-from keras_gpt.cli import _overrides
+from keras_gpt.cli import _overrides, main
 from keras_gpt.data import (
     InstructionBatches,
     SequentialWindows,
@@ -284,3 +284,44 @@ def test_continued_pretraining_on_plain_text_and_exact_resume(tmp_path):
     for key in ("train_loss", "val_loss"):
         np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in expected], rtol=1e-5)
     assert resumed["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
+
+
+def test_keras_gpt_finetune_command(tmp_path, capsys):
+    """`keras-gpt finetune` as typed: settings from a TOML file and the command line
+    (which wins), instruction data, LoRA; its outputs; a user mistake in one line."""
+    tok = char_tokenizer()
+    base = tmp_path / "base"
+    GPT(
+        vocabulary_size=tok.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=32,
+        seed=0,
+    ).save_to_preset(str(base), tokenizer=tok)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in reverse_records(40, 0)))
+    settings = tmp_path / "finetune.toml"
+    settings.write_text(f'preset = "{base}"\ndata = "{data}"\nmax_steps = 100\nverbose = 0\n')
+    out = tmp_path / "run"
+    main(
+        ["finetune", "--config", str(settings), "--out", str(out), "--lora-rank", "2"]
+        + "--max-steps 4 --eval-interval 2 --batch-size 4 --warmup-steps 1".split()
+    )
+    assert [row["step"] for row in read_metrics(out)] == [2, 4]
+    config = FinetuneConfig.load(out / "config.toml")
+    assert (config.preset, config.lora_rank, config.max_steps) == (str(base), 2, 4)
+    assert (out / "best" / "adapters.npz").is_file()
+    metadata = json.loads((out / "best" / "metadata.json").read_text())
+    assert metadata["chat_template"] == "instruction"
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(
+            ["finetune", "--preset", str(tmp_path / "missing"), "--data", str(data)]
+            + ["--out", str(tmp_path / "failed")]
+        )
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("keras-gpt: error: "), error
+    assert "missing" in error[0]
