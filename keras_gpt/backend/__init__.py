@@ -5,7 +5,8 @@ Everything else in keras_gpt is written once with `keras.ops` and
 named functions:
 
 - `ops.py`: is a tensor concrete, is there an accelerator, a dense embedding
-  gradient on TensorFlow, in-place buffer writes on PyTorch (`write_at`).
+  gradient on TensorFlow, in-place buffer writes on PyTorch (`write_at`), int8
+  weight products (`int8_matmul`).
 - `replicas.py`: this data-parallel replica's index, and a loss scaled for
   `tf.distribute`.
 - `compile.py`: compiling a function of a model's weights (the decode
@@ -18,6 +19,7 @@ from keras_gpt.backend.ops import (
     dense_gradient,
     has_accelerator,
     in_distribution_strategy,
+    int8_matmul,
     is_concrete,
     write_at,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "dense_gradient",
     "has_accelerator",
     "in_distribution_strategy",
+    "int8_matmul",
     "is_concrete",
     "replica_index",
     "replica_scaled",

@@ -47,10 +47,18 @@ def weight_values(variables: Sequence[keras.Variable], column_major: keras.Varia
     if backend == "jax":
         return [v.value for v in variables]
     if backend == "torch":
+        import torch
+
         values = []
         for variable in variables:
             value = variable.value.detach()
-            if variable is column_major and value.device.type == "cpu":
+            # An int8 (in, out) kernel goes column-major too: `int8_matmul`
+            # reads its (out, in) view, which is then contiguous (no copy per
+            # step). A tied int8 embedding is (out, in) already.
+            transposed = variable is column_major
+            if value.dtype == torch.int8 and value.ndim == 2:
+                transposed = not transposed
+            if transposed and value.device.type == "cpu":
                 value = value.t().contiguous().t()
             values.append(value)
         return tuple(values)

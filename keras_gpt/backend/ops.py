@@ -119,3 +119,41 @@ def write_at(buffer: Tensor, update: Tensor, index: int | Tensor, axis: int) -> 
     start = [0] * len(update.shape)
     start[axis] = index
     return keras.ops.slice_update(buffer, tuple(start), update)
+
+
+def int8_matmul(x: Tensor, kernel: Tensor, scale: Tensor, transposed: bool = False) -> Tensor:
+    """`x · (kernel / scale)`: a product with int8 weights; `x` stays in its float dtype.
+
+    Keras' int8 convention: a float weight w is stored as `kernel = round(w · scale)`
+    with one scale per output. Only the weights are int8 (weight-only
+    quantization): at batch 1 decoding reads every weight once per token, so
+    fewer weight bytes is what can make it faster, and float activations keep
+    the products as exact as the weights allow.
+
+    - PyTorch on CPU: `torch._weight_int8pack_mm`, a kernel that reads int8
+      weights and multiplies in float, with the `(out, in)` weight contiguous
+      (`weight_values` hands decode programs int8 kernels in that layout).
+    - Elsewhere: the kernel is cast to `x`'s dtype and multiplied; XLA fuses
+      the cast into the product (see docs/guides/quantization.md for what that
+      costs on CPU).
+
+    Args:
+        x: float `(..., in)`.
+        kernel: int8 `(in, out)`, or `(out, in)` with `transposed`.
+        scale: float `(out,)`.
+        transposed: `kernel` is `(out, in)` (a tied embedding projecting to logits).
+
+    Example:
+    >>> y = int8_matmul(h, layer._kernel, layer.kernel_scale)   # (..., out)
+    """
+    if keras.backend.backend() == "torch" and x.device.type == "cpu":
+        import torch
+
+        weight = (kernel if transposed else kernel.t()).contiguous()  # (out, in)
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        y = torch._weight_int8pack_mm(flat, weight, (1.0 / scale).to(x.dtype))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+    ops = keras.ops
+    weight = ops.cast(kernel, x.dtype)
+    y = ops.matmul(x, ops.transpose(weight) if transposed else weight)
+    return y / ops.cast(scale, y.dtype)

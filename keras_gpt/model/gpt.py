@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from keras_gpt.model.layers import (
     TokenAndPositionEmbedding,
     TransformerBlock,
 )
+from keras_gpt.model.layers.dense import Dense, check_quantization_mode
 from keras_gpt.model.layout import layout_map
 from keras_gpt.model.losses import causal_lm_loss
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
@@ -66,7 +68,12 @@ class GPT(keras.Model):
             GPT-2 formats with zero biases.
         seed: integer seed for weights and dropout; `None` picks one (and
             records it in the config).
-        dtype: Keras dtype policy, e.g. `"float32"` or `"mixed_bfloat16"`.
+        dtype: Keras dtype policy, e.g. `"float32"`, `"bfloat16"` (weights
+            and arithmetic in bfloat16, e.g. for generation) or
+            `"mixed_bfloat16"`.
+        quantization: `None`, or `"int8"` to build the model quantized (as
+            `quantize` does); kept in the config, so quantized presets load
+            quantized.
 
     Example:
     >>> model = GPT(vocabulary_size=256, num_layers=2, num_heads=2,
@@ -93,9 +100,12 @@ class GPT(keras.Model):
         use_bias: bool = True,
         seed: int | None = None,
         dtype: str | keras.DTypePolicy | None = None,
+        quantization: str | None = None,
         **kwargs,
     ):
         super().__init__(dtype=dtype, **kwargs)
+        if quantization is not None:
+            check_quantization_mode(quantization)
         for name, value in (
             ("vocabulary_size", vocabulary_size),
             ("num_layers", num_layers),
@@ -168,7 +178,7 @@ class GPT(keras.Model):
         )
         self.lm_head = None
         if not self.tie_embeddings:
-            self.lm_head = keras.layers.Dense(
+            self.lm_head = Dense(
                 self.vocabulary_size,
                 use_bias=False,
                 kernel_initializer=SeededNormal(init_stddev, derive_seed(self.seed, 3)),
@@ -177,6 +187,9 @@ class GPT(keras.Model):
             )
         self.build()
         self.lora_config = None
+        self.quantization = None
+        if quantization is not None:
+            self.quantize(quantization)
 
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.hidden_dim)
@@ -375,6 +388,55 @@ class GPT(keras.Model):
         """The token embedding when it also projects to logits (`tie_embeddings`), else None."""
         return self.embeddings.token_embeddings if self.tie_embeddings else None
 
+    # -- quantization ------------------------------------------------------------
+
+    def quantize(self, mode: str | None = None, config=None, filters=None, **kwargs) -> None:
+        """Stores the matrices as int8 for faster, smaller inference (Keras' `Model.quantize`).
+
+        Quantizes what decoding streams from memory at every token: the four
+        Dense kernels of each block (Keras' own int8 `Dense`: int8 kernel,
+        one scale per output) and the token embedding, which also makes the
+        tied logits product int8 (one scale per token row). LayerNorms,
+        biases and position embeddings stay float. Activations stay float
+        too (weight-only int8; see `keras_gpt.model.layers.dense.Dense`).
+        The model then generates, saves to and loads from a keras_gpt preset,
+        and exports as before; it no longer trains. Compiled generation
+        programs are dropped and rebuilt for the new weights.
+
+        Args:
+            mode: `"int8"`; any other mode raises a one-line `ValueError`.
+            config: Keras' `QuantizationConfig`; only its weight quantizer
+                is used, by the Dense layers.
+            filters: Keras' filters (regex, list of regexes or callable on
+                a layer) further restricting which of these layers are quantized.
+            **kwargs: passed to `keras.Model.quantize`.
+
+        Example:
+        >>> model = GPT.from_preset("gpt2_small")
+        >>> model.quantize("int8")
+        >>> model.generate([[464, 3290]], max_new_tokens=16)
+        >>> model.save_to_preset("gpt2_small_int8")     # loads back quantized
+        """
+        check_quantization_mode(mode)
+        if self.quantization is not None:
+            raise ValueError(f"The model is already quantized ({self.quantization!r}).")
+        if self.lora_config:
+            raise ValueError("Merge LoRA adapters (`merge_lora()`) before quantizing.")
+
+        def chosen(layer):
+            ours = isinstance(layer, (Dense, TokenAndPositionEmbedding))
+            if not ours or filters is None:
+                return ours
+            if callable(filters):
+                return bool(filters(layer))
+            patterns = [filters] if isinstance(filters, str) else filters
+            return any(re.search(pattern, layer.name) for pattern in patterns)
+
+        super().quantize(mode, config=config, filters=chosen, **kwargs)
+        self.quantization = mode
+        # The engine's programs were compiled against the float variables.
+        self.__dict__.pop("_generation_engine", None)
+
     # -- LoRA ------------------------------------------------------------------
 
     def enable_lora(
@@ -403,6 +465,8 @@ class GPT(keras.Model):
         >>> model.enable_lora(rank=8, target=("qkv", "attn_out"))
         >>> model.compile(optimizer="adamw")
         """
+        if self.quantization:
+            raise ValueError(f"LoRA needs float weights; this model is {self.quantization}.")
         lora.enable_lora(self, rank, alpha, target, train_biases, train_norms)
 
     def merge_lora(self) -> None:
@@ -581,6 +645,8 @@ class GPT(keras.Model):
             "attention_implementation": self.attention_implementation,
             "use_bias": self.use_bias,
             "seed": self.seed,
+            # Only when set: float configs (and presets) stay as they were.
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
     @classmethod
@@ -628,6 +694,11 @@ class GPT(keras.Model):
         Example:
         >>> model.save_to_preset("my_preset", data_description="tinyshakespeare")
         """
+        if self.quantization and format != "keras_gpt":
+            raise ValueError(
+                f"A {self.quantization} model saves only in the 'keras_gpt' format, "
+                f"not {format!r} (Hugging Face and KerasHub GPT-2 store float weights)."
+            )
         model = lora.merged_copy(self) if self.lora_config else self
         presets.save_to_preset(
             model,

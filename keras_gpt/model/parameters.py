@@ -29,6 +29,8 @@ def count_parameters(config: dict, model_class: type | None = None) -> int:
     124439808
     """
     cls = model_class or GPT
+    # A quantized config counts as its float model (quantizing reads values).
+    config = {k: v for k, v in config.items() if k != "quantization"}
     with keras.StatelessScope(initialize_variables=False):
         model = cls(**config)
     count = sum(math.prod(v.shape) for v in model.trainable_weights)

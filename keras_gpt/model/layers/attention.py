@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_gpt.backend import Tensor, has_accelerator, write_at
+from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
@@ -106,14 +107,14 @@ class CausalSelfAttention(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.seed = fresh_seed() if seed is None else int(seed)
 
-        self.qkv = keras.layers.Dense(
+        self.qkv = Dense(
             3 * self.hidden_dim,
             use_bias=self.use_bias,
             kernel_initializer=SeededNormal(self.init_stddev, derive_seed(self.seed, 0)),
             dtype=self.dtype_policy,
             name="qkv",
         )
-        self.output_dense = keras.layers.Dense(
+        self.output_dense = Dense(
             self.hidden_dim,
             use_bias=self.use_bias,
             kernel_initializer=SeededNormal(self.output_init_stddev, derive_seed(self.seed, 1)),

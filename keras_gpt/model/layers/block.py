@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_gpt.model.layers.attention import CausalSelfAttention
+from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
@@ -100,14 +101,14 @@ class TransformerBlock(keras.layers.Layer):
             dtype=policy,
             name="mlp_norm",
         )
-        self.mlp_in = keras.layers.Dense(
+        self.mlp_in = Dense(
             self.intermediate_dim,
             use_bias=self.use_bias,
             kernel_initializer=SeededNormal(self.init_stddev, derive_seed(self.seed, 1)),
             dtype=policy,
             name="mlp_in",
         )
-        self.mlp_out = keras.layers.Dense(
+        self.mlp_out = Dense(
             self.hidden_dim,
             use_bias=self.use_bias,
             kernel_initializer=SeededNormal(self.residual_init_stddev, derive_seed(self.seed, 2)),

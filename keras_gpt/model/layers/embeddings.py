@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
-from keras_gpt.backend import dense_gradient
+from keras_gpt.backend import dense_gradient, int8_matmul
+from keras_gpt.model.layers.dense import check_quantization_mode
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
 
@@ -88,7 +90,14 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def call(self, token_ids, start_index=0):
         """Embeds `token_ids` (batch, seq) placed at positions start_index + [0, seq)."""
-        tokens = ops.take(dense_gradient(self.token_embeddings), token_ids, axis=0)
+        if self.quantization_mode == "int8":
+            rows = ops.take(self.token_embeddings, token_ids, axis=0)
+            scale = ops.take(self.token_embeddings_scale, token_ids, axis=0)
+            tokens = ops.cast(rows, self.compute_dtype) / ops.expand_dims(
+                ops.cast(scale, self.compute_dtype), -1
+            )
+        else:
+            tokens = ops.take(dense_gradient(self.token_embeddings), token_ids, axis=0)
         positions = ops.arange(0, ops.shape(token_ids)[-1], dtype="int32")
         positions = positions + ops.cast(start_index, "int32")
         if self.position_embedding == "learned":
@@ -107,8 +116,55 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def project(self, hidden):
         """Tied output projection: logits = hidden · Eᵀ."""
+        if self.quantization_mode == "int8":
+            return int8_matmul(
+                hidden,
+                ops.convert_to_tensor(self.token_embeddings),
+                ops.convert_to_tensor(self.token_embeddings_scale),
+                transposed=True,
+            )
         kernel = ops.cast(self.token_embeddings, hidden.dtype)
         return ops.matmul(hidden, ops.transpose(kernel))
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Stores the token embedding E as int8 rows with one scale per token.
+
+        One scale per row serves both uses of E: a lookup reads row t
+        (`int8_row / scale_t`), and the tied projection's output t is
+        `h · int8_row_t / scale_t`, so its scales are per output as in an
+        int8 Dense. Keras' convention: `int8 = round(E · scale)`,
+        `scale = 127 / max|row|`. Position embeddings stay float: they are
+        read one row per token, never streamed whole.
+
+        Args:
+            mode: `"int8"`.
+            type_check: unused (Keras' signature).
+            config: unused (Keras' signature).
+        """
+        check_quantization_mode(mode)
+        table = ops.convert_to_numpy(ops.cast(self.token_embeddings, "float32"))
+        peak = np.max(np.abs(table), axis=1)
+        scale = 127.0 / np.where(peak > 0, peak, 1.0)
+        quantized = np.clip(np.round(table * scale[:, None]), -127, 127).astype("int8")
+        del self.token_embeddings
+        self.token_embeddings = self.add_weight(
+            shape=quantized.shape,
+            initializer="zeros",
+            dtype="int8",
+            trainable=False,
+            name="token_embeddings",
+        )
+        self.token_embeddings_scale = self.add_weight(
+            shape=scale.shape, initializer="ones", trainable=False, name="token_embeddings_scale"
+        )
+        self.token_embeddings.assign(quantized)
+        self.token_embeddings_scale.assign(scale.astype(self.variable_dtype))
+        self._is_quantized = True
+        self.dtype_policy = keras.dtype_policies.get(f"{mode}_from_{self.dtype_policy.name}")
+
+    def _int8_call(self, *args, **kwargs):
+        # Keras sends a quantized layer's __call__ here; `call` handles int8.
+        return self.call(*args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.hidden_dim,)
