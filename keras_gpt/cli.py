@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import re
+import shutil
 import sys
 
 
@@ -42,7 +44,7 @@ def pretrain_command(argv: list[str]) -> dict:
     config = PretrainConfig.load(args.config, _overrides(extra))
     from keras_gpt.training.pretrain import pretrain  # imports Keras and the backend
 
-    return pretrain(config, resume=args.resume)
+    return _run_recipe(pretrain, config, args.resume)
 
 
 def finetune_command(argv: list[str]) -> dict:
@@ -64,7 +66,27 @@ def finetune_command(argv: list[str]) -> dict:
     config = FinetuneConfig.load(args.config, _overrides(extra))
     from keras_gpt.training.finetune import finetune  # imports Keras and the backend
 
-    return finetune(config, resume=args.resume)
+    return _run_recipe(finetune, config, args.resume)
+
+
+def _run_recipe(recipe, config, resume: bool) -> dict:
+    """`recipe(config, resume=resume)`; a run that fails on its inputs (a missing data
+    file or preset: ValueError, OSError) leaves no half-made output directory."""
+    out = pathlib.Path(config.out).absolute()
+    made = None  # the highest folder of `out` this call creates
+    if not out.exists():
+        made = out
+        while not made.parent.exists():
+            made = made.parent
+    try:
+        return recipe(config, resume=resume)
+    except (ValueError, OSError):
+        # Only folders this call made, and only while they hold no run: a failure
+        # after training logged something keeps what it wrote.
+        logged = (out / "metrics.jsonl").exists() or (out / "best").exists()
+        if made is not None and not logged and not any(out.glob("checkpoints/*")):
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def generate_command(argv: list[str]) -> None:

@@ -1,6 +1,7 @@
-"""The `keras-gpt` command as a person meets it: fast help, one-line errors, a quiet stderr.
+"""The `keras-gpt` command as a person meets it: fast help, one-line errors, a quiet stderr,
+progress that suits where it goes.
 
-Each test starts `python -m keras_gpt.cli` (what the console script runs) in a
+Most tests start `python -m keras_gpt.cli` (what the console script runs) in a
 fresh process on this pass's backend, from an empty working directory.
 """
 
@@ -17,6 +18,8 @@ import tty
 import keras
 import pytest
 from helpers import run_python
+
+from keras_gpt.cli import main
 
 BACKEND = keras.backend.backend()
 # What TensorFlow's C++ runtime prints before its logging is set up.
@@ -82,6 +85,21 @@ def test_an_unknown_setting_is_named_and_leaves_no_output(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "max_stepz" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_a_run_that_fails_on_its_inputs_leaves_no_output(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", "missing.txt", "--out", "runs/x"]
+    if command == "finetune":
+        args += ["--preset", "no-such-preset"]
+    with pytest.raises(SystemExit) as info:
+        main([command, *args])
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("keras-gpt: error: "), error
+    assert "missing.txt" in error[0] or "no-such-preset" in error[0]
     assert not (tmp_path / "runs").exists()
 
 
