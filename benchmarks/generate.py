@@ -8,6 +8,8 @@ randomly initialised models of the same shape. Prints one JSON object.
     python benchmarks/generate.py                         # all backends
     python benchmarks/generate.py --backends torch --repeats 2 --threads 1
     python benchmarks/generate.py --gpt2-small            # also 124M, batch 1, ours only
+    python benchmarks/generate.py --libraries keras_gpt --dtype float32 bfloat16 int8 \
+        --shape gpt2-small --batches 1                    # quantized decoding, 124M
 
 bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
 float32; prompt 32 tokens, 128 new tokens, batch 1 and 8. `matmul_floor` is
@@ -15,8 +17,16 @@ not a library: it runs only the step's weight products (see `matmul_floor`), a
 rough bound for any float32 decoder of this shape. `first_call_s` is
 the first call's wall time (compilation included), `tokens_per_s` is
 batch · new tokens / median wall time of the following calls, timed in
-rounds that take every library and batch in turn. Stop tokens are
+rounds that take every library and batch in turn (in reverse order every
+other round, so no library always runs first). Stop tokens are
 off in every library so that each row decodes all 128 tokens.
+
+`--dtype` runs keras_gpt once per weight format, side by side in the same
+rounds: `float32`, `bfloat16` (`GPT(dtype="bfloat16")`: weights and
+arithmetic in bfloat16) and `int8` (`GPT.quantize("int8")`: int8 matrices,
+float32 activations); results are keyed `keras_gpt/...`, `keras_gpt_bfloat16/...`,
+`keras_gpt_int8/...`. `--shape gpt2-small` times the GPT-2 small (124M) shape
+instead of bench-small.
 """
 
 from __future__ import annotations
@@ -40,10 +50,29 @@ GPT2_SMALL = dict(
 PROMPT, NEW = 32, 128
 
 
-def keras_gpt_generate(shape):
+def cpu_details() -> dict:
+    """`lscpu`'s model, family and the flags that decide int8 and bfloat16 speed."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+    info = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return info
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("Model name", "CPU family", "Model", "CPU(s)"):
+            info[key.strip()] = value.strip()
+        elif key.strip() == "Flags":
+            info["flags"] = [f for f in wanted if f in value.split()]
+    return info
+
+
+def keras_gpt_generate(shape, dtype="float32"):
     import keras_gpt
 
-    model = keras_gpt.GPT(**shape, seed=0)
+    model = keras_gpt.GPT(**shape, seed=0, dtype="bfloat16" if dtype == "bfloat16" else None)
+    if dtype == "int8":
+        model.quantize("int8")
     return lambda prompt, new: model.generate(prompt, max_new_tokens=new)
 
 
@@ -199,8 +228,9 @@ def measure(runs: dict, batches, new: int, repeats: int, vocabulary: int) -> dic
                 results[key], times[key] = {"first_call_s": round(first, 3)}, []
             except Exception as error:  # report it, keep measuring the others
                 results[key] = {"error": repr(error)[-500:]}
-    for _ in range(repeats):
-        for key in list(times):
+    for round_ in range(repeats):
+        keys = list(times)
+        for key in keys[::-1] if round_ % 2 else keys:
             run = runs[key.split("/")[0]]
             try:
                 start = time.perf_counter()
@@ -231,8 +261,18 @@ def worker(args) -> dict:
     }
     if backend == "torch":
         libraries["hugging_face"] = hugging_face_generate
-    runs = {name: make(SHAPE) for name, make in libraries.items() if name in args.libraries}
-    results = measure(runs, args.batches, NEW, args.repeats, SHAPE["vocabulary_size"])
+    shape = GPT2_SMALL if args.shape == "gpt2-small" else SHAPE
+    runs = {}
+    for name, make in libraries.items():
+        if name not in args.libraries:
+            continue
+        if name != "keras_gpt":
+            runs[name] = make(shape)
+            continue
+        for dtype in args.dtype:
+            key = name if dtype == "float32" else f"{name}_{dtype}"
+            runs[key] = make(shape, dtype)
+    results = measure(runs, args.batches, NEW, args.repeats, shape["vocabulary_size"])
     if args.gpt2_small:
         run = {"keras_gpt": keras_gpt_generate(GPT2_SMALL)}
         small = measure(
@@ -266,6 +306,14 @@ def main() -> None:
         help="also time keras_gpt at the GPT-2 small (124M) shape, batch 1",
     )
     parser.add_argument("--gpt2-small-tokens", type=int, default=64)
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16", "int8"],
+        help="keras_gpt weight formats to time side by side",
+    )
+    parser.add_argument("--shape", default="bench-small", choices=["bench-small", "gpt2-small"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -273,8 +321,10 @@ def main() -> None:
         return
     report = {
         "cpu": cpu_name(),
+        "lscpu": cpu_details(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "shape": SHAPE,
+        "shape": GPT2_SMALL if args.shape == "gpt2-small" else SHAPE,
+        "dtypes": args.dtype,
         "prompt": PROMPT,
         "new_tokens": NEW,
         "results": {},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +83,15 @@ class GPT(keras.Model):
     >>> model.compile(optimizer="adamw")
     >>> model.fit(x=tokens[:, :-1], y=tokens[:, 1:], epochs=1)
     """
+
+    def __new__(cls, *args, **kwargs):
+        model = super().__new__(cls, *args, **kwargs)
+        # Keras wraps every layer's `quantize` in a check of all its own modes
+        # (GPTQ asks for a config, ...) that runs first; this model checks the
+        # mode itself, with one message for every mode it cannot do. The
+        # quantized layers keep Keras' wrapper.
+        model.quantize = types.MethodType(cls.quantize, model)
+        return model
 
     def __init__(
         self,
