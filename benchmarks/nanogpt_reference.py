@@ -158,9 +158,21 @@ def whole_split(model: GPT, data: np.ndarray) -> float:
     return total / count
 
 
-def run(seed: int, train: np.ndarray, val: np.ndarray, vocab: int, iters: int) -> dict:
+def run(
+    seed: int,
+    train: np.ndarray,
+    val: np.ndarray,
+    vocab: int,
+    iters: int,
+    checkpoint_dir: str | None = None,
+    score: bool = True,
+) -> dict:
+    """nanoGPT's training run; with `checkpoint_dir`, also its checkpoint saves (the
+    model and optimizer, whenever the estimated validation loss improves after step 0),
+    so that its wall time compares with a recipe run's. Times each phase."""
     torch.manual_seed(seed)
     start = time.time()
+    seconds = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
     model = GPT(vocab)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -172,17 +184,28 @@ def run(seed: int, train: np.ndarray, val: np.ndarray, vocab: int, iters: int) -
         betas=BETAS,
     )
     log = []
+    best = math.inf
     x, y = random_batch(train)
     # nanoGPT's loop runs it = 0..max_iters: at each `it` it evaluates (when it % 250 == 0),
     # then steps; so it takes max_iters + 1 = 2001 steps, but its last printed (reported)
     # val loss, at "step 2000", comes after 2000 steps. We stop right after that evaluation.
     for it in range(iters + 1):
         if it % EVAL_EVERY == 0 or it == iters:
+            tick = time.perf_counter()
             model.eval()
             log.append({"step": it, "train": estimate(model, train), "val": estimate(model, val)})
             model.train()
+            seconds["eval"] += time.perf_counter() - tick
+            if checkpoint_dir and log[-1]["val"] < best:
+                best = log[-1]["val"]
+                if it > 0:
+                    tick = time.perf_counter()
+                    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                    torch.save(state, os.path.join(checkpoint_dir, "ckpt.pt"))
+                    seconds["checkpoint"] += time.perf_counter() - tick
         if it == iters:
             break
+        tick = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(it, iters)
         loss = model(x, y)
@@ -191,18 +214,34 @@ def run(seed: int, train: np.ndarray, val: np.ndarray, vocab: int, iters: int) -
         nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        loss.item()  # nanoGPT prints the loss of every step (log_interval=1)
+        seconds["train"] += time.perf_counter() - tick
+    wall = time.time() - start
     model.eval()
+    tick = time.perf_counter()
+    whole = whole_split(model, val)
+    seconds["score"] = time.perf_counter() - tick
+    if not score:
+        return {
+            "seed": seed,
+            "steps": iters,
+            "whole_split_val_loss": whole,
+            "nanogpt_log": log,
+            "wall_seconds": wall,
+            "seconds": seconds,
+        }
     estimates = [estimate(model, val) for _ in range(10)]
     return {
         "seed": seed,
         "steps": iters,
-        "whole_split_val_loss": whole_split(model, val),
+        "whole_split_val_loss": whole,
         "estimates": estimates,
         "estimates_mean": statistics.mean(estimates),
         "estimates_min": min(estimates),
         "estimates_max": max(estimates),
         "nanogpt_log": log,
-        "wall_seconds": round(time.time() - start, 1),
+        "wall_seconds": round(wall, 1),
+        "seconds": seconds,
     }
 
 

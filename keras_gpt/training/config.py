@@ -127,14 +127,28 @@ class PretrainConfig(RunConfig):
         clipnorm: global gradient-norm clipping (0 disables).
         adam_epsilon: Adam ε (Keras' 1e-7; nanoGPT, through PyTorch, 1e-8).
         decay_embeddings: weight-decay the embeddings too, as nanoGPT does.
-        dtype: `"float32"` or `"mixed_bfloat16"`.
+        dtype: `"float32"` or `"mixed_bfloat16"` (bfloat16 matmuls, float32
+            weights; fast on CPUs with native bfloat16, `avx512_bf16` or
+            `amx_bf16`, and on accelerators; see `cpu_bfloat16`).
+        jit_compile: `"auto"`: XLA on TensorFlow for runs of 100 steps or more
+            (its compile time is repaid: the Shakespeare recipe's step runs
+            ~2.4x faster), each backend's Keras default otherwise; `true` or
+            `false` to decide (`true` on PyTorch is `torch.compile`).
+        threads: CPU threads for the backend's math (0: its default, all
+            cores); 1 can be much faster on a machine other work keeps busy.
         eval_interval: evaluate, log and checkpoint every this many steps.
-        eval_batches: validation batches per evaluation.
+        eval_batches: validation batches per evaluation (of `batch_size`
+            windows each: they fix which windows are scored).
+        eval_batch_size: windows per forward pass when evaluating; the same
+            windows and loss to float rounding (0: as many as fit in 16,384
+            tokens, at least `batch_size`; fewer, larger passes are faster).
         seed: seed for weights, dropout and batches.
         data_parallel: JAX: split each batch over all devices
             (`keras_gpt.distribution.configure`).
         model_parallel: JAX: shard the weights over this many devices (1: off).
-        peak_flops: peak FLOP/s for MFU; 0 measures it with a matmul probe.
+        peak_flops: peak FLOP/s for MFU; 0: the device's published peak for
+            known accelerators, else a matmul probe (a lower bound on a busy
+            machine: an MFU above 1 against it is not logged).
         tensorboard: also write TensorBoard logs to `out/tensorboard`.
         verbose: Keras progress-bar verbosity (0, 1 or 2).
         sample_prompt: prompt for the sample printed at the end.
@@ -170,8 +184,11 @@ class PretrainConfig(RunConfig):
     adam_epsilon: float = 1e-7
     decay_embeddings: bool = False
     dtype: str = "float32"
+    jit_compile: str = "auto"
+    threads: int = 0
     eval_interval: int = 250
     eval_batches: int = 20
+    eval_batch_size: int = 0
     seed: int = 0
     data_parallel: bool = False
     model_parallel: int = 1

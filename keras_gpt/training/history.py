@@ -32,7 +32,7 @@ def append_metrics(out: pathlib.Path, row: dict) -> None:
     with open(csv, "a") as f:
         if new:
             f.write(",".join(row) + "\n")
-        f.write(",".join(str(v) for v in row.values()) + "\n")
+        f.write(",".join("" if v is None else str(v) for v in row.values()) + "\n")
 
 
 def truncate_metrics(out: pathlib.Path, step: int) -> None:

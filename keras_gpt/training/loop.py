@@ -11,6 +11,7 @@ import keras
 
 from keras_gpt.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from keras_gpt.training.history import append_metrics, plot_loss_curve, truncate_metrics
+from keras_gpt.training.throughput import mfu
 
 
 class StepBatches(keras.utils.PyDataset):
@@ -77,7 +78,8 @@ def train_loop(
         max_seconds: stop after this much training time (0: no limit).
         patience: stop after this many rounds without improvement (0: never).
         save_best: called with the model when the validation loss improves.
-        flops_per_token: with `peak_flops`, adds `mfu` to the rows.
+        flops_per_token: with `peak_flops`, adds `mfu` to the rows (when the
+            achieved FLOP/s exceed `peak_flops`, it is null: see `throughput.mfu`).
         peak_flops: peak FLOP/s of the machine.
         settings: the run's settings, kept in each checkpoint (see
             `keras_gpt.training.runs.start_run`).
@@ -160,7 +162,8 @@ def train_loop(
             "compile_seconds": compile_seconds,
         }
         if flops_per_token and peak_flops:
-            row["mfu"] = rate * flops_per_token / peak_flops
+            # None (null; empty in the CSV) when the figures cannot support one (see `mfu`).
+            row["mfu"] = mfu(rate, flops_per_token, peak_flops)
         print(
             f"step {row['step']}: train loss {row['train_loss']:.4f} · "
             f"val loss {val_loss:.4f} · {rate:,.0f} tokens/s"

@@ -47,7 +47,16 @@ from keras_gpt.training.history import mean_throughput
 from keras_gpt.training.loop import train_loop
 from keras_gpt.training.optimizer import gpt_optimizer
 from keras_gpt.training.runs import start_run
-from keras_gpt.training.throughput import Throughput, flops_per_token, probe_peak_flops
+from keras_gpt.training.throughput import (
+    Throughput,
+    accelerator_name,
+    device_peak_flops,
+    flops_per_token,
+    probe_peak_flops,
+)
+
+#: Tokens per validation forward pass when `eval_batch_size = 0`.
+EVAL_TOKENS = 16_384
 
 
 def load_config(
@@ -74,6 +83,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     >>> summary = pretrain(load_config("recipes/configs/shakespeare_char.toml"))
     """
     out = pathlib.Path(config.out)
+    set_threads(config.threads)
     # Before anything is written: refuses to replace a run by accident, and
     # checks a resume against its checkpoint.
     start_run(config, resume)
@@ -94,9 +104,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         steps=config.max_steps,
         seed=config.seed,
     )
-    validation = SequentialWindows(
-        val_tokens, config.sequence_length, config.batch_size, max_batches=config.eval_batches
-    )
+    validation = validation_windows(val_tokens, config)
 
     if config.data_parallel or config.model_parallel > 1:
         from keras_gpt.distribution.jax import configure
@@ -133,6 +141,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
             decay_embeddings=config.decay_embeddings,
         ),
         metrics=[Perplexity()],
+        jit_compile=jit_compile(config),
     )
     print(
         f"model: {model.count_params():,} parameters · "
@@ -140,7 +149,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     )
 
     tokens_per_step = config.batch_size * config.sequence_length
-    peak = config.peak_flops or probe_peak_flops()
+    peak, source = peak_flops(config)
+    print(f"peak {peak / 1e9:,.0f} GFLOP/s ({source}), for MFU")
     flops = flops_per_token(model, config.sequence_length)
     callbacks = [Throughput(tokens_per_step, flops, peak)]
     if config.tensorboard:
@@ -192,6 +202,74 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
             out, state["step"], config.evaluate_data, config.evaluate_task
         )
     return summary
+
+
+def validation_windows(tokens, config: PretrainConfig) -> SequentialWindows:
+    """The validation split as `eval_batches` batches of `batch_size` windows, read in
+    passes of `eval_batch_size` windows (larger passes, fewer calls: the same windows)."""
+    length, batch = config.sequence_length, config.batch_size
+    size = config.eval_batch_size or max(batch, EVAL_TOKENS // length)
+    windows = SequentialWindows(tokens, length, size)
+    if config.eval_batches:
+        # Only the windows that `eval_batches` batches of `batch_size` would hold.
+        windows.windows = min(windows.windows, config.eval_batches * batch)
+        windows.batches = -(-windows.windows // size)
+    return windows
+
+
+def jit_compile(config: PretrainConfig) -> bool | str:
+    """`config.jit_compile` as `GPT.compile` takes it (see `PretrainConfig`)."""
+    value = str(config.jit_compile).lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    if value != "auto":
+        raise ValueError(f"jit_compile must be auto, true or false, got {config.jit_compile!r}")
+    # TensorFlow without XLA runs this model's many small ops one by one (the
+    # Shakespeare recipe: 258 ms a step against 107 ms with XLA, 2026-12-03); XLA's
+    # seconds of compiling are repaid within a hundred steps.
+    if keras.backend.backend() == "tensorflow" and config.max_steps >= 100:
+        return True
+    return "auto"
+
+
+def set_threads(threads: int) -> None:
+    """Limits the backend's CPU math to `threads` threads (0: leave its default)."""
+    if threads <= 0:
+        return
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            print("threads: TensorFlow has already started; its thread count is unchanged")
+    else:
+        # XLA's CPU thread pool is sized when JAX starts: XLA_FLAGS must say it.
+        print(
+            "threads: on JAX set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+            "intra_op_parallelism_threads=1' before starting, for one thread"
+        )
+
+
+def peak_flops(config: PretrainConfig) -> tuple[float, str]:
+    """The peak FLOP/s MFU is measured against, and where it came from."""
+    if config.peak_flops:
+        return config.peak_flops, "peak_flops setting"
+    compute = "bfloat16" if "bfloat16" in config.dtype else "float32"
+    name = accelerator_name()
+    if name is not None:
+        peak = device_peak_flops(name, compute)
+        if peak:
+            return peak, f"{name}, published {compute} peak"
+    return probe_peak_flops(dtype=compute), f"{compute} matmul probe, a lower bound"
 
 
 def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig) -> None:

@@ -33,6 +33,10 @@ RESUMABLE_SETTINGS = frozenset(
         "sample_tokens",
         "peak_flops",
         "overwrite",
+        # How fast it runs, not what it trains (float rounding aside).
+        "threads",
+        "jit_compile",
+        "eval_batch_size",
         # What happens after training: the end-of-run evaluation.
         "evaluate_data",
         "evaluate_task",

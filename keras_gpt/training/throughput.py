@@ -1,11 +1,52 @@
-"""FLOPs per token, the machine's peak FLOP/s and the tokens/s and MFU a run logs."""
+"""FLOPs per token, the machine's peak FLOP/s and the tokens/s and MFU a run logs.
+
+MFU (model FLOPs utilisation) is achieved FLOP/s over peak FLOP/s, so an
+underestimated peak overstates it. The peak comes, in order, from the user
+(`peak_flops`), from a table of accelerators' published dense peaks
+(`DEVICE_PEAK_FLOPS`), or from a matmul probe on this machine; a probe can only
+under-measure (a busy machine, a small matrix), so a run never logs an MFU
+whose FLOP/s exceed the peak it measured (`mfu`).
+"""
 
 from __future__ import annotations
 
+import re
 import time
 
 import keras
 import numpy as np
+
+#: Published dense peak FLOP/s (no sparsity) by device-name pattern and compute
+#: dtype: the spec sheets' SXM/OAM figures (PCIe cards are slower: read yours).
+DEVICE_PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
+    (r"H200|H100.*(SXM|HBM3)|GH200", {"bfloat16": 989e12, "float32": 67e12}),
+    (r"H100 NVL", {"bfloat16": 835e12, "float32": 60e12}),
+    (r"H100", {"bfloat16": 756e12, "float32": 51e12}),  # PCIe
+    (r"A100", {"bfloat16": 312e12, "float32": 19.5e12}),
+    (r"L40S", {"bfloat16": 362e12, "float32": 91.6e12}),
+    (r"A10G?\b", {"bfloat16": 125e12, "float32": 31.2e12}),
+    (r"L4\b", {"bfloat16": 121e12, "float32": 30.3e12}),
+    (r"V100", {"float16": 125e12, "float32": 15.7e12}),
+    (r"T4\b", {"float16": 65e12, "float32": 8.1e12}),
+    (r"B200", {"bfloat16": 2250e12, "float32": 80e12}),
+    (r"MI300X", {"bfloat16": 1307e12, "float32": 163.4e12}),
+    (r"TPU v5 ?lite|v5e", {"bfloat16": 197e12}),
+    (r"TPU v5p?", {"bfloat16": 459e12}),
+    (r"TPU v4", {"bfloat16": 275e12}),
+]
+
+
+def device_peak_flops(name: str, dtype: str = "bfloat16") -> float | None:
+    """The table's peak FLOP/s for a device name (e.g. `"NVIDIA H100 80GB HBM3"`), or None.
+
+    Example:
+    >>> device_peak_flops("NVIDIA A100-SXM4-40GB")
+    312000000000000.0
+    """
+    for pattern, peaks in DEVICE_PEAK_FLOPS:
+        if re.search(pattern, name, re.IGNORECASE):
+            return peaks.get(dtype) or peaks.get("float16" if dtype == "bfloat16" else dtype)
+    return None
 
 
 def flops_per_token(model, sequence_length: int | None = None) -> float:
@@ -22,28 +63,33 @@ def flops_per_token(model, sequence_length: int | None = None) -> float:
     return 6.0 * params + attention
 
 
-def probe_peak_flops(size: int = 1536, chain: int = 3, budget_seconds: float = 0.5) -> float:
-    """An estimate of the peak float32 matmul FLOP/s on the current backend.
+def probe_peak_flops(
+    size: int = 1536, chain: int = 3, budget_seconds: float = 0.5, dtype: str = "float32"
+) -> float:
+    """An estimate of the peak matmul FLOP/s on the current backend, in `dtype`.
 
     The best of several timed runs of `chain` dependent `size`² matmuls, each run
     read back once: a single small product is dominated by dispatch and the copy
     back to NumPy, which underestimated the peak (and so overstated the MFU a run
     logged) several times over. Runs repeat for about `budget_seconds` (at least 3).
+    It is still a lower bound of the true peak (on a busy machine, much lower):
+    `mfu` refuses figures above it, and a `peak_flops` setting replaces it.
 
     Args:
         size: matrix side.
         chain: matmuls per timed run.
         budget_seconds: how long to keep timing.
+        dtype: the compute dtype (`"bfloat16"` for `mixed_bfloat16` runs).
     """
     rng = np.random.default_rng(0)
     # Scaled so that repeated products keep their magnitude (no overflow to inf).
-    a = keras.ops.convert_to_tensor(rng.standard_normal((size, size)) / np.sqrt(size), "float32")
+    a = keras.ops.convert_to_tensor(rng.standard_normal((size, size)) / np.sqrt(size), dtype)
 
     def run():
         c = a
         for _ in range(chain):
             c = keras.ops.matmul(a, c)
-        keras.ops.convert_to_numpy(c[:1, :1])  # waits for the chain, copies 4 bytes
+        keras.ops.convert_to_numpy(c[:1, :1])  # waits for the chain, copies a few bytes
 
     run()  # warm up (and compile, where the backend does)
     best, spent, runs = float("inf"), 0.0, 0
@@ -55,14 +101,33 @@ def probe_peak_flops(size: int = 1536, chain: int = 3, budget_seconds: float = 0
     return 2.0 * size**3 * chain / best
 
 
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float | None:
+    """Model FLOPs utilisation, or None where the figures cannot support one.
+
+    None without a peak, and None when the achieved FLOP/s exceed the peak: the
+    peak was then under-measured (a probe on a busy machine), and any MFU
+    computed from it would be overstated.
+    """
+    if not (peak_flops > 0 and flops_per_token > 0 and tokens_per_second > 0):
+        return None
+    achieved = tokens_per_second * flops_per_token
+    return achieved / peak_flops if achieved <= peak_flops else None
+
+
 class Throughput(keras.callbacks.Callback):
-    """Adds `tokens_per_second` and `mfu` to the training logs (and progress bar).
+    """Adds `tokens_per_second` and `mfu` to each epoch's logs (and the History).
+
+    Timed per round of steps (`fit` call epoch), not per batch: a callback with
+    batch hooks makes Keras wait for every step's result before dispatching the
+    next (no asynchronous dispatch), which costs small models time on every step.
 
     Args:
         tokens_per_step: batch size × sequence length.
         flops_per_token: from `flops_per_token`.
-        peak_flops: the machine's peak FLOP/s (e.g. from `probe_peak_flops`).
+        peak_flops: the machine's peak FLOP/s (0: no `mfu`).
     """
+
+    async_safe = True
 
     def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float):
         super().__init__()
@@ -70,15 +135,58 @@ class Throughput(keras.callbacks.Callback):
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.tokens_per_second = 0.0
+        self._start = 0.0
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
+        steps = (self.params or {}).get("steps") or 0
         seconds = time.perf_counter() - self._start
-        rate = self.tokens_per_step / max(seconds, 1e-9)
-        # Smooth: single steps are noisy, and the first one includes compiling.
-        self.tokens_per_second = rate if batch == 0 else 0.9 * self.tokens_per_second + 0.1 * rate
+        self.tokens_per_second = steps * self.tokens_per_step / max(seconds, 1e-9)
         if logs is not None:
             logs["tokens_per_second"] = self.tokens_per_second
-            logs["mfu"] = self.tokens_per_second * self.flops_per_token / self.peak_flops
+            value = mfu(self.tokens_per_second, self.flops_per_token, self.peak_flops)
+            if value is not None:
+                logs["mfu"] = value
+
+
+def accelerator_name() -> str | None:
+    """The first accelerator's name on the current backend (None on a CPU-only machine)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            return None if device.platform == "cpu" else device.device_kind
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return tf.config.experimental.get_device_details(gpus[0]).get("device_name")
+    except Exception:  # a broken driver: fall back to the probe
+        return None
+    return None
+
+
+def cpu_bfloat16() -> list[str]:
+    """This CPU's native bfloat16 instructions, from /proc/cpuinfo (`avx512_bf16`,
+    `amx_bf16`); empty where it has none (or on a system without /proc/cpuinfo).
+
+    Without them, `mixed_bfloat16` emulates bfloat16 products in float32 with
+    conversions around them: slower than float32, not faster.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return []
+    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
