@@ -20,12 +20,14 @@ first, so a damaged file is named instead of half-loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
+import sys
 import zipfile
 
 import keras
@@ -189,6 +191,30 @@ def load_checkpoint(model: keras.Model, checkpoint: pathlib.Path) -> dict:
     for i, v in enumerate(variables):
         v.assign(optimizer[str(i)])
     return state
+
+
+@contextlib.contextmanager
+def no_tensorflow_import():
+    """Keeps Keras' serializer from importing TensorFlow just to rule out its types.
+
+    Keras' `serialize_keras_object` asks whether TensorFlow is installed (importing
+    it) to test for `tf.TensorShape`; on PyTorch and JAX that first save of a run
+    cost a TensorFlow import, ~5 s of CPU (2026-12-03, Zen 4). Unimported, TensorFlow
+    cannot have made any of the objects, so the test is safely skipped.
+    """
+    try:
+        from keras.src.utils.module_utils import tensorflow
+    except ImportError:  # another Keras layout: nothing to skip
+        yield
+        return
+    if "tensorflow" in sys.modules or getattr(tensorflow, "_available", None) is not None:
+        yield
+        return
+    tensorflow._available = False
+    try:
+        yield
+    finally:
+        tensorflow._available = None
 
 
 def _describe(path: pathlib.Path) -> dict:

@@ -46,6 +46,7 @@ from keras_gpt.data.instructions import is_instruction_file
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.presets import load_tokenizer
+from keras_gpt.training.checkpoints import no_tensorflow_import
 from keras_gpt.training.config import FinetuneConfig
 from keras_gpt.training.evaluate import evaluate_run
 from keras_gpt.training.loop import train_loop
@@ -222,11 +223,12 @@ def _save_best(
 ) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_to_preset(  # saves the adapters merged into the kernels
-        str(tmp),
-        tokenizer=tokenizer,
-        data_description=f"fine-tuned from {config.preset} on {config.data}",
-    )
+    with no_tensorflow_import():
+        model.save_to_preset(  # saves the adapters merged into the kernels
+            str(tmp),
+            tokenizer=tokenizer,
+            data_description=f"fine-tuned from {config.preset} on {config.data}",
+        )
     if chat_template:
         # The instruction template the model learned (`keras_gpt.data.instructions`):
         # "instruction" for prompt/response records, "messages" for chat records.

@@ -41,6 +41,7 @@ from keras_gpt.data import (
 )
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
+from keras_gpt.training.checkpoints import no_tensorflow_import
 from keras_gpt.training.config import PretrainConfig
 from keras_gpt.training.evaluate import evaluate_run
 from keras_gpt.training.history import mean_throughput
@@ -275,8 +276,9 @@ def peak_flops(config: PretrainConfig) -> tuple[float, str]:
 def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_to_preset(
-        tmp, tokenizer=tokenizer, data_description=f"pretrained on {config.data or 'stdlib'}"
-    )
+    with no_tensorflow_import():
+        model.save_to_preset(
+            tmp, tokenizer=tokenizer, data_description=f"pretrained on {config.data or 'stdlib'}"
+        )
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
