@@ -26,7 +26,9 @@ rounds: `float32`, `bfloat16` (`GPT(dtype="bfloat16")`: weights and
 arithmetic in bfloat16) and `int8` (`GPT.quantize("int8")`: int8 matrices,
 float32 activations); results are keyed `keras_gpt/...`, `keras_gpt_bfloat16/...`,
 `keras_gpt_int8/...`. `--shape gpt2-small` times the GPT-2 small (124M) shape
-instead of bench-small.
+instead of bench-small. `--quality` measures instead how far int8 and
+bfloat16 greedy decoding stray from float32 (16 prompts x 128 tokens) and
+the presets' sizes (see `quality`).
 """
 
 from __future__ import annotations
@@ -246,6 +248,60 @@ def measure(runs: dict, batches, new: int, repeats: int, vocabulary: int) -> dic
     return results
 
 
+def quality(shape, prompts: int = 16, new: int = NEW) -> dict:
+    """How far int8 and bfloat16 decoding move from float32, and the preset sizes.
+
+    One seeded model of `shape` (GPT-2's N(0, 0.02) initialisation: random,
+    not trained), `prompts` random prompts of 32 tokens, `new` greedy tokens
+    each. `agreement` is the fraction of generated positions whose token
+    equals float32's (after a first difference a row continues from its own
+    tokens, so this counts the divergence too); `rows_identical` the rows
+    equal throughout; `logits_relative_error` the largest logit difference
+    over float32's largest logit, on the prompts. Preset bytes are the
+    `model.weights.h5` of `save_to_preset`.
+    """
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    import keras_gpt
+
+    ids = np.random.default_rng(0).integers(0, shape["vocabulary_size"], (prompts, PROMPT))
+    ids = ids.astype("int32")
+    reference = keras_gpt.GPT(**shape, seed=0)
+    expected = keras.ops.convert_to_numpy(reference(ids[:4]))
+    tokens = reference.generate(ids, max_new_tokens=new)[:, PROMPT:]
+    out = {"prompts": prompts, "new_tokens": new}
+    with tempfile.TemporaryDirectory() as scratch:
+        reference.save_to_preset(os.path.join(scratch, "float32"))
+        sizes = {"float32": os.path.getsize(os.path.join(scratch, "float32", "model.weights.h5"))}
+        del reference
+        for dtype in ("int8", "bfloat16"):
+            model = keras_gpt.GPT.from_preset(
+                os.path.join(scratch, "float32"),
+                **({"dtype": "bfloat16"} if dtype == "bfloat16" else {}),
+            )
+            if dtype == "int8":
+                model.quantize("int8")
+            logits = keras.ops.convert_to_numpy(keras.ops.cast(model(ids[:4]), "float32"))
+            got = model.generate(ids, max_new_tokens=new)[:, PROMPT:]
+            model.save_to_preset(os.path.join(scratch, dtype))
+            sizes[dtype] = os.path.getsize(os.path.join(scratch, dtype, "model.weights.h5"))
+            out[dtype] = {
+                "agreement": round(float(np.mean(got == tokens)), 4),
+                "rows_identical": int(np.sum(np.all(got == tokens, axis=1))),
+                "logits_relative_error": round(
+                    float(np.max(np.abs(logits - expected)) / np.max(np.abs(expected))), 5
+                ),
+                "preset_bytes": sizes[dtype],
+                "preset_ratio_to_float32": round(sizes[dtype] / sizes["float32"], 4),
+            }
+            del model
+    out["float32_preset_bytes"] = sizes["float32"]
+    return out
+
+
 def worker(args) -> dict:
     import keras
 
@@ -254,6 +310,8 @@ def worker(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.quality:
+        return {"quality": quality(GPT2_SMALL if args.shape == "gpt2-small" else SHAPE)}
     libraries = {
         "keras_gpt": keras_gpt_generate,
         "keras_hub": keras_hub_generate,
@@ -314,6 +372,11 @@ def main() -> None:
         help="keras_gpt weight formats to time side by side",
     )
     parser.add_argument("--shape", default="bench-small", choices=["bench-small", "gpt2-small"])
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="instead of timing: int8/bfloat16 greedy agreement with float32 and preset sizes",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -5,11 +5,13 @@ embedding) as round(w · 127 / max|w|): every weight is off by at most half a
 step, max|w| / 254, i.e. up to 0.4 % of its column's largest weight. The
 activations stay float32, so the only error is that rounding, summed over
 dot products where the per-weight errors are independent and partly cancel.
-On TINY (random N(0, 0.02) weights) the logits move by ~0.6 % of their
-largest magnitude (max abs 1.8e-3 for logits up to 0.31, on all three
-backends); the bound is 3 % of that magnitude, 5× the measured error and
-still far below the logits' own spread. bfloat16 keeps 8 significant bits
-(relative rounding 2⁻⁹ ≈ 0.2 % a value, every op): the bound is 5 %.
+On TINY (random N(0, 0.02) weights) the logits move by 0.57 % of their
+largest magnitude (JAX; max abs 1.8e-3 for logits up to 0.31). On PyTorch the
+int8 products also round their input and output to bfloat16 (the fast path
+of `torch._weight_int8pack_mm`; see `keras_gpt.backend.int8_matmul`): 0.61 %.
+The bound is 3 % of that magnitude, 5x the measured error and far below the
+logits' own spread. bfloat16 models keep 8 significant bits (relative
+rounding 2^-9 a value, every op; measured 0.53 %): the bound is 5 %.
 Greedy tokens are compared as an agreement rate (a near tie may flip and
 change the rest of a row), at least 90 % (the issue's quality bar).
 """
@@ -155,11 +157,19 @@ def test_int8_saved_model_round_trip(int8_model, tmp_path):
         env={"KERAS_BACKEND": None},
     )
     results = dict(np.load(tmp_path / "results.npz"))
-    # Same int8 weights and the same float32 ops, in another order (as for float32 export).
-    np.testing.assert_allclose(results["logits/logits"], to_numpy(int8_model(prompts)), atol=1e-4)
-    np.testing.assert_array_equal(
-        results["greedy/token_ids"], int8_model.generate(prompts, max_new_tokens=NEW)
-    )
+    expected = to_numpy(int8_model(prompts))
+    tokens = int8_model.generate(prompts, max_new_tokens=NEW)
+    if keras.backend.backend() != "torch":
+        # Same int8 weights, same float32 ops in another order (as for float32 export).
+        np.testing.assert_allclose(results["logits/logits"], expected, atol=1e-4)
+        np.testing.assert_array_equal(results["greedy/token_ids"], tokens)
+    else:
+        # PyTorch's int8 product rounds its input and output to bfloat16
+        # (`keras_gpt.backend.int8_matmul`); the SavedModel (TensorFlow) keeps
+        # float32: within bfloat16's rounding, 2^-8 of the largest logit a product.
+        bound = 2 * 2**-8 * np.max(np.abs(expected))
+        np.testing.assert_allclose(results["logits/logits"], expected, atol=bound)
+        assert np.mean(results["greedy/token_ids"][:, 4:] == tokens[:, 4:]) >= 0.9
 
 
 @pytest.mark.parametrize("mode", ["int4", "float8", "gptq", "int16", None])
