@@ -20,6 +20,7 @@ the ratios keras_gpt / nanoGPT of wall time and of time in training steps.
     python benchmarks/recipe.py                          # 2000 steps, all backends
     python benchmarks/recipe.py --backends torch --steps 500
     python benchmarks/recipe.py --set dtype=mixed_bfloat16   # any recipe setting
+    python benchmarks/recipe.py --interleaved 20 --threads 1  # time per step only
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def child_keras(args) -> dict:
 
     GPT.fit = timed_fit
     overrides = {"out": args.out, "overwrite": True, "max_steps": args.steps}
+    if args.threads:
+        overrides["threads"] = args.threads
     overrides.update(dict(item.split("=", 1) for item in args.set))
     config = pretrain.load_config(CONFIG, overrides)
     start = time.perf_counter()
@@ -136,11 +139,97 @@ def child_nanogpt(args) -> dict:
     }
 
 
+def child_interleaved(args) -> dict:
+    """Time per training step, nanoGPT's against the recipe's, in one process.
+
+    Alternating rounds of `--interleaved` steps of each (nanoGPT's model, AdamW and
+    clipping in eager PyTorch; the recipe's compiled `GPT` through `fit`, as the
+    recipe trains it), so that the machine's load changes hit both alike: the
+    ratio of medians holds where whole runs minutes apart do not.
+    """
+    import importlib
+    import statistics
+
+    import keras
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import nanogpt_reference as ref
+
+    from keras_gpt.training.loop import StepBatches
+
+    pretrain = importlib.import_module("keras_gpt.training.pretrain")
+    overrides = {"out": args.out, "overwrite": True, "threads": args.threads}
+    overrides.update(dict(item.split("=", 1) for item in args.set))
+    config = pretrain.load_config(CONFIG, overrides)
+    pretrain.set_threads(config.threads)
+    torch.set_num_threads(args.threads or os.cpu_count())
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 65, 1_000_000).astype("int32")
+
+    def batch_at(i: int):
+        starts = np.random.default_rng([0, i]).integers(0, len(data) - 65, 12)
+        rows = np.stack([data[s : s + 65] for s in starts])
+        return rows[:, :-1], rows[:, 1:]
+
+    from keras_gpt.model.gpt import GPT
+    from keras_gpt.model.metrics import Perplexity
+    from keras_gpt.training.optimizer import gpt_optimizer
+
+    model = GPT(
+        vocabulary_size=65, num_layers=4, num_heads=4, hidden_dim=128,
+        max_sequence_length=64, dropout=0.0, seed=0, dtype=config.dtype,
+    )  # fmt: skip
+    model.compile(
+        optimizer=gpt_optimizer(1e-3, total_steps=2000, warmup_steps=100, beta_2=0.99),
+        metrics=[Perplexity()],
+        jit_compile=pretrain.jit_compile(config),
+    )
+    torch.manual_seed(0)
+    nano = ref.GPT(65)
+    optimizer = torch.optim.AdamW(nano.parameters(), lr=1e-3, betas=(0.9, 0.99))
+
+    def nano_steps(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            x, y = (torch.from_numpy(a.astype(np.int64)) for a in batch_at(i))
+            loss = nano(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(nano.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()
+
+    def ours_steps(first: int, count: int) -> None:
+        model.fit(StepBatches(batch_at, first, count), verbose=0, shuffle=False)
+
+    n = args.interleaved
+    ours_steps(0, 2)  # compiles
+    nano_steps(0, 2)
+    times: dict = {"nanogpt": [], "keras_gpt": []}
+    for r in range(args.rounds):
+        sides = [("nanogpt", nano_steps), ("keras_gpt", ours_steps)]
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            start = time.perf_counter()
+            fn(2 + r * n, n)
+            times[name].append((time.perf_counter() - start) / n)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "backend": keras.backend.backend(),
+        "steps_per_round": n,
+        "step_seconds": times,
+        "median_step_seconds": medians,
+        "step_ratio": medians["keras_gpt"] / medians["nanogpt"],
+        "load_average": load_average(),
+    }
+
+
 def spawn(kind: str, backend: str, args, log: pathlib.Path) -> dict:
     """Runs one side in a fresh process; its JSON plus the parent's wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--child", kind, "--steps", str(args.steps)]
         cmd += ["--seed", str(args.seed), "--out", tmp + "/run", "--threads", str(args.threads)]
+        cmd += ["--interleaved", str(args.interleaved), "--rounds", str(args.rounds)]
         for item in args.set:
             cmd += ["--set", item]
         env = {**os.environ, "KERAS_BACKEND": backend}
@@ -157,7 +246,7 @@ def spawn(kind: str, backend: str, args, log: pathlib.Path) -> dict:
         return {"error": f"exit {proc.returncode}, see {log}"}
     result = json.loads(lines[-1][len("RESULT ") :])
     # nanoGPT's own run ends at its last step: our whole-split scoring is not part of it.
-    result["wall_seconds"] = wall - result["seconds"].get("score", 0.0)
+    result["wall_seconds"] = wall - result.get("seconds", {}).get("score", 0.0)
     return result
 
 
@@ -170,15 +259,24 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=["torch", "jax", "tensorflow"])
     p.add_argument("--steps", type=int, default=2000, help="training steps (both sides)")
     p.add_argument("--seed", type=int, default=0, help="both sides' seed")
-    p.add_argument("--threads", type=int, default=0, help="nanoGPT's torch threads (0: all)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="both sides' CPU threads (0: the defaults)"
+    )
     p.add_argument("--set", action="append", default=[], help="recipe setting key=value")
     p.add_argument("--log", default="/tmp/recipe_bench.log", help="children's output")
     p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--child", choices=["keras_gpt", "nanogpt"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        help="instead: time N-step rounds of both in one process per backend (step ratio)",
+    )
+    p.add_argument("--rounds", type=int, default=6, help="with --interleaved")
+    p.add_argument("--child", choices=["keras_gpt", "nanogpt", "both"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        fn = child_keras if args.child == "keras_gpt" else child_nanogpt
-        print("RESULT " + json.dumps(fn(args)), flush=True)
+        fn = {"keras_gpt": child_keras, "nanogpt": child_nanogpt, "both": child_interleaved}
+        print("RESULT " + json.dumps(fn[args.child](args)), flush=True)
         return
 
     sys.path.insert(0, str(HERE))
@@ -198,6 +296,15 @@ def main() -> None:
         "backends": {},
     }
     log = pathlib.Path(args.log)
+    if args.interleaved:
+        report["benchmark"] = "time per training step, recipe vs nanoGPT, interleaved"
+        for backend in args.backends:
+            report["backends"][backend] = spawn("both", backend, args, log)
+        report["load_average_end"] = load_average()
+        print(json.dumps(report, indent=2))
+        if args.out:
+            pathlib.Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        return
     for i, backend in enumerate(args.backends):
         order = ["nanogpt", "keras_gpt"] if i % 2 == 0 else ["keras_gpt", "nanogpt"]
         pair = {"order": order}
