@@ -28,6 +28,12 @@ How it is built, per backend:
 `export_onnx` writes the `logits` computation as ONNX (through TensorFlow's
 `tf2onnx`, in a child process from JAX and PyTorch).
 
+Quantized (`GPT.quantize("int8")`) and bfloat16 models export the same way:
+the graphs read their int8 (or bfloat16) variables, so the SavedModel keeps
+their smaller size, and both signatures still return float32 logits and
+int32 ids. From PyTorch the temporary preset records the quantization, so the
+TensorFlow child rebuilds the model quantized.
+
 The SavedModel is written to a temporary directory beside `path` and renamed
 into place only when complete: a failed export never leaves a directory that
 looks like a valid SavedModel.

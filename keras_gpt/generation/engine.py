@@ -23,6 +23,10 @@ TensorFlow the whole loop is one compiled program (`lax.while_loop` /
 Python loop runs a compiled step. Programs are kept by the engine, one per
 (kind, batch size, cache length, prefill length, sampler, number of stop ids).
 
+The engine is indifferent to the weights' format: a bfloat16 model
+(`GPT(dtype="bfloat16")`) and an int8 one (`GPT.quantize("int8")`) run in the
+same compiled programs, reading their own variables.
+
 The model contract — all the engine reads from a model, through public API:
 
 - `vocabulary_size`, `max_sequence_length`: ints.
