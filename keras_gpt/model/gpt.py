@@ -400,7 +400,13 @@ class GPT(keras.Model):
 
     # -- quantization ------------------------------------------------------------
 
-    def quantize(self, mode: str | None = None, config=None, filters=None, **kwargs) -> None:
+    def quantize(
+        self,
+        mode: str | None = None,
+        config: Any = None,
+        filters: str | list[str] | Callable[[keras.layers.Layer], bool] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Stores the matrices as int8 for faster, smaller inference (Keras' `Model.quantize`).
 
         Quantizes what decoding streams from memory at every token: the four

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 import numpy as np
@@ -126,7 +127,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         kernel = ops.cast(self.token_embeddings, hidden.dtype)
         return ops.matmul(hidden, ops.transpose(kernel))
 
-    def quantize(self, mode=None, type_check=True, config=None):
+    def quantize(self, mode: str | None = None, type_check: bool = True, config: Any = None):
         """Stores the token embedding E as int8 rows with one scale per token.
 
         One scale per row serves both uses of E: a lookup reads row t
