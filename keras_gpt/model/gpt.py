@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import types
 from collections.abc import Callable
 from typing import Any
@@ -423,8 +422,8 @@ class GPT(keras.Model):
             mode: `"int8"`; any other mode raises a one-line `ValueError`.
             config: Keras' `QuantizationConfig`; only its weight quantizer
                 is used, by the Dense layers.
-            filters: Keras' filters (regex, list of regexes or callable on
-                a layer) further restricting which of these layers are quantized.
+            filters: must be `None`: the model is quantized whole, so that
+                its config (`quantization`) rebuilds it for loading.
             **kwargs: passed to `keras.Model.quantize`.
 
         Example:
@@ -439,14 +438,13 @@ class GPT(keras.Model):
         if self.lora_config:
             raise ValueError("Merge LoRA adapters (`merge_lora()`) before quantizing.")
 
+        if filters is not None:
+            # The config records one mode for the whole model, which is how a
+            # preset rebuilds it: a partly quantized model would not load back.
+            raise ValueError("GPT.quantize quantizes every matrix; `filters` is not supported.")
+
         def chosen(layer):
-            ours = isinstance(layer, (Dense, TokenAndPositionEmbedding))
-            if not ours or filters is None:
-                return ours
-            if callable(filters):
-                return bool(filters(layer))
-            patterns = [filters] if isinstance(filters, str) else filters
-            return any(re.search(pattern, layer.name) for pattern in patterns)
+            return isinstance(layer, (Dense, TokenAndPositionEmbedding))
 
         super().quantize(mode, config=config, filters=chosen, **kwargs)
         self.quantization = mode
