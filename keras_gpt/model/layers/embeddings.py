@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_gpt.backend import dense_gradient, int8_matmul
@@ -143,10 +142,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             config: unused (Keras' signature).
         """
         check_quantization_mode(mode)
-        table = ops.convert_to_numpy(ops.cast(self.token_embeddings, "float32"))
-        peak = np.max(np.abs(table), axis=1)
-        scale = 127.0 / np.where(peak > 0, peak, 1.0)
-        quantized = np.clip(np.round(table * scale[:, None]), -127, 127).astype("int8")
+        # Keras' own quantizer, as its int8 Dense uses (one scale per row here).
+        quantized, scale = keras.quantizers.abs_max_quantize(
+            ops.cast(self.token_embeddings, "float32"), axis=-1, to_numpy=True
+        )
+        scale = ops.squeeze(scale, -1)
         del self.token_embeddings
         self.token_embeddings = self.add_weight(
             shape=quantized.shape,
@@ -159,7 +159,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             shape=scale.shape, initializer="ones", trainable=False, name="token_embeddings_scale"
         )
         self.token_embeddings.assign(quantized)
-        self.token_embeddings_scale.assign(scale.astype(self.variable_dtype))
+        self.token_embeddings_scale.assign(ops.cast(scale, self.variable_dtype))
         self._is_quantized = True
         self.dtype_policy = keras.dtype_policies.get(f"{mode}_from_{self.dtype_policy.name}")
 
