@@ -45,7 +45,8 @@ def flops_per_token(params: int, shape: dict) -> float:
 
 def peak_and_device(backend: str, dtype: str) -> tuple[float | None, str]:
     """The published peak for the device (None if unknown), or a probe on a CPU."""
-    from keras_gpt.training.throughput import accelerator_name, device_peak_flops
+    from keras_gpt.backend import accelerator_name
+    from keras_gpt.training.throughput import device_peak_flops
 
     if backend == "hf":
         import torch

@@ -4,7 +4,7 @@ Everything else in keras_gpt is written once with `keras.ops` and
 `keras.layers`; code that must ask the backend directly lives here, in small
 named functions:
 
-- `ops.py`: is a tensor concrete, is there an accelerator, a dense embedding
+- `ops.py`: is a tensor concrete, is there an accelerator (and its name), a dense embedding
   gradient on TensorFlow, in-place buffer writes on PyTorch (`write_at`), int8
   weight products (`int8_matmul`).
 - `replicas.py`: this data-parallel replica's index, and a loss scaled for
@@ -16,6 +16,7 @@ named functions:
 from keras_gpt.backend.compile import compile_function, weight_values
 from keras_gpt.backend.ops import (
     Tensor,
+    accelerator_name,
     dense_gradient,
     has_accelerator,
     in_distribution_strategy,
@@ -26,6 +27,7 @@ from keras_gpt.backend.ops import (
 from keras_gpt.backend.replicas import replica_index, replica_scaled
 
 __all__ = [
+    "accelerator_name",
     "Tensor",
     "compile_function",
     "dense_gradient",

@@ -51,6 +51,30 @@ def has_accelerator() -> bool:
     return False
 
 
+def accelerator_name() -> str | None:
+    """The first accelerator's name on the current backend (None on a CPU-only machine)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            return None if device.platform == "cpu" else device.device_kind
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return tf.config.experimental.get_device_details(gpus[0]).get("device_name")
+    except Exception:  # a broken driver: fall back to the probe
+        return None
+    return None
+
+
 def in_distribution_strategy() -> bool:
     """True inside a `tf.distribute` strategy's scope (TensorFlow); False elsewhere.
 

@@ -32,6 +32,7 @@ import shutil
 import keras
 import numpy as np
 
+from keras_gpt.backend import accelerator_name
 from keras_gpt.data import (
     RandomWindows,
     SequentialWindows,
@@ -50,7 +51,6 @@ from keras_gpt.training.optimizer import gpt_optimizer
 from keras_gpt.training.runs import start_run
 from keras_gpt.training.throughput import (
     Throughput,
-    accelerator_name,
     device_peak_flops,
     flops_per_token,
     probe_peak_flops,

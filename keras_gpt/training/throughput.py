@@ -151,30 +151,6 @@ class Throughput(keras.callbacks.Callback):
                 logs["mfu"] = value
 
 
-def accelerator_name() -> str | None:
-    """The first accelerator's name on the current backend (None on a CPU-only machine)."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "jax":
-            import jax
-
-            device = jax.devices()[0]
-            return None if device.platform == "cpu" else device.device_kind
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            if gpus:
-                return tf.config.experimental.get_device_details(gpus[0]).get("device_name")
-    except Exception:  # a broken driver: fall back to the probe
-        return None
-    return None
-
-
 def cpu_bfloat16() -> list[str]:
     """This CPU's native bfloat16 instructions, from /proc/cpuinfo (`avx512_bf16`,
     `amx_bf16`); empty where it has none (or on a system without /proc/cpuinfo).
