@@ -27,8 +27,19 @@ arithmetic in bfloat16) and `int8` (`GPT.quantize("int8")`: int8 matrices,
 float32 activations); results are keyed `keras_gpt/...`, `keras_gpt_bfloat16/...`,
 `keras_gpt_int8/...`. `--shape gpt2-small` times the GPT-2 small (124M) shape
 instead of bench-small. `--quality` measures instead how far int8 and
-bfloat16 greedy decoding stray from float32 (16 prompts x 128 tokens) and
-the presets' sizes (see `quality`).
+bfloat16 greedy decoding stray from float32 (16 prompts x 128 tokens from the
+validation split of `--data`), the validation loss of each format and the
+presets' sizes (see `quality`), for a random model of `--shape` or, with
+`--preset`, a trained one:
+
+    python benchmarks/generate.py --quality --preset runs/shakespeare_char/best --threads 1
+    python benchmarks/generate.py --quality --shape gpt2-small --val-tokens 8192 --threads 1
+
+Side by side at 124M, batch 1, 8 and 32 (KerasHub runs on every backend,
+Hugging Face in the PyTorch process):
+
+    python benchmarks/generate.py --shape gpt2-small --dtype float32 bfloat16 int8 \
+        --libraries keras_gpt keras_hub huggingface matmul_floor --batches 1 8 32 --threads 1
 """
 
 from __future__ import annotations
@@ -50,6 +61,10 @@ GPT2_SMALL = dict(
     vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768, max_sequence_length=1024
 )
 PROMPT, NEW = 32, 128
+#: tinyshakespeare on the project machines (a clone does not have it: pass --data).
+SHAKESPEARE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "tinyshakespeare.txt"
+)
 
 
 def cpu_details() -> dict:
@@ -248,17 +263,118 @@ def measure(runs: dict, batches, new: int, repeats: int, vocabulary: int) -> dic
     return results
 
 
-def quality(shape, prompts: int = 16, new: int = NEW) -> dict:
+def greedy(model, prompts, new: int):
+    """`new` greedy tokens after each prompt, with `model.generate` (the compiled decode loop).
+
+    When prompt + `new` exceed the model's context (the shakespeare_char
+    model's is 64), decoding goes on in chunks: each chunk's prompt is the
+    last `prompts.shape[1]` tokens so far, and it fills the context. Every
+    weight format decodes the same way, so their tokens compare.
+    """
+    import numpy as np
+
+    width = prompts.shape[1]
+    tokens = np.asarray(prompts)
+    while tokens.shape[1] - width < new:
+        step = min(new - (tokens.shape[1] - width), model.max_sequence_length - width)
+        out = np.asarray(model.generate(tokens[:, -width:], max_new_tokens=step))
+        tokens = np.concatenate([tokens, out[:, width:]], axis=1)
+    return tokens[:, width:]
+
+
+def teacher_forced(model, prompts, tokens):
+    """The model's argmax at each position of given continuations (`tokens`, after `prompts`).
+
+    Each position sees the context it had in `greedy` (the same chunks), but
+    with `tokens` before it instead of the model's own choices: one forward
+    pass per chunk, no decode loop. Two formats' argmaxes then differ only
+    where their logits order the top tokens differently at that very step,
+    not because an earlier difference sent a row elsewhere.
+    """
+    import numpy as np
+    from keras import ops
+
+    width, new = prompts.shape[1], tokens.shape[1]
+    full = np.concatenate([prompts, tokens], axis=1).astype("int32")
+    picks, done = [], 0
+    while done < new:
+        step = min(new - done, model.max_sequence_length - width)
+        logits = model(full[:, done : done + width + step - 1])
+        picks.append(ops.convert_to_numpy(ops.argmax(logits[:, width - 1 :], axis=-1)))
+        done += step
+    return np.concatenate(picks, axis=1)
+
+
+def validation_loss(model, tokens, batch: int = 16) -> float:
+    """Mean next-token loss (nats) over consecutive windows of the model's context.
+
+    The windows of `keras_gpt.data.SequentialWindows` (window k holds tokens
+    k·L ... k·L + L): every token after the first is a label once, as in
+    `pretrain`'s validation loss. Logits are cast to float32 before the
+    log-softmax, so a bfloat16 model's loss is not rounded again.
+    """
+    import numpy as np
+    from keras import ops
+
+    length = model.max_sequence_length
+    windows = (len(tokens) - 1) // length
+    total, count = 0.0, 0
+    for first in range(0, windows, batch):
+        rows = np.stack(
+            [
+                tokens[k * length : k * length + length + 1]
+                for k in range(first, min(first + batch, windows))
+            ]
+        ).astype("int32")
+        logits = ops.cast(model(rows[:, :-1]), "float32")
+        picked = ops.take_along_axis(logits, ops.convert_to_tensor(rows[:, 1:, None]), axis=-1)
+        nll = ops.logsumexp(logits, axis=-1) - picked[..., 0]
+        total += float(ops.convert_to_numpy(ops.sum(nll)))
+        count += rows.shape[0] * length
+    return total / count
+
+
+def round_weights_to_bfloat16(model) -> None:
+    """Stores every float32 weight rounded to bfloat16 (and back): bfloat16 weights,
+    float32 arithmetic. Tells the rounding of the weights from that of the arithmetic."""
+    from keras import ops
+
+    for variable in model.weights:
+        if "float" in str(variable.dtype):
+            variable.assign(ops.cast(ops.cast(variable, "bfloat16"), variable.dtype))
+
+
+def quality(
+    shape,
+    preset: str | None = None,
+    data: str | None = None,
+    prompts: int = 16,
+    new: int = NEW,
+    val_tokens: int = 0,
+) -> dict:
     """How far int8 and bfloat16 decoding move from float32, and the preset sizes.
 
-    One seeded model of `shape` (GPT-2's N(0, 0.02) initialisation: random,
-    not trained), `prompts` random prompts of 32 tokens, `new` greedy tokens
-    each. `agreement` is the fraction of generated positions whose token
+    The model: the preset at `preset` (e.g. a trained shakespeare_char run's
+    `best/`, with its tokenizer), else one seeded model of `shape` (GPT-2's
+    N(0, 0.02) initialisation: random, not trained) with the byte tokenizer.
+    The text: `data`'s validation split, as `pretrain` makes it (the last 10 %
+    of its tokens, `keras_gpt.data.corpus.tokenize_corpus`). `prompts` prompts
+    of 32 tokens evenly spaced over that split, `new` greedy tokens each (see
+    `greedy`). `agreement` is the fraction of generated positions whose token
     equals float32's (after a first difference a row continues from its own
     tokens, so this counts the divergence too); `rows_identical` the rows
     equal throughout; `logits_relative_error` the largest logit difference
-    over float32's largest logit, on the prompts. Preset bytes are the
-    `model.weights.h5` of `save_to_preset`.
+    over float32's largest logit, on 4 prompts; `val_loss` the loss over the
+    whole split (or its first `val_tokens` tokens, if set; see
+    `validation_loss`). Formats: `int8` (`quantize("int8")`), `bfloat16`
+    (`dtype="bfloat16"`: bfloat16 weights and arithmetic) and
+    `bfloat16_weights` (float32 arithmetic on weights rounded to bfloat16, a
+    diagnostic). `teacher_forced_agreement`: the same positions, each
+    decided on float32's tokens so far (see `teacher_forced`), i.e. how often
+    a single step's choice flips; `first_difference_median`: the median
+    position of a row's first difference (`new` if none). Preset bytes are
+    the `model.weights.h5` of `save_to_preset`. `float32_tokens` (the greedy
+    tokens) lets `main` compare float32 across backends, then is dropped.
     """
     import tempfile
 
@@ -266,40 +382,87 @@ def quality(shape, prompts: int = 16, new: int = NEW) -> dict:
     import numpy as np
 
     import keras_gpt
+    from keras_gpt.data.corpus import tokenize_corpus
+    from keras_gpt.presets import load_tokenizer
+    from keras_gpt.tokenizers import ByteTokenizer
 
-    ids = np.random.default_rng(0).integers(0, shape["vocabulary_size"], (prompts, PROMPT))
-    ids = ids.astype("int32")
-    reference = keras_gpt.GPT(**shape, seed=0)
-    expected = keras.ops.convert_to_numpy(reference(ids[:4]))
-    tokens = reference.generate(ids, max_new_tokens=new)[:, PROMPT:]
-    out = {"prompts": prompts, "new_tokens": new}
+    if preset:
+        reference = keras_gpt.GPT.from_preset(preset)
+        tokenizer = load_tokenizer(preset)
+    else:
+        reference = keras_gpt.GPT(**shape, seed=0)
+        tokenizer = ByteTokenizer()
+    out = {"model": preset or "random, seed 0", "data": data, "prompts": prompts, "new_tokens": new}
     with tempfile.TemporaryDirectory() as scratch:
+        _, split = tokenize_corpus([data], os.path.join(scratch, "tokens"), tokenizer)
+        size = len(split) if not val_tokens else min(len(split), val_tokens + 1)
+        val = split.read(0, size).astype("int32")
+        starts = np.linspace(0, len(val) - PROMPT - 1, prompts).astype(int)
+        ids = np.stack([val[s : s + PROMPT] for s in starts])
+        expected = keras.ops.convert_to_numpy(reference(ids[:4]))
+        tokens = greedy(reference, ids, new)
+        forced = teacher_forced(reference, ids, tokens)
+        out["float32_tokens"] = tokens.tolist()
+        out["float32"] = {"val_loss": round(validation_loss(reference, val), 5)}
+        out["val_tokens"] = (
+            (len(val) - 1) // reference.max_sequence_length * (reference.max_sequence_length)
+        )
         reference.save_to_preset(os.path.join(scratch, "float32"))
         sizes = {"float32": os.path.getsize(os.path.join(scratch, "float32", "model.weights.h5"))}
+        out["float32_preset_bytes"] = sizes["float32"]
         del reference
-        for dtype in ("int8", "bfloat16"):
+        for dtype in ("int8", "bfloat16", "bfloat16_weights"):
             model = keras_gpt.GPT.from_preset(
                 os.path.join(scratch, "float32"),
                 **({"dtype": "bfloat16"} if dtype == "bfloat16" else {}),
             )
             if dtype == "int8":
                 model.quantize("int8")
+            if dtype == "bfloat16_weights":
+                round_weights_to_bfloat16(model)
             logits = keras.ops.convert_to_numpy(keras.ops.cast(model(ids[:4]), "float32"))
-            got = model.generate(ids, max_new_tokens=new)[:, PROMPT:]
-            model.save_to_preset(os.path.join(scratch, dtype))
-            sizes[dtype] = os.path.getsize(os.path.join(scratch, dtype, "model.weights.h5"))
+            got = greedy(model, ids, new)
+            loss = validation_loss(model, val)
             out[dtype] = {
                 "agreement": round(float(np.mean(got == tokens)), 4),
                 "rows_identical": int(np.sum(np.all(got == tokens, axis=1))),
+                "teacher_forced_agreement": round(
+                    float(np.mean(teacher_forced(model, ids, tokens) == forced)), 4
+                ),
+                "first_difference_median": int(
+                    np.median([np.argmin(row) if not row.all() else new for row in got == tokens])
+                ),
                 "logits_relative_error": round(
                     float(np.max(np.abs(logits - expected)) / np.max(np.abs(expected))), 5
                 ),
-                "preset_bytes": sizes[dtype],
-                "preset_ratio_to_float32": round(sizes[dtype] / sizes["float32"], 4),
+                "val_loss": round(loss, 5),
+                "val_loss_minus_float32": round(loss - out["float32"]["val_loss"], 5),
             }
+            if dtype != "bfloat16_weights":
+                model.save_to_preset(os.path.join(scratch, dtype))
+                sizes[dtype] = os.path.getsize(os.path.join(scratch, dtype, "model.weights.h5"))
+                out[dtype]["preset_bytes"] = sizes[dtype]
+                out[dtype]["preset_ratio_to_float32"] = round(sizes[dtype] / sizes["float32"], 4)
             del model
-    out["float32_preset_bytes"] = sizes["float32"]
     return out
+
+
+def float32_across_backends(results: dict) -> None:
+    """Greedy float32 tokens of each pair of backends: the agreement that float32's own
+    summation-order differences leave (a floor for the formats' figures)."""
+    import numpy as np
+
+    tokens = {
+        backend: np.array(result["quality"].pop("float32_tokens"))
+        for backend, result in results.items()
+        if "quality" in result
+    }
+    names = sorted(tokens)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            results[f"float32_agreement_{a}_vs_{b}"] = round(
+                float(np.mean(tokens[a] == tokens[b])), 4
+            )
 
 
 def worker(args) -> dict:
@@ -311,7 +474,14 @@ def worker(args) -> dict:
 
         torch.set_num_threads(args.threads)
     if args.quality:
-        return {"quality": quality(GPT2_SMALL if args.shape == "gpt2-small" else SHAPE)}
+        return {
+            "quality": quality(
+                GPT2_SMALL if args.shape == "gpt2-small" else SHAPE,
+                preset=args.preset,
+                data=args.data,
+                val_tokens=args.val_tokens,
+            )
+        }
     libraries = {
         "keras_gpt": keras_gpt_generate,
         "keras_hub": keras_hub_generate,
@@ -348,7 +518,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
     parser.add_argument(
-        "--libraries", nargs="+", default=["keras_gpt", "keras_hub", "hugging_face", "matmul_floor"]
+        "--libraries",
+        nargs="+",
+        default=["keras_gpt", "keras_hub", "hugging_face", "matmul_floor"],
+        choices=["keras_gpt", "keras_hub", "hugging_face", "huggingface", "matmul_floor"],
+        help="hugging_face (or huggingface) runs in the PyTorch process only",
     )
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
@@ -375,10 +549,30 @@ def main() -> None:
     parser.add_argument(
         "--quality",
         action="store_true",
-        help="instead of timing: int8/bfloat16 greedy agreement with float32 and preset sizes",
+        help="instead of timing: int8/bfloat16 greedy agreement with float32, validation "
+        "loss and preset sizes",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="with --quality: this keras_gpt preset (e.g. a pretrain run's best/) instead of "
+        "a random model of --shape",
+    )
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("KERAS_GPT_SHAKESPEARE", SHAKESPEARE),
+        help="with --quality: text whose validation split (last 10 %% of tokens) gives the "
+        "prompts and the validation loss (default: tinyshakespeare)",
+    )
+    parser.add_argument(
+        "--val-tokens",
+        type=int,
+        default=0,
+        help="with --quality: score only the split's first this many tokens (0: all of it)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.libraries = ["hugging_face" if n == "huggingface" else n for n in args.libraries]
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -386,7 +580,12 @@ def main() -> None:
         "cpu": cpu_name(),
         "lscpu": cpu_details(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "shape": GPT2_SMALL if args.shape == "gpt2-small" else SHAPE,
+        "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:]),
+        "shape": "the preset's"
+        if args.quality and args.preset
+        else GPT2_SMALL
+        if args.shape == "gpt2-small"
+        else SHAPE,
         "dtypes": args.dtype,
         "prompt": PROMPT,
         "new_tokens": NEW,
@@ -400,6 +599,8 @@ def main() -> None:
             report["results"][backend] = {"error": proc.stderr[-2000:]}
         else:
             report["results"][backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if args.quality:
+        float32_across_backends(report["results"])
     print(json.dumps(report, indent=2))
 
 
