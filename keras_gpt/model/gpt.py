@@ -229,7 +229,8 @@ class GPT(keras.Model):
         """
         token_ids, padding_mask = self._unpack_inputs(inputs, padding_mask)
         x = self.embeddings(token_ids)
-        x = self.embeddings_dropout(x, training=training)
+        if self.dropout:  # the identity at rate 0: skip the layer call (see TransformerBlock)
+            x = self.embeddings_dropout(x, training=training)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, training=training)
         return self._logits(x)

@@ -206,7 +206,9 @@ class CausalSelfAttention(keras.layers.Layer):
                 query, key, value, mask, training, heads_first=cache is not None
             )
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
-        out = self.output_dropout(self.output_dense(out), training=training)
+        out = self.output_dense(out)
+        if self.dropout:  # the identity at rate 0: skip the layer call (see TransformerBlock)
+            out = self.output_dropout(out, training=training)
         return out if cache is None else (out, cache)
 
     def _plain_attention(self, query, key, value, mask, training, heads_first=False):
