@@ -180,6 +180,7 @@ def child_interleaved(args) -> dict:
     model = GPT(
         vocabulary_size=65, num_layers=4, num_heads=4, hidden_dim=128,
         max_sequence_length=64, dropout=0.0, seed=0, dtype=config.dtype,
+        use_bias=config.use_bias, activation=config.activation,
     )  # fmt: skip
     model.compile(
         optimizer=gpt_optimizer(1e-3, total_steps=2000, warmup_steps=100, beta_2=0.99),

@@ -234,6 +234,24 @@ def test_sequential_windows_walk_the_split_once(tmp_path):
         ds[3]
 
 
+def test_spread_windows_sample_the_whole_split_evenly():
+    tokens = np.arange(1001)  # 100 windows of 10
+    ds = SequentialWindows(tokens, sequence_length=10, batch_size=4, spread=7)
+    assert ds.windows == 7 and len(ds) == 2  # batches of 4 and 3
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    starts = np.concatenate(xs)[:, 0]
+    # Whole windows of the unspread walk (starts on multiples of 10), each read whole ...
+    assert all(s % 10 == 0 for s in starts)
+    np.testing.assert_array_equal(np.concatenate(ys), np.concatenate(xs) + 1)
+    # ... from the start to the end of the split, never two from one stretch.
+    assert starts[0] == 0 and starts[-1] >= 10 * (100 - 100 // 7 - 1)  # within a gap of the end
+    gaps = np.diff(starts)
+    assert gaps.min() >= 10 * (100 // 7) and gaps.max() <= 10 * (100 // 7 + 1)
+    # Asking for at least every window reads them all, in order.
+    all_of_them = SequentialWindows(tokens, 10, 4, spread=500)
+    assert all_of_them.windows == 100 and all_of_them[0][0][0, 0] == 0
+
+
 def test_windows_reject_short_token_arrays():
     with pytest.raises(ValueError, match="sequence_length=8"):
         RandomWindows(np.arange(8), sequence_length=8, batch_size=2, steps=1)

@@ -10,6 +10,7 @@ from helpers import ROOT, run_python
 
 from keras_gpt import GPT
 from keras_gpt.cli import _overrides
+from keras_gpt.data import TokenStream
 from keras_gpt.training import latest_checkpoint, read_metrics
 from keras_gpt.training.pretrain import PretrainConfig, load_config, pretrain
 
@@ -61,6 +62,32 @@ def test_pretrain_writes_outputs_and_learns(tmp_path):
     assert (out / "loss_curve.png").stat().st_size > 0
     best = GPT.from_preset(str(out / "best"))
     assert best.count_params() > 0
+
+
+def test_last_evaluation_can_score_the_whole_split(tmp_path):
+    # Estimates on one batch of evenly spaced windows at each round, then every
+    # window of the validation split at the end: the final figure is not an estimate.
+    config = tiny_config(tmp_path, max_steps=6, eval_batches=1, final_eval_batches=0)
+    summary = pretrain(config)
+    out = tmp_path / "run"
+    rows = read_metrics(out)
+    val = TokenStream.from_directory(out / "data" / "tokens", "val")
+    ids = val.read(0, len(val)).astype("int32")
+    n = (len(ids) - 1) // 16  # every window of 16 in the split
+    assert n > 4
+    assert [r["val_windows"] for r in rows] == [4, 4, n]  # 1 batch of batch_size 4, then all
+    assert summary["val_loss"] == rows[-1]["val_loss"]
+    # The final model (the best one when the last row is the lowest) scored here
+    # over every window, independently of the recipe's evaluation: equal to float32
+    # summation order (1e-5).
+    if min(r["val_loss"] for r in rows) == rows[-1]["val_loss"]:
+        best = GPT.from_preset(str(out / "best"))
+        x, y = ids[: n * 16].reshape(n, 16), ids[1 : n * 16 + 1].reshape(n, 16)
+        logits = np.asarray(best.predict(x, verbose=0), dtype="float64")
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        loss = -np.take_along_axis(log_probs, y[..., None], -1).mean()
+        np.testing.assert_allclose(rows[-1]["val_loss"], loss, rtol=1e-5)
 
 
 # `keras-gpt pretrain ARGS...` that SIGKILLs itself right after its second metrics

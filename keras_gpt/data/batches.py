@@ -117,17 +117,22 @@ class SequentialWindows(_Windows):
     Window `k` holds tokens `k·L … k·L + L` (L = `sequence_length`), so
     every token after the first is a label exactly once and the result does
     not depend on a seed. The last batch may be smaller than `batch_size`.
+    With `spread`, only that many of these windows are read, evenly spaced
+    over the whole sequence: a quick estimate that, unlike the first few
+    batches, does not score one stretch of the text only.
 
     Args:
         tokens: a 1-D integer array, a list of them, or a `TokenStream`.
         sequence_length: window length (labels are shifted by one).
         batch_size: windows per batch.
         max_batches: stop after this many batches (`None`: the whole sequence).
+        spread: read this many windows, evenly spaced (`None`: all of them).
         **kwargs: `keras.utils.PyDataset` options.
 
     Example:
     >>> val = SequentialWindows(TokenStream.from_directory("data/tiny", "val"), 256, 8)
     >>> model.evaluate(val)
+    >>> quick = SequentialWindows(val.tokens, 256, 8, spread=240)  # 240 of the windows
     """
 
     def __init__(
@@ -136,10 +141,17 @@ class SequentialWindows(_Windows):
         sequence_length: int,
         batch_size: int,
         max_batches: int | None = None,
+        spread: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(tokens, sequence_length, batch_size, **kwargs)
-        self.windows = (len(self.tokens) - 1) // self.sequence_length
+        every = (len(self.tokens) - 1) // self.sequence_length
+        if spread is not None and int(spread) < every:
+            # Window k of `spread` is window ⌊k·every/spread⌋ of the whole sequence.
+            self.starts = np.arange(int(spread)) * every // int(spread)
+        else:
+            self.starts = np.arange(every)
+        self.windows = len(self.starts)
         batches = -(-self.windows // self.batch_size)
         self.batches = batches if max_batches is None else min(batches, int(max_batches))
 
@@ -150,5 +162,5 @@ class SequentialWindows(_Windows):
         if not 0 <= int(index) < self.batches:
             raise IndexError(f"Batch {index} is outside [0, {self.batches}).")
         first = int(index) * self.batch_size
-        windows = np.arange(first, min(first + self.batch_size, self.windows))
+        windows = self.starts[first : min(first + self.batch_size, self.windows)]
         return self._rows(windows * self.sequence_length)

@@ -44,6 +44,7 @@ def train_loop(
     max_steps: int,
     eval_interval: int,
     tokens_per_step: int,
+    final_validation=None,
     resume: bool = False,
     verbose: int = 1,
     callbacks: list | None = None,
@@ -68,6 +69,9 @@ def train_loop(
         model: a compiled `GPT`.
         batch_at: the batch of a global step (see `StepBatches`).
         validation: a dataset for `model.evaluate`.
+        final_validation: the dataset of the last evaluation (at `max_steps`, or
+            when `max_seconds` is spent), e.g. the whole split where the others
+            score a subset of it; `None`: `validation`.
         out: the run's output directory.
         max_steps: total training steps.
         eval_interval: steps per round.
@@ -149,12 +153,19 @@ def train_loop(
         compiled = True
         state["step"] += steps
         state["elapsed_seconds"] += seconds + compile_seconds
-        val_loss, val_perplexity = model.evaluate(validation, verbose=0)
+        last = state["step"] >= max_steps or (
+            max_seconds and state["elapsed_seconds"] >= max_seconds
+        )
+        scored = final_validation if last and final_validation is not None else validation
+        val_loss, val_perplexity = model.evaluate(scored, verbose=0)
         row = {
             "step": state["step"],
             "train_loss": train_loss,
             "val_loss": float(val_loss),
             "val_perplexity": float(val_perplexity),
+            # How many windows the validation loss averages (the last evaluation
+            # may score more of the split than the others: `final_validation`).
+            "val_windows": getattr(scored, "windows", None),
             "tokens_per_second": rate,
             "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
             "elapsed_seconds": state["elapsed_seconds"],

@@ -106,6 +106,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         seed=config.seed,
     )
     validation = validation_windows(val_tokens, config)
+    final_validation = final_validation_windows(val_tokens, config)
 
     if config.data_parallel or config.model_parallel > 1:
         from keras_gpt.distribution.jax import configure
@@ -120,6 +121,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         max_sequence_length=config.sequence_length,
         dropout=config.dropout,
         use_bias=config.use_bias,
+        activation=config.activation,
         seed=config.seed,
         dtype=config.dtype,
     )
@@ -165,6 +167,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         windows.__getitem__,
         validation,
         out,
+        final_validation=final_validation,
         max_steps=config.max_steps,
         eval_interval=config.eval_interval,
         tokens_per_step=tokens_per_step,
@@ -193,7 +196,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
             max_new_tokens=min(config.sample_tokens, room),
             sampler="top_k",
             top_k=20,
-            temperature=0.8,
+            temperature=config.sample_temperature,
             seed=config.seed,
         )
         summary["sample"] = tokenizer.decode(ids[0])
@@ -205,17 +208,25 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     return summary
 
 
-def validation_windows(tokens, config: PretrainConfig) -> SequentialWindows:
-    """The validation split as `eval_batches` batches of `batch_size` windows, read in
-    passes of `eval_batch_size` windows (larger passes, fewer calls: the same windows)."""
+def validation_windows(
+    tokens, config: PretrainConfig, batches: int | None = None
+) -> SequentialWindows:
+    """The windows an evaluation scores: `batches` (default `eval_batches`) batches of
+    `batch_size` windows, evenly spaced over the validation split (0: the whole split),
+    read in passes of `eval_batch_size` windows (larger passes, fewer calls: the same
+    windows)."""
     length, batch = config.sequence_length, config.batch_size
+    batches = config.eval_batches if batches is None else batches
     size = config.eval_batch_size or max(batch, EVAL_TOKENS // length)
-    windows = SequentialWindows(tokens, length, size)
-    if config.eval_batches:
-        # Only the windows that `eval_batches` batches of `batch_size` would hold.
-        windows.windows = min(windows.windows, config.eval_batches * batch)
-        windows.batches = -(-windows.windows // size)
-    return windows
+    return SequentialWindows(tokens, length, size, spread=batches * batch if batches else None)
+
+
+def final_validation_windows(tokens, config: PretrainConfig) -> SequentialWindows | None:
+    """The windows of the run's last evaluation, when `final_eval_batches` makes them
+    differ from the others' (`None`: the same)."""
+    if config.final_eval_batches < 0 or config.final_eval_batches == config.eval_batches:
+        return None
+    return validation_windows(tokens, config, config.final_eval_batches)
 
 
 def jit_compile(config: PretrainConfig) -> bool | str:

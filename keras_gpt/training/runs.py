@@ -31,6 +31,7 @@ RESUMABLE_SETTINGS = frozenset(
         "tensorboard",
         "sample_prompt",
         "sample_tokens",
+        "sample_temperature",
         "peak_flops",
         "overwrite",
         # How fast it runs, not what it trains (float rounding aside).
@@ -38,6 +39,7 @@ RESUMABLE_SETTINGS = frozenset(
         "jit_compile",
         "eval_batch_size",
         # What happens after training: the end-of-run evaluation.
+        "final_eval_batches",
         "evaluate_data",
         "evaluate_task",
     }
