@@ -33,8 +33,9 @@ def test_validation_passes_cover_the_same_windows():
     tokens = np.arange(5000) % 97
     config = PretrainConfig(sequence_length=16, batch_size=3, eval_batches=20)
     big = validation_windows(tokens, config)
-    small = SequentialWindows(tokens, 16, 3, max_batches=20)
-    assert big.batch_size > 3 and len(big) < len(small)
+    # 20 batches of 3 windows, spread over the split, read 3 at a time.
+    small = SequentialWindows(tokens, 16, 3, spread=20 * 3)
+    assert big.batch_size > 3 and len(big) < len(small) == 20
 
     def rows(windows):
         return np.concatenate([windows[i][0] for i in range(len(windows))])
