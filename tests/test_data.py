@@ -292,3 +292,34 @@ def test_as_tf_dataset_gives_the_same_batches():
         for i, (x, y) in enumerate(batches):
             np.testing.assert_array_equal(x, ds[i][0])
             np.testing.assert_array_equal(y, ds[i][1])
+
+
+class _NestedBatches(keras.utils.PyDataset):
+    """Instruction-style batches: ({"token_ids", "padding_mask"}, labels, weights)."""
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        x = np.arange(12, dtype="int32").reshape(3, 4) + i
+        return {"token_ids": x, "padding_mask": x > 2}, x + 1, np.ones((3, 4), "float32") * i
+
+
+def test_fit_input_on_tensorflow_keeps_batches_and_turns_autotuning_off():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.data is checked in the TensorFlow pass")
+    from keras_gpt.backend import fit_input
+
+    data = _NestedBatches()
+    ds = fit_input(data)
+    # Autotuning made each fit/evaluate end at the autotuner's next wake-up
+    # (keras_gpt.backend.tf_dataset): the pipeline must not use it.
+    assert ds.options().autotune.enabled is False
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == len(data)
+    for i, (inputs, labels, weights) in enumerate(batches):
+        expected = data[i]
+        np.testing.assert_array_equal(inputs["token_ids"], expected[0]["token_ids"])
+        np.testing.assert_array_equal(inputs["padding_mask"], expected[0]["padding_mask"])
+        np.testing.assert_array_equal(labels, expected[1])
+        np.testing.assert_array_equal(weights, expected[2])

@@ -11,9 +11,12 @@ named functions:
   `tf.distribute`.
 - `compile.py`: compiling a function of a model's weights (the decode
   programs): `jax.jit`, `tf.function(jit_compile=True)`, `torch.jit.trace`.
+- `data.py`: a `PyDataset` as `fit` wants it (`fit_input`): on TensorFlow a
+  `tf.data` pipeline without autotuning, which stalled the end of each `fit`.
 """
 
 from keras_gpt.backend.compile import compile_function, weight_values
+from keras_gpt.backend.data import fit_input, tf_dataset
 from keras_gpt.backend.ops import (
     Tensor,
     accelerator_name,
@@ -31,12 +34,14 @@ __all__ = [
     "Tensor",
     "compile_function",
     "dense_gradient",
+    "fit_input",
     "has_accelerator",
     "in_distribution_strategy",
     "int8_matmul",
     "is_concrete",
     "replica_index",
     "replica_scaled",
+    "tf_dataset",
     "weight_values",
     "write_at",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_gpt.backend import tf_dataset
 from keras_gpt.data.token_stream import TokenStream
 
 Tokens = np.ndarray | Sequence[np.ndarray] | TokenStream
@@ -41,26 +42,13 @@ class _Windows(keras.utils.PyDataset):
         """The same batches as a `tf.data.Dataset` of `(x, y)` int32 pairs, prefetched.
 
         Needs TensorFlow (imported here only). Batch `i` of the dataset is
-        `self[i]`, in order.
+        `self[i]`, in order. tf.data's autotuning is off (see
+        `keras_gpt.backend.tf_dataset`: with it, each `fit` ended seconds late).
 
         Args:
-            parallel_calls: batches built at once; `None` lets tf.data choose.
+            parallel_calls: batches built at once (default 2).
         """
-        import tensorflow as tf
-
-        def load(index):
-            return self[int(index)]
-
-        def fetch(index):
-            x, y = tf.numpy_function(load, [index], (tf.int32, tf.int32), stateful=False)
-            x.set_shape((None, self.sequence_length))
-            y.set_shape((None, self.sequence_length))
-            return x, y
-
-        dataset = tf.data.Dataset.range(len(self)).map(
-            fetch, num_parallel_calls=parallel_calls or tf.data.AUTOTUNE, deterministic=True
-        )
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return tf_dataset(self, parallel_calls)
 
 
 class RandomWindows(_Windows):

@@ -9,6 +9,7 @@ import time
 
 import keras
 
+from keras_gpt.backend import fit_input
 from keras_gpt.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from keras_gpt.training.history import append_metrics, plot_loss_curve, truncate_metrics
 from keras_gpt.training.throughput import mfu
@@ -129,7 +130,7 @@ def train_loop(
             # which would make the run (and a resumed run) depend on NumPy's global RNG.
             start = time.perf_counter()
             history = model.fit(
-                StepBatches(batch_at, first, count),
+                fit_input(StepBatches(batch_at, first, count)),
                 epochs=1,
                 shuffle=False,
                 verbose=verbose,
@@ -157,7 +158,7 @@ def train_loop(
             max_seconds and state["elapsed_seconds"] >= max_seconds
         )
         scored = final_validation if last and final_validation is not None else validation
-        val_loss, val_perplexity = model.evaluate(scored, verbose=0)
+        val_loss, val_perplexity = model.evaluate(fit_input(scored), verbose=0)
         row = {
             "step": state["step"],
             "train_loss": train_loss,
