@@ -157,6 +157,7 @@ def child_interleaved(args) -> dict:
     sys.path.insert(0, str(HERE))
     import nanogpt_reference as ref
 
+    from keras_gpt.backend import fit_input
     from keras_gpt.training.loop import StepBatches
 
     pretrain = importlib.import_module("keras_gpt.training.pretrain")
@@ -202,7 +203,7 @@ def child_interleaved(args) -> dict:
             loss.item()
 
     def ours_steps(first: int, count: int) -> None:
-        model.fit(StepBatches(batch_at, first, count), verbose=0, shuffle=False)
+        model.fit(fit_input(StepBatches(batch_at, first, count)), verbose=0, shuffle=False)
 
     n = args.interleaved
     ours_steps(0, 2)  # compiles
