@@ -21,6 +21,7 @@ the ratios keras_gpt / nanoGPT of wall time and of time in training steps.
     python benchmarks/recipe.py --backends torch --steps 500
     python benchmarks/recipe.py --set dtype=mixed_bfloat16   # any recipe setting
     python benchmarks/recipe.py --interleaved 20 --threads 1  # time per step only
+    python benchmarks/recipe.py --backends tensorflow --swap 1   # keras_gpt first
 """
 
 from __future__ import annotations
@@ -274,6 +275,13 @@ def main() -> None:
         help="instead: time N-step rounds of both in one process per backend (step ratio)",
     )
     p.add_argument("--rounds", type=int, default=6, help="with --interleaved")
+    p.add_argument(
+        "--swap",
+        type=int,
+        default=0,
+        choices=[0, 1],
+        help="1: the first backend's pair starts with keras_gpt (to alternate between runs)",
+    )
     p.add_argument("--child", choices=["keras_gpt", "nanogpt", "both"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -308,7 +316,7 @@ def main() -> None:
             pathlib.Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         return
     for i, backend in enumerate(args.backends):
-        order = ["nanogpt", "keras_gpt"] if i % 2 == 0 else ["keras_gpt", "nanogpt"]
+        order = ["nanogpt", "keras_gpt"] if (i + args.swap) % 2 == 0 else ["keras_gpt", "nanogpt"]
         pair = {"order": order}
         for kind in order:
             pair[kind] = spawn(kind, backend, args, log)
