@@ -8,7 +8,10 @@ rounds of `fit` so that machine load affects both alike. Prints one JSON object.
     python benchmarks/train.py --floor            # also the matmuls alone (a bound)
 
 bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
-batch 8, float32, AdamW; default `compile()` settings for both models.
+batch 8, float32, AdamW; default `compile()` settings for both models. In the
+PyTorch process, Hugging Face's `GPT2LMHeadModel` (eager, `torch.optim.AdamW`,
+the same shape, dropout 0) takes its turn in the same rounds, timed per step
+the same way (forward, backward, update, loss read back).
 """
 
 from __future__ import annotations
@@ -94,6 +97,44 @@ def build(kind: str, dtype: str):
     return model, lambda x: {"token_ids": x, "padding_mask": (x >= 0).astype("int32")}
 
 
+class HuggingFaceTrainer:
+    """Hugging Face GPT-2 of bench-small's shape, trained by a plain PyTorch loop."""
+
+    def __init__(self, dtype: str):
+        import torch
+        import transformers
+
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=SHAPE["vocabulary_size"],
+            n_positions=SHAPE["max_sequence_length"],
+            n_embd=SHAPE["hidden_dim"],
+            n_layer=SHAPE["num_layers"],
+            n_head=SHAPE["num_heads"],
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+        self.torch = torch
+        self.model = transformers.GPT2LMHeadModel(config).to(getattr(torch, dtype))
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+
+    def fit(self, x, y, times: list[float]) -> None:
+        torch = self.torch
+        for i in range(0, len(x), BATCH):
+            ids = torch.from_numpy(x[i : i + BATCH].astype("int64"))
+            labels = torch.from_numpy(y[i : i + BATCH].astype("int64"))
+            start = time.perf_counter()
+            logits = self.model(input_ids=ids).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.item()
+            times.append(time.perf_counter() - start)
+
+
 class StepTimer:
     def __init__(self):
         import keras
@@ -125,8 +166,16 @@ def worker(args) -> dict:
         timer = StepTimer()
         model.fit(adapt(x[: BATCH * 2]), y[: BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)
         models[kind] = (model, adapt, timer, time.perf_counter() - start)
+    if os.environ.get("KERAS_BACKEND") == "torch":
+        start = time.perf_counter()
+        hf, timer = HuggingFaceTrainer(args.dtype), StepTimer()
+        hf.fit(x[: BATCH * 2], y[: BATCH * 2], [])
+        models["huggingface"] = (hf, None, timer, time.perf_counter() - start)
     for _ in range(args.rounds):
         for kind, (model, adapt, timer, _) in models.items():
+            if kind == "huggingface":
+                model.fit(x, y, timer.times)
+                continue
             model.fit(
                 adapt(x),
                 y,
@@ -150,6 +199,10 @@ def worker(args) -> dict:
             out["keras_hub"]["tokens_per_second"] / out["matmul_floor"]["tokens_per_second"]
         )
     out["speedup"] = out["keras_gpt"]["tokens_per_second"] / out["keras_hub"]["tokens_per_second"]
+    if "huggingface" in out:
+        out["speedup_vs_huggingface"] = (
+            out["keras_gpt"]["tokens_per_second"] / out["huggingface"]["tokens_per_second"]
+        )
     return out
 
 
