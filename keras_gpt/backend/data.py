@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 
-def tf_dataset(dataset, parallel_calls: int | None = None):
+def tf_dataset(dataset: keras.utils.PyDataset, parallel_calls: int | None = None):
     """The batches of a `PyDataset` (tuples of arrays) as a `tf.data.Dataset`, in order.
 
     tf.data's autotuning is off: with it on, deleting the iterator waits for the
@@ -50,7 +50,7 @@ def tf_dataset(dataset, parallel_calls: int | None = None):
     return data.prefetch(calls).with_options(options)
 
 
-def fit_input(dataset):
+def fit_input(dataset: keras.utils.PyDataset):
     """What to give `fit`/`evaluate` for a `PyDataset`: on TensorFlow its `tf_dataset`
     (see there why), on JAX and PyTorch the dataset itself."""
     if keras.backend.backend() == "tensorflow":
