@@ -106,6 +106,22 @@ def test_resume_with_other_settings_names_them_and_changes_nothing(tmp_path):
     assert summary["steps"] == 6 and [r["step"] for r in read_metrics(out)] == [2, 4, 6]
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_as_its_default(tmp_path):
+    # Checkpoints record every setting; one written before `activation` existed
+    # does not name it. Its run used what is now the default, so that resumes,
+    # and a different value is refused as any changed setting is.
+    pretrain(tiny_config(tmp_path))
+    out = tmp_path / "run"
+    manifest = latest_checkpoint(out / "checkpoints") / "manifest.json"
+    data = json.loads(manifest.read_text())
+    assert data["settings"].pop("activation") == "gelu_approximate"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"activation = 'gelu_approximate' \(now 'gelu'\)"):
+        pretrain(tiny_config(tmp_path, max_steps=6, activation="gelu"), resume=True)
+    summary = pretrain(tiny_config(tmp_path, max_steps=6), resume=True)
+    assert summary["steps"] == 6
+
+
 @pytest.mark.parametrize(
     "damage, file",
     [

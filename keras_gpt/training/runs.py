@@ -93,7 +93,7 @@ def start_run(config: RunConfig, resume: bool = False) -> pathlib.Path | None:
             if found:
                 print(f"no checkpoint in {str(out)!r}: the run starts at step 0")
             return None
-        check_settings(checkpoint, dataclasses.asdict(config))
+        check_settings(checkpoint, dataclasses.asdict(config), dataclasses.asdict(type(config)()))
         return checkpoint
     if not found:
         return None
@@ -111,16 +111,20 @@ def start_run(config: RunConfig, resume: bool = False) -> pathlib.Path | None:
     return None
 
 
-def check_settings(checkpoint: pathlib.Path, settings: dict) -> None:
+def check_settings(checkpoint: pathlib.Path, settings: dict, defaults: dict | None = None) -> None:
     """Raises `CheckpointError` unless `checkpoint` is intact and was written with `settings`.
 
     Args:
         checkpoint: a checkpoint folder.
         settings: the new run's settings (`dataclasses.asdict(config)`).
+        defaults: the settings' defaults; a setting that the checkpoint does not
+            record (added to keras_gpt after it was written) counts as its default,
+            which reproduces what the run did then.
     """
     saved = read_manifest(checkpoint).get("settings")
     if saved is None:
         return  # written by `save_checkpoint` without settings: nothing to compare
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     differ = [
         f"{key} = {saved.get(key)!r} (now {settings.get(key)!r})"
         for key in sorted(set(saved) | set(settings))
