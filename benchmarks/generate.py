@@ -53,6 +53,7 @@ import sys
 import time
 
 from machine import cpu_name
+from peers import hugging_face_gpt2
 
 SHAPE = dict(
     vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256, max_sequence_length=256
@@ -117,19 +118,8 @@ def keras_hub_generate(shape):
 
 def hugging_face_generate(shape):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
-        vocab_size=shape["vocabulary_size"],
-        n_positions=shape["max_sequence_length"],
-        n_embd=shape["hidden_dim"],
-        n_layer=shape["num_layers"],
-        n_head=shape["num_heads"],
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    model = GPT2LMHeadModel(config).eval()
+    model = hugging_face_gpt2(shape).eval()
 
     def run(prompt, new):
         with torch.no_grad():

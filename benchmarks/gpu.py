@@ -136,23 +136,21 @@ def hf_job(args, shape: dict, compile_torch: bool) -> dict:
     """Hugging Face GPT2LMHeadModel, bfloat16 autocast, fused AdamW where it exists."""
     import numpy as np
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from peers import hugging_face_gpt2
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peak, name = peak_and_device("hf", "bfloat16")
     result: dict = {"library": "transformers", "device": name, "peak_flops": peak}
-    config = GPT2Config(
-        vocab_size=shape["vocab"],
-        n_positions=shape["context"],
-        n_embd=shape["width"],
-        n_layer=shape["layers"],
-        n_head=shape["heads"],
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).to(device)
+    model = hugging_face_gpt2(
+        dict(
+            vocabulary_size=shape["vocab"],
+            num_layers=shape["layers"],
+            num_heads=shape["heads"],
+            hidden_dim=shape["width"],
+            max_sequence_length=shape["context"],
+        )
+    ).to(device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=6e-4, weight_decay=0.1, fused=device == "cuda"

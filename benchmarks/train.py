@@ -25,6 +25,7 @@ import sys
 import time
 
 from machine import cpu_name
+from peers import hugging_face_gpt2
 
 SHAPE = dict(
     vocabulary_size=8192, num_layers=4, num_heads=4, hidden_dim=256, max_sequence_length=256
@@ -102,21 +103,10 @@ class HuggingFaceTrainer:
 
     def __init__(self, dtype: str):
         import torch
-        import transformers
 
         torch.manual_seed(0)
-        config = transformers.GPT2Config(
-            vocab_size=SHAPE["vocabulary_size"],
-            n_positions=SHAPE["max_sequence_length"],
-            n_embd=SHAPE["hidden_dim"],
-            n_layer=SHAPE["num_layers"],
-            n_head=SHAPE["num_heads"],
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
         self.torch = torch
-        self.model = transformers.GPT2LMHeadModel(config).to(getattr(torch, dtype))
+        self.model = hugging_face_gpt2(SHAPE).to(getattr(torch, dtype))
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
 
