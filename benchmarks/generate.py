@@ -300,28 +300,19 @@ def validation_loss(model, tokens, batch: int = 16) -> float:
 
     The windows of `keras_gpt.data.SequentialWindows` (window k holds tokens
     k·L ... k·L + L): every token after the first is a label once, as in
-    `pretrain`'s validation loss. Logits are cast to float32 before the
-    log-softmax, so a bfloat16 model's loss is not rounded again.
+    `pretrain`'s validation loss; scored by `keras_gpt.evaluation`'s
+    `score_rows` (float32 log-softmax, so a bfloat16 model's loss is not
+    rounded again).
     """
-    import numpy as np
-    from keras import ops
+    from keras_gpt.evaluation.scoring import Row, score_rows
 
     length = model.max_sequence_length
-    windows = (len(tokens) - 1) // length
-    total, count = 0.0, 0
-    for first in range(0, windows, batch):
-        rows = np.stack(
-            [
-                tokens[k * length : k * length + length + 1]
-                for k in range(first, min(first + batch, windows))
-            ]
-        ).astype("int32")
-        logits = ops.cast(model(rows[:, :-1]), "float32")
-        picked = ops.take_along_axis(logits, ops.convert_to_tensor(rows[:, 1:, None]), axis=-1)
-        nll = ops.logsumexp(logits, axis=-1) - picked[..., 0]
-        total += float(ops.convert_to_numpy(ops.sum(nll)))
-        count += rows.shape[0] * length
-    return total / count
+    rows = [
+        Row(tokens[k * length : k * length + length + 1], 1)
+        for k in range((len(tokens) - 1) // length)
+    ]
+    scores = score_rows(model, rows, batch)
+    return -sum(s.loglikelihood for s in scores) / sum(s.tokens for s in scores)
 
 
 def round_weights_to_bfloat16(model) -> None:
