@@ -103,7 +103,8 @@ class PretrainConfig(RunConfig):
 
     Attributes:
         data: text file, folder, glob or JSONL; `"shakespeare"`; `None` (or
-            `"stdlib"`) for Python's own standard-library source.
+            `"stdlib"`) for Python's own standard-library source; `"stdlib-code"`
+            for that source without its docstrings and comments.
         tokenizer: `"byte"`, `"char"` (vocabulary from the corpus) or a
             directory holding a saved tokenizer.
         out: output directory.
