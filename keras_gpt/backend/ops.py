@@ -154,10 +154,10 @@ def int8_matmul(x: Tensor, kernel: Tensor, scale: Tensor, transposed: bool = Fal
     fewer weight bytes is what can make it faster, and float activations keep
     the products as exact as the weights allow.
 
-    - PyTorch on CPU: `torch._weight_int8pack_mm`, a kernel that reads int8
-      weights, with the `(out, in)` weight contiguous (`weight_values` hands
-      decode programs int8 kernels in that layout) and the input and output
-      in bfloat16 (its fast path; see below).
+    - PyTorch on CPU, inputs a multiple of 16 wide: `torch._weight_int8pack_mm`,
+      a kernel that reads int8 weights, with the `(out, in)` weight contiguous
+      (`weight_values` hands decode programs int8 kernels in that layout) and
+      the input and output in bfloat16 (its fast path; see below).
     - Elsewhere: the kernel is cast to `x`'s dtype and multiplied; XLA fuses
       the cast into the product (see docs/guides/quantization.md for what that
       costs on CPU).
@@ -171,7 +171,10 @@ def int8_matmul(x: Tensor, kernel: Tensor, scale: Tensor, transposed: bool = Fal
     Example:
     >>> y = int8_matmul(h, layer._kernel, layer.kernel_scale)   # (..., out)
     """
-    if keras.backend.backend() == "torch" and x.device.type == "cpu":
+    # torch 2.13's kernel reads past its input when the input width is not a multiple
+    # of 16 and crashes the process (segmentation fault; e.g. (2, 8) x (8, 16)): such
+    # layers, too small for the kernel to matter, take the general path.
+    if keras.backend.backend() == "torch" and x.device.type == "cpu" and x.shape[-1] % 16 == 0:
         import torch
 
         weight = (kernel if transposed else kernel.t()).contiguous()  # (out, in)
