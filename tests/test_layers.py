@@ -6,12 +6,14 @@ import pytest
 from conftest import to_numpy
 from helpers import run_layer_test
 
+from keras_gpt.backend import call_sublayer
 from keras_gpt.model.layers import (
     CausalSelfAttention,
     PortableDropout,
     TokenAndPositionEmbedding,
     TransformerBlock,
 )
+from keras_gpt.model.layers.dense import Dense
 from keras_gpt.random import HASH_RANGE, hash_ints
 
 RNG = np.random.default_rng(0)
@@ -240,3 +242,65 @@ def test_portable_dropout_repeats_for_a_seed():
 def test_portable_dropout_rejects_bad_rate():
     with pytest.raises(ValueError, match="rate"):
         PortableDropout(1.0)
+
+
+class _Parent(keras.layers.Layer):
+    """Calls one sublayer, through `call_sublayer` or through Keras' `__call__`."""
+
+    def __init__(self, sublayer, direct, **kwargs):
+        super().__init__(**kwargs)
+        self.sublayer, self.direct = sublayer, direct
+
+    def call(self, x):
+        return call_sublayer(self.sublayer, x) if self.direct else self.sublayer(x)
+
+
+def _random_layer_norm(dtype):
+    norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype)
+    norm.build((None, 8))
+    norm.gamma.assign(RNG.standard_normal(8).astype("float32"))
+    norm.beta.assign(RNG.standard_normal(8).astype("float32"))
+    return norm
+
+
+def _dense(mode, dtype="float32"):
+    dense = Dense(8, dtype=dtype)
+    dense.build((None, 8))
+    dense.kernel.assign(RNG.standard_normal((8, 8)).astype("float32"))
+    if mode == "int8":
+        dense.quantize("int8")
+    if mode == "lora":
+        dense.enable_lora(2)
+        dense.lora_kernel_b.assign(RNG.standard_normal((2, 8)).astype("float32"))
+    return dense
+
+
+@pytest.mark.parametrize(
+    "make, policy",
+    [
+        (lambda: _random_layer_norm("float32"), "float32"),
+        (lambda: _random_layer_norm("mixed_bfloat16"), "mixed_bfloat16"),
+        # A mixed-precision layer in a float32 parent: its __call__ casts the input and
+        # the kernel to bfloat16, which calling `call` straight would not.
+        (lambda: _dense("float", "mixed_bfloat16"), "float32"),
+        (lambda: _dense("float"), "float32"),
+        (lambda: _dense("int8"), "float32"),  # Keras routes int8 layers' calls elsewhere
+        (lambda: _dense("lora"), "float32"),
+    ],
+    ids=[
+        "layer_norm",
+        "layer_norm_mixed_bfloat16",
+        "dense_mixed_bfloat16",
+        "dense",
+        "dense_int8",
+        "dense_lora",
+    ],
+)
+def test_call_sublayer_is_calling_the_layer(make, policy):
+    # On PyTorch call_sublayer skips Keras' __call__ where that changes nothing; the
+    # output must be the layer's own, bit for bit, in every case, skipped or not.
+    sublayer = make()
+    x = hidden(width=8)
+    direct = to_numpy(_Parent(sublayer, direct=True, dtype=policy)(x))
+    keras_call = to_numpy(_Parent(sublayer, direct=False, dtype=policy)(x))
+    np.testing.assert_array_equal(direct, keras_call)

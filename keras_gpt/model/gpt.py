@@ -12,7 +12,13 @@ import numpy as np
 from keras import ops
 
 from keras_gpt import presets
-from keras_gpt.backend import Tensor, in_distribution_strategy, is_concrete, replica_scaled
+from keras_gpt.backend import (
+    Tensor,
+    call_sublayer,
+    in_distribution_strategy,
+    is_concrete,
+    replica_scaled,
+)
 from keras_gpt.generation import GenerationEngine, Sampler
 from keras_gpt.model import lora
 from keras_gpt.model.layers import (
@@ -228,11 +234,11 @@ class GPT(keras.Model):
             training: enables dropout.
         """
         token_ids, padding_mask = self._unpack_inputs(inputs, padding_mask)
-        x = self.embeddings(token_ids)
+        x = call_sublayer(self.embeddings, token_ids)
         if self.dropout:  # the identity at rate 0: skip the layer call (see TransformerBlock)
-            x = self.embeddings_dropout(x, training=training)
+            x = call_sublayer(self.embeddings_dropout, x, training=training)
         for block in self.blocks:
-            x = block(x, padding_mask=padding_mask, training=training)
+            x = call_sublayer(block, x, padding_mask=padding_mask, training=training)
         return self._logits(x)
 
     def call_with_cache(
@@ -259,11 +265,11 @@ class GPT(keras.Model):
             cache with this step's keys and values written in.
         """
         token_ids, padding_mask = self._unpack_inputs(token_ids, padding_mask)
-        x = self.embeddings(token_ids, start_index=cache_index)
+        x = call_sublayer(self.embeddings, token_ids, start_index=cache_index)
         new_cache = []
         for block, block_cache in zip(self.blocks, cache):
-            x, block_cache = block(
-                x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index
+            x, block_cache = call_sublayer(
+                block, x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index
             )
             new_cache.append(block_cache)
         return self._logits(x), new_cache
@@ -513,9 +519,9 @@ class GPT(keras.Model):
         lora.load_lora(self, path)
 
     def _logits(self, x):
-        x = self.final_norm(x)
+        x = call_sublayer(self.final_norm, x)
         if self.lm_head is not None:
-            return self.lm_head(x)
+            return call_sublayer(self.lm_head, x)
         return self.embeddings.project(x)
 
     def _unpack_inputs(self, inputs, padding_mask):

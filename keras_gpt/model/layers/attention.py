@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from keras_gpt.backend import Tensor, has_accelerator, write_at
+from keras_gpt.backend import Tensor, call_sublayer, has_accelerator, write_at
 from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
@@ -174,7 +174,7 @@ class CausalSelfAttention(keras.layers.Layer):
             was given.
         """
         shape = ops.shape(inputs)
-        qkv = self.qkv(inputs)
+        qkv = call_sublayer(self.qkv, inputs)
         qkv = ops.reshape(qkv, (shape[0], shape[1], 3, self.num_heads, self.head_dim))
         query, key, value = ops.unstack(qkv, 3, axis=2)
 
@@ -206,9 +206,9 @@ class CausalSelfAttention(keras.layers.Layer):
                 query, key, value, mask, training, heads_first=cache is not None
             )
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
-        out = self.output_dense(out)
+        out = call_sublayer(self.output_dense, out)
         if self.dropout:  # the identity at rate 0: skip the layer call (see TransformerBlock)
-            out = self.output_dropout(out, training=training)
+            out = call_sublayer(self.output_dropout, out, training=training)
         return out if cache is None else (out, cache)
 
     def _plain_attention(self, query, key, value, mask, training, heads_first=False):
@@ -229,7 +229,7 @@ class CausalSelfAttention(keras.layers.Layer):
         # Softmax in float32: half-precision logits overflow and lose mass.
         scores = ops.where(mask, ops.cast(scores, "float32"), -1e9)
         probs = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
-        probs = self.probs_dropout(probs, training=training)
+        probs = call_sublayer(self.probs_dropout, probs, training=training)
         return ops.einsum(f"bhqk,{kv}->bqhd", probs, value)
 
     def compute_output_shape(self, input_shape):

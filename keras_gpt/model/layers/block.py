@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_gpt.backend import call_sublayer
 from keras_gpt.model.layers.attention import CausalSelfAttention
 from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
@@ -130,8 +131,9 @@ class TransformerBlock(keras.layers.Layer):
 
     def call(self, inputs, padding_mask=None, cache=None, cache_index=None, training=None):
         """Applies the block; returns `(output, cache)` when `cache` is given."""
-        attended = self.attention(
-            self.attention_norm(inputs),
+        attended = call_sublayer(
+            self.attention,
+            call_sublayer(self.attention_norm, inputs),
             padding_mask=padding_mask,
             cache=cache,
             cache_index=cache_index,
@@ -140,11 +142,12 @@ class TransformerBlock(keras.layers.Layer):
         if cache is not None:
             attended, cache = attended
         x = inputs + attended
-        h = self.mlp_out(ACTIVATIONS[self.activation](self.mlp_in(self.mlp_norm(x))))
+        h = call_sublayer(self.mlp_norm, x)
+        h = call_sublayer(self.mlp_out, ACTIVATIONS[self.activation](call_sublayer(self.mlp_in, h)))
         if self.dropout:
             # Not called at rate 0, where it is the identity: each Keras layer call
-            # costs ~0.2 ms of Python on eager PyTorch.
-            h = self.mlp_dropout(h, training=training)
+            # costs Python on eager PyTorch.
+            h = call_sublayer(self.mlp_dropout, h, training=training)
         x = x + h
         return x if cache is None else (x, cache)
 
