@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 _TORCH = keras.backend.backend() == "torch"
 
 
-def call_sublayer(layer: keras.layers.Layer, *args, **kwargs):
+def call_sublayer(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
     """`layer(*args, **kwargs)`, without Keras' per-call work where it changes nothing.
 
     `Layer.__call__` converts inputs, resolves `training` and masks, and opens
