@@ -12,7 +12,7 @@ named functions:
 - `compile.py`: compiling a function of a model's weights (the decode
   programs): `jax.jit`, `tf.function(jit_compile=True)`, `torch.jit.trace`.
 - `layers.py`: calling a sublayer from its parent's `call` (`call_sublayer`): on
-  eager PyTorch without Keras' per-call bookkeeping, which costs ~8 % of a small
+  eager PyTorch without Keras' per-call bookkeeping, which costs ~6 % of a small
   model's step.
 - `data.py`: a `PyDataset` as `fit` wants it (`fit_input`): on TensorFlow a
   `tf.data` pipeline without autotuning, which stalled the end of each `fit`.
