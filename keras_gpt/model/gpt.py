@@ -27,10 +27,25 @@ from keras_gpt.model.layers import (
     TransformerBlock,
 )
 from keras_gpt.model.layers.dense import Dense, check_quantization_mode
+from keras_gpt.model.layers.normalization import make_normalization
 from keras_gpt.model.layout import layout_map
 from keras_gpt.model.losses import causal_lm_loss
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 from keras_gpt.tokenizers import Tokenizer
+
+#: The options beyond GPT-2 (the speedrun recipe's modern block) and their
+#: defaults, which leave the model GPT-2's. `get_config` records an option only
+#: when it differs from its default, so GPT-2 configs and presets stay as they were.
+MODERN_DEFAULTS = {
+    "rope_base": 10000.0,
+    "normalization": "layernorm",
+    "norm_scale": True,
+    "qk_norm": False,
+    "embedding_norm": False,
+    "head_init_stddev": None,
+    "residual_init_stddev": None,
+    "logit_soft_cap": None,
+}
 
 #: Models with at least this many parameters compile with XLA on TensorFlow's
 #: CPU under `jit_compile="auto"` (see `GPT.compile`).
@@ -61,9 +76,11 @@ class GPT(keras.Model):
         intermediate_dim: MLP width; defaults to 4·hidden_dim.
         max_sequence_length: longest sequence (size of the position table).
         dropout: dropout on embeddings, attention probabilities and residuals.
-        layer_norm_epsilon: LayerNorm epsilon (GPT-2: 1e-5).
-        activation: `"gelu_approximate"`, `"gelu"` or `"relu"`.
-        position_embedding: `"learned"` or `"sinusoidal"`.
+        layer_norm_epsilon: the norms' epsilon (GPT-2: 1e-5).
+        activation: `"gelu_approximate"`, `"gelu"`, `"relu"` or `"relu2"`
+            (ReLU squared).
+        position_embedding: `"learned"`, `"sinusoidal"` or `"rope"` (rotary:
+            queries and keys rotated by their positions, no position table).
         tie_embeddings: project to logits with the token embedding matrix
             (logits = h · Eᵀ) instead of a separate output kernel.
         attention_implementation: `"auto"`, `"fused"` or `"plain"`; see
@@ -72,6 +89,23 @@ class GPT(keras.Model):
             `False` is nanoGPT's `bias=False` (a little faster and, in
             nanoGPT's experience, a little better); such a model exports to
             GPT-2 formats with zero biases.
+        rope_base: RoPE's frequency base θ.
+        normalization: `"layernorm"` (GPT-2) or `"rmsnorm"`, for the blocks'
+            and the final norm.
+        norm_scale: with `"rmsnorm"`, a learned per-channel scale (Llama's
+            RMSNorm) or none (modded-nanogpt's and nanochat's).
+        qk_norm: RMS-normalize each head's queries and keys before attention.
+        embedding_norm: normalize the embeddings before the first block (as
+            modded-nanogpt and nanochat do), with `normalization`.
+        head_init_stddev: initial standard deviation of the untied head
+            (`tie_embeddings=False`); 0 starts it at zero (nanochat), so the
+            first logits are uniform. `None`: 0.02.
+        residual_init_stddev: initial standard deviation of the two
+            projections that write into the residual stream (attention
+            output, MLP output); 0 starts each block as the identity
+            (modded-nanogpt). `None`: GPT-2's 0.02/√(2·num_layers).
+        logit_soft_cap: bounds the logits smoothly to (−c, c) with
+            c·tanh(logits/c) (Gemma 2, modded-nanogpt); `None`: off.
         seed: integer seed for weights and dropout; `None` picks one (and
             records it in the config).
         dtype: Keras dtype policy, e.g. `"float32"`, `"bfloat16"` (weights
@@ -113,6 +147,14 @@ class GPT(keras.Model):
         tie_embeddings: bool = True,
         attention_implementation: str = "auto",
         use_bias: bool = True,
+        rope_base: float = 10000.0,
+        normalization: str = "layernorm",
+        norm_scale: bool = True,
+        qk_norm: bool = False,
+        embedding_norm: bool = False,
+        head_init_stddev: float | None = None,
+        residual_init_stddev: float | None = None,
+        logit_soft_cap: float | None = None,
         seed: int | None = None,
         dtype: str | keras.DTypePolicy | None = None,
         quantization: str | None = None,
@@ -147,15 +189,26 @@ class GPT(keras.Model):
         self.tie_embeddings = bool(tie_embeddings)
         self.attention_implementation = attention_implementation
         self.use_bias = bool(use_bias)
+        self.rope_base = float(rope_base)
+        self.normalization = normalization
+        self.norm_scale = bool(norm_scale)
+        self.qk_norm = bool(qk_norm)
+        self.embedding_norm = bool(embedding_norm)
+        self.head_init_stddev = None if head_init_stddev is None else float(head_init_stddev)
+        self.residual_init_stddev = (
+            None if residual_init_stddev is None else float(residual_init_stddev)
+        )
+        self.logit_soft_cap = float(logit_soft_cap) if logit_soft_cap else None
         self.seed = fresh_seed() if seed is None else int(seed)
 
         policy = self.dtype_policy
         init_stddev = 0.02
+        rope = position_embedding == "rope"
         self.embeddings = TokenAndPositionEmbedding(
             self.vocabulary_size,
             self.max_sequence_length,
             self.hidden_dim,
-            position_embedding=position_embedding,
+            position_embedding="none" if rope else position_embedding,
             init_stddev=init_stddev,
             seed=derive_seed(self.seed, 0),
             dtype=policy,
@@ -167,6 +220,19 @@ class GPT(keras.Model):
             dtype=policy,
             name="embeddings_dropout",
         )
+        self.embeddings_norm = None
+        if self.embedding_norm:
+            self.embeddings_norm = make_normalization(
+                normalization,
+                self.layer_norm_epsilon,
+                self.use_bias,
+                self.norm_scale,
+                policy,
+                "embeddings_norm",
+            )
+        residual_stddev = self.residual_init_stddev
+        if residual_stddev is None:
+            residual_stddev = init_stddev / math.sqrt(2 * self.num_layers)
         self.blocks = [
             TransformerBlock(
                 self.num_heads,
@@ -177,26 +243,34 @@ class GPT(keras.Model):
                 layer_norm_epsilon=self.layer_norm_epsilon,
                 attention_implementation=attention_implementation,
                 init_stddev=init_stddev,
-                residual_init_stddev=init_stddev / math.sqrt(2 * self.num_layers),
+                residual_init_stddev=residual_stddev,
                 use_bias=self.use_bias,
+                normalization=normalization,
+                norm_scale=self.norm_scale,
+                rope=rope,
+                rope_base=self.rope_base,
+                qk_norm=self.qk_norm,
                 seed=derive_seed(self.seed, 2, i),
                 dtype=policy,
                 name=f"block_{i}",
             )
             for i in range(self.num_layers)
         ]
-        self.final_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            center=self.use_bias,
-            dtype=policy,
-            name="final_norm",
+        self.final_norm = make_normalization(
+            normalization,
+            self.layer_norm_epsilon,
+            self.use_bias,
+            self.norm_scale,
+            policy,
+            "final_norm",
         )
         self.lm_head = None
         if not self.tie_embeddings:
+            head_stddev = init_stddev if self.head_init_stddev is None else self.head_init_stddev
             self.lm_head = Dense(
                 self.vocabulary_size,
                 use_bias=False,
-                kernel_initializer=SeededNormal(init_stddev, derive_seed(self.seed, 3)),
+                kernel_initializer=SeededNormal(head_stddev, derive_seed(self.seed, 3)),
                 dtype=policy,
                 name="lm_head",
             )
@@ -210,6 +284,8 @@ class GPT(keras.Model):
         hidden_shape = (None, None, self.hidden_dim)
         self.embeddings.build((None, None))
         self.embeddings_dropout.build()
+        if self.embeddings_norm is not None:
+            self.embeddings_norm.build(hidden_shape)
         for block in self.blocks:
             block.build(hidden_shape)
         self.final_norm.build(hidden_shape)
@@ -237,6 +313,8 @@ class GPT(keras.Model):
         x = call_sublayer(self.embeddings, token_ids)
         if self.dropout:  # the identity at rate 0: skip the layer call (see TransformerBlock)
             x = call_sublayer(self.embeddings_dropout, x, training=training)
+        if self.embeddings_norm is not None:
+            x = call_sublayer(self.embeddings_norm, x)
         for block in self.blocks:
             x = call_sublayer(block, x, padding_mask=padding_mask, training=training)
         return self._logits(x)
@@ -266,6 +344,8 @@ class GPT(keras.Model):
         """
         token_ids, padding_mask = self._unpack_inputs(token_ids, padding_mask)
         x = call_sublayer(self.embeddings, token_ids, start_index=cache_index)
+        if self.embeddings_norm is not None:
+            x = call_sublayer(self.embeddings_norm, x)
         new_cache = []
         for block, block_cache in zip(self.blocks, cache):
             x, block_cache = call_sublayer(
@@ -521,8 +601,32 @@ class GPT(keras.Model):
     def _logits(self, x):
         x = call_sublayer(self.final_norm, x)
         if self.lm_head is not None:
-            return call_sublayer(self.lm_head, x)
-        return self.embeddings.project(x)
+            logits = call_sublayer(self.lm_head, x)
+        else:
+            logits = self.embeddings.project(x)
+        if self.logit_soft_cap:
+            # In float32: tanh saturates early in bfloat16, and the loss wants float32.
+            cap = self.logit_soft_cap
+            logits = cap * ops.tanh(ops.cast(logits, "float32") / cap)
+        return logits
+
+    def modern_options(self) -> dict[str, Any]:
+        """The options beyond GPT-2 this model uses (name → value); empty for a GPT-2.
+
+        Hugging Face's `GPT2LMHeadModel` and KerasHub's GPT-2 have no place
+        for them, so a model with any cannot be saved in those formats.
+        """
+        options = {
+            name: getattr(self, name)
+            for name, default in MODERN_DEFAULTS.items()
+            if getattr(self, name) != default
+        }
+        options.pop("rope_base", None)  # meaningful only with RoPE, which is named below
+        if self.position_embedding == "rope":
+            options["position_embedding"] = "rope"
+        if self.activation == "relu2":
+            options["activation"] = "relu2"
+        return options
 
     def _unpack_inputs(self, inputs, padding_mask):
         if isinstance(inputs, dict):
@@ -665,6 +769,12 @@ class GPT(keras.Model):
             "tie_embeddings": self.tie_embeddings,
             "attention_implementation": self.attention_implementation,
             "use_bias": self.use_bias,
+            # The modern options only where they differ from GPT-2 (see MODERN_DEFAULTS).
+            **{
+                name: getattr(self, name)
+                for name, default in MODERN_DEFAULTS.items()
+                if getattr(self, name) != default
+            },
             "seed": self.seed,
             # Only when set: float configs (and presets) stay as they were.
             **({"quantization": self.quantization} if self.quantization else {}),
@@ -715,6 +825,13 @@ class GPT(keras.Model):
         Example:
         >>> model.save_to_preset("my_preset", data_description="tinyshakespeare")
         """
+        modern = self.modern_options()
+        if modern and format != "keras_gpt":
+            raise ValueError(
+                f"GPT-2 ({format!r} format) has no place for this model's "
+                f"{', '.join(f'{k}={v!r}' for k, v in modern.items())}: "
+                "save it in the 'keras_gpt' format."
+            )
         if self.quantization and format != "keras_gpt":
             raise ValueError(
                 f"A {self.quantization} model saves only in the 'keras_gpt' format, "

@@ -10,6 +10,8 @@ from keras import ops
 from keras_gpt.backend import Tensor, call_sublayer, has_accelerator, write_at
 from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
+from keras_gpt.model.layers.normalization import rms_normalize
+from keras_gpt.model.layers.rotary import rotary_embedding
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
 _IMPLEMENTATIONS = ("auto", "fused", "plain")
@@ -62,6 +64,13 @@ class CausalSelfAttention(keras.layers.Layer):
             scales it by 1/√(2·num_layers). Defaults to `init_stddev`.
         use_bias: add biases to both projections (GPT-2); nanoGPT's
             `bias=False` models leave them out.
+        rope: rotate queries and keys by their absolute positions
+            (`rotary_embedding`); keys enter the cache already rotated.
+        rope_base: RoPE's frequency base θ.
+        qk_norm: RMS-normalize each head's queries and keys (no learned
+            scale) before RoPE, as modded-nanogpt and nanochat do: it bounds
+            the attention logits, which lets the model train at higher
+            learning rates.
         seed: integer seed for weights and dropout; `None` picks one.
 
     Example:
@@ -79,6 +88,9 @@ class CausalSelfAttention(keras.layers.Layer):
         init_stddev: float = 0.02,
         output_init_stddev: float | None = None,
         use_bias: bool = True,
+        rope: bool = False,
+        rope_base: float = 10000.0,
+        qk_norm: bool = False,
         seed: int | None = None,
         **kwargs,
     ):
@@ -105,6 +117,11 @@ class CausalSelfAttention(keras.layers.Layer):
             self.init_stddev if output_init_stddev is None else float(output_init_stddev)
         )
         self.use_bias = bool(use_bias)
+        self.rope = bool(rope)
+        self.rope_base = float(rope_base)
+        self.qk_norm = bool(qk_norm)
+        if self.rope and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}.")
         self.seed = fresh_seed() if seed is None else int(seed)
 
         self.qkv = Dense(
@@ -183,9 +200,19 @@ class CausalSelfAttention(keras.layers.Layer):
             if cache_index is None:
                 raise ValueError("`cache_index` is required with `cache`.")
             start_index = cache_index
+        if self.qk_norm:
+            query, key = rms_normalize(query), rms_normalize(key)
+        if self.rope:
+            query = rotary_embedding(query, start_index, self.rope_base)
+            key = rotary_embedding(key, start_index, self.rope_base)
+        if cache is not None:
             # Heads-first cache: attention reads each head's keys and values
             # contiguously, with no transposed copy of the cache per step.
-            new = ops.transpose(qkv[:, :, 1:], (0, 2, 3, 1, 4))  # this call's keys, values
+            if self.qk_norm or self.rope:
+                new = ops.stack([key, value], axis=2)  # keys as attention uses them
+            else:
+                new = qkv[:, :, 1:]  # this call's keys and values, as projected
+            new = ops.transpose(new, (0, 2, 3, 1, 4))
             cache = write_at(cache, ops.cast(new, cache.dtype), cache_index, axis=3)
             key = ops.cast(cache[:, 0], query.dtype)  # (batch, heads, cache_length, head_dim)
             value = ops.cast(cache[:, 1], query.dtype)
@@ -246,5 +273,8 @@ class CausalSelfAttention(keras.layers.Layer):
             "init_stddev": self.init_stddev,
             "output_init_stddev": self.output_init_stddev,
             "use_bias": self.use_bias,
+            "rope": self.rope,
+            "rope_base": self.rope_base,
+            "qk_norm": self.qk_norm,
             "seed": self.seed,
         }

@@ -12,6 +12,8 @@ from keras_gpt.backend import dense_gradient, int8_matmul
 from keras_gpt.model.layers.dense import check_quantization_mode
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
+POSITION_EMBEDDINGS = ("learned", "sinusoidal", "none")
+
 
 def sinusoidal_positions(positions, hidden_dim: int, dtype: str = "float32"):
     """The fixed sin/cos table of "Attention Is All You Need" at `positions`.
@@ -39,7 +41,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         vocabulary_size: number of token ids.
         max_sequence_length: number of positions (learned table size).
         hidden_dim: embedding width.
-        position_embedding: `"learned"` (GPT-2) or `"sinusoidal"` (fixed).
+        position_embedding: `"learned"` (GPT-2), `"sinusoidal"` (fixed) or
+            `"none"` (no additive positions: a RoPE model rotates queries and
+            keys in attention instead).
         init_stddev: standard deviation of the N(0, σ) initial weights.
         seed: integer seed for the initial weights; `None` picks one.
 
@@ -60,9 +64,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if position_embedding not in ("learned", "sinusoidal"):
+        if position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(
-                "`position_embedding` must be 'learned' or 'sinusoidal', "
+                f"`position_embedding` must be one of {POSITION_EMBEDDINGS}, "
                 f"got {position_embedding!r}."
             )
         if position_embedding == "sinusoidal" and hidden_dim % 2:
@@ -98,6 +102,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             )
         else:
             tokens = ops.take(dense_gradient(self.token_embeddings), token_ids, axis=0)
+        if self.position_embedding == "none":
+            return tokens
         positions = ops.arange(0, ops.shape(token_ids)[-1], dtype="int32")
         positions = positions + ops.cast(start_index, "int32")
         if self.position_embedding == "learned":
@@ -108,6 +114,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def position_table(self):
         """The `(max_sequence_length, hidden_dim)` position embeddings, learned or sinusoidal."""
+        if self.position_embedding == "none":
+            raise ValueError("This embedding adds no positions (position_embedding='none').")
         if self.position_embedding == "learned":
             return self.position_embeddings
         return sinusoidal_positions(
