@@ -13,9 +13,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test test-backend lint format docs bench clean
 
+# Extras are spelled as the package metadata normalises them (lm-eval, not lm_eval):
+# pip before 23.3 matches an extra's name only in that spelling.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[tensorflow,jax,torch,hub,hf,text,recipes,onnx,serve,dev,bench,docs]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[tensorflow,jax,torch,hub,hf,text,recipes,onnx,serve,lm-eval,dev,bench,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
