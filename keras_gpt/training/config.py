@@ -116,15 +116,47 @@ class PretrainConfig(RunConfig):
         use_bias: biases in Dense layers and LayerNorms (GPT-2); `false` is
             nanoGPT's `bias=False`.
         activation: the MLP's `"gelu_approximate"` (GPT-2's tanh GELU), `"gelu"`
-            (exact, nanoGPT's `nn.GELU()`; 2.8x faster on a PyTorch CPU) or `"relu"`.
+            (exact, nanoGPT's `nn.GELU()`; 2.8x faster on a PyTorch CPU), `"relu"`
+            or `"relu2"` (ReLU squared, modded-nanogpt's and nanochat's).
+        position_embedding: `"learned"` (GPT-2), `"sinusoidal"` or `"rope"` (rotary).
+        rope_base: RoPE's frequency base θ.
+        normalization: `"layernorm"` (GPT-2) or `"rmsnorm"`.
+        norm_scale: with `"rmsnorm"`: learn a per-channel scale (Llama) or not.
+        qk_norm: RMS-normalize queries and keys in attention.
+        embedding_norm: normalize the embeddings before the first block.
+        tie_embeddings: the output head reuses the token embedding (GPT-2);
+            `false`: a separate head (nanochat's "unembedding").
+        head_init_stddev: initial standard deviation of an untied head (0: zeros).
+        residual_init_stddev: initial standard deviation of the blocks' output
+            projections (0: zeros, each block starts as the identity; -1:
+            GPT-2's 0.02/√(2·num_layers)).
+        logit_soft_cap: bound the logits to (−c, c) with c·tanh(logits/c) (0: off).
         batch_size: sequences per step.
         gradient_accumulation_steps: batches per optimizer update.
         max_steps: training steps.
         max_seconds: stop early after this much training time (0 = no limit).
-        learning_rate: peak learning rate.
+        learning_rate: peak learning rate (AdamW's; with `optimizer = "muon"`,
+            of the groups whose own rate is 0).
         min_learning_rate_ratio: final learning rate as a fraction of the peak.
         warmup_steps: linear warm-up steps.
-        weight_decay: AdamW decay on weight matrices.
+        schedule: `"cosine"` (warm-up, cosine decay: GPT-2, nanoGPT) or `"wsd"`
+            (warm-up, constant, linear cool-down: modded-nanogpt, nanochat).
+            With `"wsd"` and `max_seconds`, the run's length follows the time
+            budget, so that the cool-down ends when the budget does.
+        cooldown_fraction: with `"wsd"`, the share of the run spent cooling down.
+        optimizer: `"adamw"` (one AdamW for every weight) or `"muon"` (the
+            speedrun recipe: Muon on the blocks' matrices, AdamW on the
+            embeddings, head and scalars; `keras_gpt.training.speedrun_optimizer`).
+        matrix_learning_rate: with `"muon"`: the blocks' matrices' peak rate
+            (Keras Muon's, its update scaled by `muon_rms_rate`·√max(rows, cols)).
+        embedding_learning_rate: with `"muon"`: the embeddings' rate (0: `learning_rate`).
+        unembedding_learning_rate: with `"muon"`: the untied head's rate (0: `learning_rate`).
+        scalar_learning_rate: with `"muon"`: norms' and biases' rate (0: `learning_rate`).
+        muon_momentum: Muon's (Nesterov) momentum.
+        muon_ns_steps: Muon's Newton–Schulz iterations.
+        muon_rms_rate: Keras Muon's `rms_rate` (0: no scaling by the matrix's shape).
+        weight_decay: AdamW decay on weight matrices (with `"muon"`: Muon's, on
+            the blocks' matrices).
         beta_1: Adam β1.
         beta_2: Adam β2.
         clipnorm: global gradient-norm clipping (0 disables).
@@ -179,6 +211,16 @@ class PretrainConfig(RunConfig):
     dropout: float = 0.0
     use_bias: bool = True
     activation: str = "gelu_approximate"
+    position_embedding: str = "learned"
+    rope_base: float = 10000.0
+    normalization: str = "layernorm"
+    norm_scale: bool = True
+    qk_norm: bool = False
+    embedding_norm: bool = False
+    tie_embeddings: bool = True
+    head_init_stddev: float = 0.02
+    residual_init_stddev: float = -1.0
+    logit_soft_cap: float = 0.0
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 2000
@@ -186,6 +228,16 @@ class PretrainConfig(RunConfig):
     learning_rate: float = 1e-3
     min_learning_rate_ratio: float = 0.1
     warmup_steps: int = 100
+    schedule: str = "cosine"
+    cooldown_fraction: float = 0.4
+    optimizer: str = "adamw"
+    matrix_learning_rate: float = 0.01
+    embedding_learning_rate: float = 0.0
+    unembedding_learning_rate: float = 0.0
+    scalar_learning_rate: float = 0.0
+    muon_momentum: float = 0.95
+    muon_ns_steps: int = 5
+    muon_rms_rate: float = 0.2
     weight_decay: float = 0.1
     beta_1: float = 0.9
     beta_2: float = 0.95

@@ -12,6 +12,7 @@ import keras
 from keras_gpt.backend import fit_input
 from keras_gpt.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from keras_gpt.training.history import append_metrics, plot_loss_curve, truncate_metrics
+from keras_gpt.training.optimizer import current_learning_rate
 from keras_gpt.training.throughput import mfu
 
 
@@ -36,6 +37,15 @@ class StepBatches(keras.utils.PyDataset):
         return self.batch_at(self.start + index)
 
 
+def budget_end(
+    step: int, elapsed: float, steps_per_second: float, max_seconds: float, max_steps: int
+) -> int:
+    """The step a time budget ends the run at: the steps that fit in the time left at the
+    speed measured, never before `step` nor past `max_steps`."""
+    left = max(0.0, max_seconds - elapsed)
+    return int(min(max_steps, step + math.floor(left * steps_per_second)))
+
+
 def train_loop(
     model,
     batch_at,
@@ -50,6 +60,7 @@ def train_loop(
     verbose: int = 1,
     callbacks: list | None = None,
     max_seconds: float = 0.0,
+    budget_steps=None,
     patience: int = 0,
     save_best=None,
     flops_per_token: float = 0.0,
@@ -81,6 +92,11 @@ def train_loop(
         verbose: Keras progress-bar verbosity (1 becomes 2 when stdout is not a terminal).
         callbacks: extra Keras callbacks for `fit`.
         max_seconds: stop after this much training time (0: no limit).
+        budget_steps: with `max_seconds`: the run's length as the optimizer's
+            schedules read it (`keras_gpt.training.optimizer.time_budget_variable`).
+            After each round the loop sets it to the step the budget will end
+            at, from the speed so far, and ends the run there, so that a
+            warmup-stable-decay cool-down always finishes.
         patience: stop after this many rounds without improvement (0: never).
         save_best: called with the model when the validation loss improves.
         flops_per_token: with `peak_flops`, adds `mfu` to the rows (when the
@@ -113,8 +129,11 @@ def train_loop(
         for name in ("metrics.jsonl", "metrics.csv"):
             (out / name).unlink(missing_ok=True)
     compiled = False
-    while state["step"] < max_steps:
-        if max_seconds and state["elapsed_seconds"] >= max_seconds:
+    end = max_steps
+    if budget_steps is not None:
+        end = min(max_steps, round(float(keras.ops.convert_to_numpy(budget_steps))))
+    while state["step"] < end:
+        if max_seconds and state["elapsed_seconds"] >= max_seconds and budget_steps is None:
             print(f"time budget of {max_seconds:.0f} s reached at step {state['step']}")
             break
         if patience and state["bad_evaluations"] >= patience:
@@ -123,7 +142,7 @@ def train_loop(
                 f"{patience} evaluations"
             )
             break
-        steps = min(eval_interval, max_steps - state["step"])
+        steps = min(eval_interval, end - state["step"])
 
         def fit(first: int, count: int):
             # shuffle=False: Keras shuffles a PyDataset's batch order by default,
@@ -154,8 +173,17 @@ def train_loop(
         compiled = True
         state["step"] += steps
         state["elapsed_seconds"] += seconds + compile_seconds
-        last = state["step"] >= max_steps or (
-            max_seconds and state["elapsed_seconds"] >= max_seconds
+        if budget_steps is not None:
+            end = budget_end(
+                state["step"],
+                state["elapsed_seconds"],
+                rate / tokens_per_step,
+                max_seconds,
+                max_steps,
+            )
+            budget_steps.assign(float(end))
+        last = state["step"] >= end or (
+            max_seconds and state["elapsed_seconds"] >= max_seconds and budget_steps is None
         )
         scored = final_validation if last and final_validation is not None else validation
         val_loss, val_perplexity = model.evaluate(fit_input(scored), verbose=0)
@@ -168,7 +196,7 @@ def train_loop(
             # may score more of the split than the others: `final_validation`).
             "val_windows": getattr(scored, "windows", None),
             "tokens_per_second": rate,
-            "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+            "learning_rate": current_learning_rate(model.optimizer),
             "elapsed_seconds": state["elapsed_seconds"],
             # Time the round's first step took to compile the train step (0: compiled).
             "compile_seconds": compile_seconds,

@@ -47,7 +47,7 @@ from keras_gpt.training.config import PretrainConfig
 from keras_gpt.training.evaluate import evaluate_run
 from keras_gpt.training.history import mean_throughput
 from keras_gpt.training.loop import train_loop
-from keras_gpt.training.optimizer import gpt_optimizer
+from keras_gpt.training.optimizer import gpt_optimizer, speedrun_optimizer, time_budget_variable
 from keras_gpt.training.runs import start_run
 from keras_gpt.training.throughput import (
     Throughput,
@@ -113,39 +113,14 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
 
         # Before the model exists: variables are placed when they are created.
         configure(data_parallel=config.data_parallel, model_parallel=config.model_parallel)
-    model = GPT(
-        vocabulary_size=tokenizer.vocabulary_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        hidden_dim=config.hidden_dim,
-        max_sequence_length=config.sequence_length,
-        dropout=config.dropout,
-        use_bias=config.use_bias,
-        activation=config.activation,
-        seed=config.seed,
-        dtype=config.dtype,
-    )
-    model.compile(
-        optimizer=gpt_optimizer(
-            config.learning_rate,
-            total_steps=config.max_steps,
-            warmup_steps=config.warmup_steps,
-            min_learning_rate_ratio=config.min_learning_rate_ratio,
-            weight_decay=config.weight_decay,
-            beta_1=config.beta_1,
-            beta_2=config.beta_2,
-            clipnorm=config.clipnorm or None,
-            gradient_accumulation_steps=(
-                config.gradient_accumulation_steps
-                if config.gradient_accumulation_steps > 1
-                else None
-            ),
-            epsilon=config.adam_epsilon,
-            decay_embeddings=config.decay_embeddings,
-        ),
-        metrics=[Perplexity()],
-        jit_compile=jit_compile(config),
-    )
+    model = build_model(config, tokenizer.vocabulary_size)
+    optimizer = build_optimizer(config)
+    # With a time budget and warmup-stable-decay, the loop moves the run's length
+    # (the schedules' total steps) to where the budget will end it.
+    budget_steps = None
+    if config.max_seconds and config.schedule == "wsd":
+        budget_steps = time_budget_variable(optimizer, config.max_steps)
+    model.compile(optimizer=optimizer, metrics=[Perplexity()], jit_compile=jit_compile(config))
     print(
         f"model: {model.count_params():,} parameters · "
         f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens"
@@ -175,6 +150,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         verbose=config.verbose,
         callbacks=callbacks,
         max_seconds=config.max_seconds,
+        budget_steps=budget_steps,
         save_best=save_best,
         flops_per_token=flops,
         peak_flops=peak,
@@ -206,6 +182,81 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
             out, state["step"], config.evaluate_data, config.evaluate_task
         )
     return summary
+
+
+def build_model(config: PretrainConfig, vocabulary_size: int) -> GPT:
+    """The `GPT` a pretraining config describes."""
+    return GPT(
+        vocabulary_size=vocabulary_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        hidden_dim=config.hidden_dim,
+        max_sequence_length=config.sequence_length,
+        dropout=config.dropout,
+        use_bias=config.use_bias,
+        activation=config.activation,
+        position_embedding=config.position_embedding,
+        rope_base=config.rope_base,
+        normalization=config.normalization,
+        norm_scale=config.norm_scale,
+        qk_norm=config.qk_norm,
+        embedding_norm=config.embedding_norm,
+        tie_embeddings=config.tie_embeddings,
+        head_init_stddev=config.head_init_stddev,
+        residual_init_stddev=None
+        if config.residual_init_stddev < 0
+        else config.residual_init_stddev,
+        logit_soft_cap=config.logit_soft_cap or None,
+        seed=config.seed,
+        dtype=config.dtype,
+    )
+
+
+def build_optimizer(config: PretrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer a pretraining config describes: GPT-2's AdamW or the speedrun's Muon groups."""
+    accumulation = (
+        config.gradient_accumulation_steps if config.gradient_accumulation_steps > 1 else None
+    )
+    if config.optimizer == "adamw":
+        return gpt_optimizer(
+            config.learning_rate,
+            total_steps=config.max_steps,
+            warmup_steps=config.warmup_steps,
+            min_learning_rate_ratio=config.min_learning_rate_ratio,
+            weight_decay=config.weight_decay,
+            beta_1=config.beta_1,
+            beta_2=config.beta_2,
+            clipnorm=config.clipnorm or None,
+            gradient_accumulation_steps=accumulation,
+            epsilon=config.adam_epsilon,
+            decay_embeddings=config.decay_embeddings,
+            schedule=config.schedule,
+            cooldown_fraction=config.cooldown_fraction,
+        )
+    if config.optimizer != "muon":
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {config.optimizer!r}")
+    if accumulation:
+        raise ValueError("gradient_accumulation_steps > 1 is not supported with optimizer 'muon'")
+    return speedrun_optimizer(
+        config.max_steps,
+        learning_rate=config.learning_rate,
+        matrix_learning_rate=config.matrix_learning_rate,
+        embedding_learning_rate=config.embedding_learning_rate or None,
+        unembedding_learning_rate=config.unembedding_learning_rate or None,
+        scalar_learning_rate=config.scalar_learning_rate or None,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        cooldown_fraction=config.cooldown_fraction,
+        min_learning_rate_ratio=config.min_learning_rate_ratio,
+        schedule=config.schedule,
+        beta_1=config.beta_1,
+        beta_2=config.beta_2,
+        epsilon=config.adam_epsilon,
+        muon_momentum=config.muon_momentum,
+        muon_ns_steps=config.muon_ns_steps,
+        muon_rms_rate=config.muon_rms_rate or None,
+        clipnorm=config.clipnorm or None,
+    )
 
 
 def validation_windows(
