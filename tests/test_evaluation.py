@@ -38,8 +38,9 @@ from keras_gpt.evaluation import (
     perplexity,
     score_rows,
     sliding_windows,
+    token_byte_lengths,
 )
-from keras_gpt.tokenizers import ByteTokenizer
+from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer, CharTokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -178,13 +179,64 @@ def test_perplexity_equals_transformers(reference, tmp_path, stride):
         doc_nll, doc_tokens = hf_guide_nll(hf, TOKENIZER.encode(text), POSITIONS, stride)
         nll += doc_nll
         tokens += doc_tokens
-    num_bytes = sum(len(t.encode("utf-8")) for t in DOCUMENTS)
+    # Bits per byte count the bytes of the scored tokens, one a token here: every
+    # byte but the first of a document, and with disjoint windows (stride ==
+    # context) but the first of each window, which nothing predicts either.
+    sizes = [len(t.encode("utf-8")) for t in DOCUMENTS]
+    unscored = len(sizes) if stride < POSITIONS else sum(-(-n // POSITIONS) for n in sizes)
+    num_bytes = sum(sizes) - unscored
     assert result["tokens"] == tokens
     assert result["bytes"] == num_bytes and result["documents"] == len(DOCUMENTS)
     assert result["context"] == POSITIONS and result["stride"] == stride
     np.testing.assert_allclose(result["perplexity"], math.exp(nll / tokens), rtol=1e-5)
     np.testing.assert_allclose(result["mean_loss"], nll / tokens, rtol=1e-5)
     np.testing.assert_allclose(result["bits_per_byte"], nll / math.log(2) / num_bytes, rtol=1e-5)
+
+
+# Characters of one, two, three and four bytes, and a special token in the text.
+HOSTILE = "Zoë's café — naïve 日本語 🙂 text.<|endoftext|>Second: ü€𝄞 end. "
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    # Few merges: multi-byte characters stay split across byte tokens.
+    return BytePairTokenizer.train([HOSTILE * 4], vocabulary_size=290, min_frequency=1)
+
+
+def test_token_byte_lengths_sum_to_the_texts_bytes(bpe):
+    chars = CharTokenizer.from_text(HOSTILE.replace("<|endoftext|>", ""), ["<|endoftext|>"])
+    for tokenizer in (ByteTokenizer(), bpe, chars):
+        lengths = token_byte_lengths(tokenizer)
+        assert lengths.shape == (tokenizer.vocabulary_size,)
+        ids = tokenizer.encode(HOSTILE)
+        assert int(lengths[ids].sum()) == len(HOSTILE.encode("utf-8")), tokenizer
+    # The BPE splits characters: some of its tokens are not whole characters.
+    assert any("\ufffd" in bpe.decode([i]) for i in bpe.encode(HOSTILE))
+
+
+def test_bits_per_byte_divide_by_the_bytes_of_the_scored_tokens(bpe, tmp_path):
+    model = GPT(
+        vocabulary_size=bpe.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        max_sequence_length=8,
+        seed=0,
+    )
+    text = HOSTILE * 3
+    (tmp_path / "doc.txt").write_text(text)
+    result = perplexity(model, bpe, tmp_path / "doc.txt", context=8, stride=4)
+    # Counted here from the text: all its bytes but those of the first token,
+    # which nothing predicts; it is ASCII, so decoding it alone is exact. The
+    # scored tokens include pieces of split characters (one or two bytes each).
+    ids = bpe.encode(text)
+    first = bpe.decode(ids[:1])
+    assert first.isascii() and any("\ufffd" in bpe.decode([i]) for i in ids[1:])
+    expected = len(text.encode("utf-8")) - len(first)
+    assert result["tokens"] == len(ids) - 1
+    assert result["bytes"] == expected
+    nll = result["mean_loss"] * result["tokens"]
+    assert result["bits_per_byte"] == pytest.approx(nll / math.log(2) / expected, rel=1e-12)
 
 
 def test_multiple_choice_loglikelihoods_equal_transformers(reference, tmp_path):

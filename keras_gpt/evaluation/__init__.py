@@ -24,6 +24,7 @@ from keras_gpt.evaluation.tasks import (
     perplexity,
     request_row,
     sliding_windows,
+    token_byte_lengths,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "request_row",
     "score_rows",
     "sliding_windows",
+    "token_byte_lengths",
 ]

@@ -21,11 +21,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_gpt.data import input_files, read_documents
 from keras_gpt.data.documents import JSONL_SUFFIXES
 from keras_gpt.evaluation.scoring import Row, RowScore, score_rows
-from keras_gpt.tokenizers import Tokenizer
+from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer, Tokenizer, bytes_to_unicode
 
 TASKS = ("perplexity", "multiple_choice", "last_word")
 
@@ -227,6 +228,46 @@ def sliding_windows(num_tokens: int, context: int, stride: int) -> list[tuple[in
     return windows
 
 
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """The number of UTF-8 bytes of text each token id stands for.
+
+    A byte-level token counts its bytes, even when they are part of a
+    character split across tokens (a byte-level BPE may cut `"é"` into two
+    tokens of one byte each); a special token counts the bytes of its text,
+    as the documents' text holds it. Other tokenizers' tokens are whole
+    characters: the bytes of `decode([id])`. The lengths of a text's tokens
+    sum to the text's UTF-8 bytes.
+
+    Args:
+        tokenizer: a `ByteTokenizer`, `BytePairTokenizer` or a tokenizer whose
+            tokens decode to whole characters (`CharTokenizer`).
+
+    Returns:
+        An int64 array of `tokenizer.vocabulary_size` lengths.
+
+    Example:
+    >>> token_byte_lengths(ByteTokenizer())[[104, 195, 256]]
+    array([ 1,  1, 13])
+    """
+    specials = {t: len(t.encode("utf-8")) for t in tokenizer.special_tokens}
+    if isinstance(tokenizer, ByteTokenizer):
+        extra = [specials[t] for t in tokenizer.special_tokens]
+        return np.asarray([1] * 256 + extra, np.int64)
+    if isinstance(tokenizer, BytePairTokenizer):
+        byte_characters = set(bytes_to_unicode().values())
+        lengths = np.zeros(tokenizer.vocabulary_size, np.int64)
+        for token, i in tokenizer.vocabulary.items():
+            if token in specials or not set(token) <= byte_characters:
+                lengths[i] = len(token.encode("utf-8"))  # decoded as its text
+            else:
+                lengths[i] = len(token)  # one character per byte
+        return lengths
+    return np.asarray(
+        [len(tokenizer.decode([i]).encode("utf-8")) for i in range(tokenizer.vocabulary_size)],
+        np.int64,
+    )
+
+
 def perplexity(
     model: keras.Model,
     tokenizer: Tokenizer,
@@ -260,7 +301,8 @@ def perplexity(
 
     Returns:
         `perplexity`, `mean_loss` (nats per token), `bits_per_byte`,
-        `tokens` (scored), `bytes`, `documents`, `windows`, `context`, `stride`.
+        `tokens` (scored), `bytes` (of the scored tokens), `documents`,
+        `windows`, `context`, `stride`.
 
     Example:
     >>> perplexity(model, tokenizer, "valid.txt", stride=512)["perplexity"]
@@ -275,6 +317,7 @@ def perplexity(
     if not 1 <= stride <= context:
         raise ValueError(f"`stride` must be in [1, context={context}], got {stride}.")
     rows, num_bytes, documents = [], 0, 0
+    lengths = token_byte_lengths(tokenizer)
     for path in input_files(data):
         found = False
         for text in read_documents(path, text_field=text_field):
@@ -282,10 +325,11 @@ def perplexity(
             if not text:
                 continue
             documents += 1
-            num_bytes += len(text.encode("utf-8"))
             ids = tokenizer.encode(text)
+            ends = np.concatenate([[0], np.cumsum(lengths[ids])])  # bytes before each token
             for begin, end, first in sliding_windows(len(ids), context, stride):
                 rows.append(Row(ids[begin:end], first - begin))
+                num_bytes += int(ends[end] - ends[first])
         if not found:
             raise ValueError(f"{str(path)!r} is empty: it has no text to score.")
     if not rows:
