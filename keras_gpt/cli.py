@@ -329,10 +329,47 @@ def serve_command(argv: list[str]) -> None:
         help="how long a free worker waits for more requests before a batch that is not full",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    limits = parser.add_argument_group("limits and access")
+    limits.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on /v1/* and /metrics (default: the "
+        "KERAS_GPT_API_KEY environment variable, which keeps the key out of `ps`; none: open)",
+    )
+    limits.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)"
+    )
+    limits.add_argument(
+        "--max-json-depth", type=int, default=32, help="deepest JSON nesting (400 beyond)"
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a request may take, queue included (504 / an error event after); 0: none",
+    )
+    limits.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds to send the body (408 after)"
+    )
+    limits.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds to send the headers"
+    )
+    limits.add_argument(
+        "--keep-alive-timeout", type=int, default=5, help="seconds an idle connection stays open"
+    )
+    limits.add_argument(
+        "--max-connections", type=int, default=512, help="connections at once (503 beyond)"
+    )
+    limits.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=20.0,
+        help="seconds requests in flight get to finish after SIGTERM",
+    )
     args = parser.parse_args(argv)
     try:
         from keras_gpt.presets import PresetError
-        from keras_gpt.serving import serve
+        from keras_gpt.serving import Limits, serve
     except ImportError as error:
         raise SystemExit(
             f"keras-gpt serve: {error}; install the serve extra: pip install 'keras-gpt[serve]'"
@@ -349,6 +386,17 @@ def serve_command(argv: list[str]) -> None:
             model_name=args.model_name,
             log_level=args.log_level,
             batch_wait=args.batch_wait_ms / 1000,
+            limits=Limits(
+                api_key=args.api_key,
+                max_body_bytes=args.max_body_bytes,
+                max_json_depth=args.max_json_depth,
+                body_timeout=args.body_timeout,
+                request_timeout=args.request_timeout or None,
+            ),
+            header_timeout=args.header_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            max_connections=args.max_connections,
+            shutdown_timeout=args.shutdown_timeout,
         )
     except (ValueError, PresetError, OSError) as error:
         raise SystemExit(f"keras-gpt serve: {error}") from None

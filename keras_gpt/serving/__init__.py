@@ -2,7 +2,8 @@
 
 `keras-gpt serve PRESET_OR_RUN_DIR` runs `serve`; `create_app` builds the
 ASGI app for embedding. Requests in flight together are decoded in one
-`GPT.generate` call by a worker thread (`Batcher`); see the Serving guide.
+`GPT.generate` call by a worker thread (`Batcher`); `Limits` holds the API
+key, body and time limits the app enforces; see the Serving guide.
 Needs the `serve` extra (Starlette and uvicorn).
 
 Example:
@@ -14,6 +15,7 @@ Example:
 from keras_gpt.serving.app import create_app
 from keras_gpt.serving.batcher import Batcher
 from keras_gpt.serving.chat import CHAT_TEMPLATES, chat_template_of
+from keras_gpt.serving.limits import Limits
 from keras_gpt.serving.params import ApiError
 from keras_gpt.serving.server import preset_path, serve
 from keras_gpt.tokenizers import TextStream  # the streamed text of a row (also used by the CLI)
@@ -22,6 +24,7 @@ __all__ = [
     "CHAT_TEMPLATES",
     "ApiError",
     "Batcher",
+    "Limits",
     "TextStream",
     "chat_template_of",
     "create_app",

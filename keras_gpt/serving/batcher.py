@@ -21,11 +21,13 @@ Why a request's result does not depend on its neighbours:
 
 Batch sizes are rounded up to a power of two (capped at `max_batch`) by
 repeating the first prompt, so a server compiles a handful of programs, not
-one per batch size. Streaming (and stop strings) use `generate`'s `callback`:
+one per batch size. Streaming, stop strings and time limits use `generate`'s `callback`:
 text is released at every step, and when every row of a batch has ended (its
-own `max_tokens`, a stop string, or a client that went away) the callback
-ends the call early. Without them the whole decoding loop runs as one
-compiled program (JAX, TensorFlow), which is faster.
+own `max_tokens`, a stop string, its time limit, or a client that went away)
+the callback ends the call early. Without them the whole decoding loop runs
+as one compiled program (JAX, TensorFlow), which is faster but cannot stop
+for a row that is no longer wanted. (The server gives every request a time
+limit unless `--request-timeout 0`, so its batches always decode stepwise.)
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class QueueFull(Exception):
     """The queue holds `max_queue` rows: the request is refused (HTTP 429)."""
 
 
+class ShuttingDown(QueueFull):
+    """The server is draining for shutdown: no new request is admitted (HTTP 503)."""
+
+
 class _BatchDone(Exception):
     """Raised from the streaming callback when every row of the batch has ended."""
 
@@ -70,7 +76,8 @@ class Request:
 
     The worker thread reports through `events`, an `asyncio.Queue` of the
     handler's event loop: `("text", index, text)`, `("end", index,
-    finish_reason, tokens)` for each choice, or `("error", message)`.
+    finish_reason, tokens)` for each choice, or `("error", message, details)`
+    with `details` the `status`, `code` and `type` of the `ApiError` to answer.
 
     Args:
         request_id: e.g. `"cmpl-..."`, for logs.
@@ -78,6 +85,8 @@ class Request:
         sampling: the request's sampler settings.
         loop: the handler's event loop (`asyncio.get_running_loop()`).
         prompt_tokens: the request's prompt tokens (each prompt once), for `usage`.
+        timeout: seconds the request may take from now (`None`: no limit); past
+            it, the worker stops decoding its rows.
     """
 
     _serial = itertools.count()
@@ -89,6 +98,7 @@ class Request:
         sampling: Sampling,
         loop: asyncio.AbstractEventLoop,
         prompt_tokens: int = 0,
+        timeout: float | None = None,
     ):
         self.id = request_id
         self.prompt_tokens = int(prompt_tokens)
@@ -98,6 +108,8 @@ class Request:
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.started = time.monotonic()
+        self.deadline = None if timeout is None else self.started + float(timeout)
+        self.first_text_at: float | None = None  # when its first text was emitted
         arguments = tuple(sorted(sampling.generate_arguments.items()))
         # A seeded sampled request decodes alone (see the module docstring).
         seeded = sampling.seed is not None and sampling.temperature > 0
@@ -112,9 +124,20 @@ class Request:
         except RuntimeError:  # the event loop has closed (shutdown): nobody is listening
             self.cancelled = True
 
+    def fail(self, message: str, status: int = 500, code=None, type="server_error") -> None:
+        """Ends the request with an error event (called from either thread)."""
+        self.emit("error", message, {"status": status, "code": code, "type": type})
+        self.cancelled = True
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (negative past it), or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
     @property
     def finished(self) -> bool:
-        """Whether every choice has ended, or the client went away."""
+        """Whether every choice has ended, the client went away, or time ran out."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return True
         return self.cancelled or all(c.text.finished for c in self.choices)
 
 
@@ -131,6 +154,8 @@ class Batcher:
             next request when the last one returns arrive a few milliseconds
             apart; without the wait, one of them starts a batch of one and
             the others the next batch, and they stay out of step.
+        metrics: a `keras_gpt.serving.metrics.Metrics` told of each token count
+            and first token (optional).
 
     Example:
     >>> batcher = Batcher(model, max_batch=16, max_queue=256)
@@ -146,6 +171,7 @@ class Batcher:
         max_queue: int = 256,
         stop_token_ids: Sequence[int] = (),
         batch_wait: float = 0.01,
+        metrics=None,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}.")
@@ -159,6 +185,9 @@ class Batcher:
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._draining = False
+        self._batch: list[Request] = []
+        self.metrics = metrics
         self._stats = dict(
             requests=0, batches=0, rows_decoded=0, peak_batch=0, decoding=0, tokens=0
         )
@@ -177,13 +206,40 @@ class Batcher:
         with self._condition:
             self._stopping = True
             for request in self._waiting:
-                request.emit("error", "the server is shutting down")
+                request.fail("the server is shutting down", 503, "shutting_down")
             self._waiting.clear()
             self._waiting_rows = 0
             self._condition.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    @property
+    def draining(self) -> bool:
+        """Whether `drain` has been called: new requests are refused."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Stops admitting requests (`submit` raises `ShuttingDown`); queued and
+        decoding ones go on."""
+        with self._condition:
+            self._draining = True
+
+    def busy(self) -> bool:
+        """Whether any request is waiting or being decoded."""
+        with self._condition:
+            return bool(self._waiting) or any(not r.finished for r in self._batch)
+
+    def abort(self, message: str) -> int:
+        """Ends every waiting and decoding request with HTTP 503 and `message`;
+        returns how many there were (the rest of a shutdown's grace period ran out)."""
+        with self._condition:
+            requests = list(self._waiting) + [r for r in self._batch if not r.finished]
+            self._waiting.clear()
+            self._waiting_rows = 0
+        for request in requests:
+            request.fail(message, 503, "shutting_down")
+        return len(requests)
 
     def submit(self, request: Request) -> None:
         """Queues `request`; raises `QueueFull` if its rows do not fit in the queue.
@@ -195,8 +251,8 @@ class Batcher:
         if rows > self.max_batch:
             raise ValueError(f"a request may have at most {self.max_batch} rows, got {rows}")
         with self._condition:
-            if self._stopping:
-                raise QueueFull("the server is shutting down")
+            if self._stopping or self._draining:
+                raise ShuttingDown("the server is shutting down")
             if self._waiting_rows + rows > self.max_queue:
                 raise QueueFull(
                     f"{self._waiting_rows} rows are waiting (the limit is {self.max_queue})"
@@ -251,16 +307,18 @@ class Batcher:
                 self._stats["rows_decoded"] += rows
                 self._stats["decoding"] = rows
                 self._stats["peak_batch"] = max(self._stats["peak_batch"], rows)
+                self._batch = batch
             try:
                 self._decode(batch)
             except Exception as error:  # a bug, not a bad request: those never get here
                 logger.exception("batch of %d requests failed", len(batch))
                 for request in batch:
                     if not request.finished:
-                        request.emit("error", f"generation failed: {error}")
+                        request.fail(f"generation failed: {error}")
             finally:
                 with self._condition:
                     self._stats["decoding"] = 0
+                    self._batch = []
 
     def _take(self) -> list[Request]:
         """The oldest waiting request and the later ones that share its sampler settings."""
@@ -284,13 +342,19 @@ class Batcher:
         prompts = [choice.prompt_ids for _, choice in rows]
         prompts += [prompts[0]] * (self._batch_size(len(rows)) - len(rows))
         sampling = batch[0].sampling
-        stepwise = any(r.sampling.stream for r in batch) or any(c.text.stop for _, c in rows)
+        stepwise = (
+            any(r.sampling.stream or r.deadline is not None for r in batch)
+            or any(c.text.stop for _, c in rows)
+            or self._draining
+        )
 
         def feed(request: Request, choice: Choice, token: int) -> None:
             if request.cancelled or choice.text.finished:
                 return
             text = choice.text.feed(token)
             if text:
+                if request.first_text_at is None:
+                    request.first_text_at = time.monotonic()
                 request.emit("text", choice.index, text)
             if choice.text.finished:
                 self._end(request, choice)
@@ -327,4 +391,6 @@ class Batcher:
     def _end(self, request: Request, choice: Choice) -> None:
         with self._condition:
             self._stats["tokens"] += choice.text.tokens
+        if self.metrics is not None:
+            self.metrics.generated(choice.text.tokens)
         request.emit("end", choice.index, choice.text.finish_reason, choice.text.tokens)

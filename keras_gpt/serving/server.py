@@ -1,18 +1,44 @@
-"""Loading a preset (or a training run) and serving it with uvicorn."""
+"""Loading a preset (or a training run) and serving it with uvicorn.
+
+What `serve` adds around the app (`create_app`):
+
+- uvicorn's own limits: `timeout_keep_alive` (idle keep-alive connections),
+  `limit_concurrency` (connections and tasks; beyond it uvicorn answers 503),
+  `h11_max_incomplete_event_size` (headers larger than 16 KiB are refused).
+- A header timeout uvicorn does not have: a connection whose request headers
+  are not complete `header_timeout` seconds after it opened (or after its
+  previous response) gets 408 and is closed, so half-sent requests do not hold
+  connections open.
+- A graceful shutdown on SIGTERM or Ctrl-C: new requests get 503 and `/health`
+  says `draining`; queued and decoding requests go on for up to
+  `shutdown_timeout` seconds, those still running a second before it ends get
+  a 503 error ("shutting down"); then the process exits with status 0 (uvicorn
+  alone re-raises the signal, which exits with -15).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import logging
 import os
+import signal
+import threading
 
 import keras
 
 from keras_gpt.model import GPT
 from keras_gpt.presets import load_tokenizer, resolve
 from keras_gpt.serving.app import create_app
+from keras_gpt.serving.batcher import Batcher
 from keras_gpt.serving.chat import chat_template_of
+from keras_gpt.serving.limits import Limits
 
 logger = logging.getLogger("keras_gpt.serving")
+
+#: The environment variable read for the API key when none is given.
+API_KEY_VARIABLE = "KERAS_GPT_API_KEY"
 
 
 def preset_path(handle: str) -> str:
@@ -36,6 +62,16 @@ def preset_path(handle: str) -> str:
     return handle
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` listens on this machine only (`127.0.0.1`, `::1`, `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it reaches beyond this machine
+        return False
+
+
 def serve(
     handle: str,
     host: str = "127.0.0.1",
@@ -47,8 +83,13 @@ def serve(
     model_name: str | None = None,
     log_level: str = "info",
     batch_wait: float = 0.01,
+    limits: Limits | None = None,
+    header_timeout: float = 10.0,
+    keep_alive_timeout: int = 5,
+    max_connections: int = 512,
+    shutdown_timeout: float = 20.0,
 ) -> None:
-    """Serves a preset or training run over HTTP until interrupted (`keras-gpt serve`).
+    """Serves a preset or training run over HTTP until SIGTERM or Ctrl-C (`keras-gpt serve`).
 
     Args:
         handle: a preset handle or directory, or a training run directory
@@ -64,38 +105,183 @@ def serve(
         log_level: uvicorn's and the request log's level.
         batch_wait: seconds a free worker waits for more requests before
             starting a batch that is not full (see `Batcher`).
+        limits: the API key, body and time limits (`Limits`); without an API key
+            there, the `KERAS_GPT_API_KEY` environment variable's, if set.
+        header_timeout: seconds a connection has to send complete request headers.
+        keep_alive_timeout: seconds an idle keep-alive connection stays open.
+        max_connections: most connections (and requests) at once; more get 503.
+        shutdown_timeout: seconds requests in flight may take to finish after
+            SIGTERM before they are ended with an error.
 
     Example:
-    >>> serve("runs/shakespeare", port=8000)      # blocks; Ctrl-C stops it
+    >>> serve("runs/shakespeare", port=8000)      # blocks; SIGTERM or Ctrl-C stops it
     """
-    import uvicorn
-
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logger.setLevel(log_level.upper())
+    limits = limits or Limits()
+    if limits.api_key is None and os.environ.get(API_KEY_VARIABLE):
+        limits = Limits(**dict(vars(limits), api_key=os.environ[API_KEY_VARIABLE]))
+    for name, value in [("header_timeout", header_timeout), ("shutdown_timeout", shutdown_timeout)]:
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}.")
+    app = load_app(
+        handle,
+        chat,
+        model_name,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        max_n=max_n,
+        batch_wait=batch_wait,
+        limits=limits,
+    )
+    logger.info("listening at http://%s:%d", host, port)
+    if limits.api_key is None and not is_loopback(host):
+        logger.warning(
+            "listening on %s without an API key: anyone who can reach this address can "
+            "generate with the model; set %s or pass --api-key.",
+            host,
+            API_KEY_VARIABLE,
+        )
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=header_timeout_protocol(header_timeout),
+        timeout_keep_alive=keep_alive_timeout,
+        limit_concurrency=max_connections,
+        timeout_graceful_shutdown=int(shutdown_timeout + 1),
+    )
+    graceful_server(config, app.state.batcher, shutdown_timeout).run()
+    logger.info("stopped")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def load_app(handle: str, chat: str | None, model_name: str | None, **settings):
+    """The app (`create_app`) serving the preset or run `handle`; logs what it serves.
+
+    Args:
+        handle: a preset handle or directory, or a training run directory.
+        chat: the chat template override (see `serve`).
+        model_name: the model id (default: `handle`).
+        **settings: `create_app`'s other arguments.
+    """
     path = preset_path(handle)
     model = GPT.from_preset(path)
     tokenizer = load_tokenizer(path)
     template = chat_template_of(resolve(path), chat)
     name = model_name or os.fspath(handle).rstrip("/") or os.fspath(handle)
-    app = create_app(
-        model,
-        tokenizer,
-        model_name=name,
-        max_batch=max_batch,
-        max_queue=max_queue,
-        max_n=max_n,
-        chat_template=template,
-        batch_wait=batch_wait,
-    )
+    app = create_app(model, tokenizer, model_name=name, chat_template=template, **settings)
     logger.info(
-        "serving %s (%s, %s parameters, context %d, chat %s) on backend %s at http://%s:%d",
+        "serving %s (%s, %s parameters, context %d, chat %s) on backend %s%s",
         name,
         path,
         f"{model.count_params():,}",
         model.max_sequence_length,
         template or "off",
         keras.backend.backend(),
-        host,
-        port,
+        ", API key required" if settings["limits"].api_key else "",
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    return app
+
+
+def graceful_server(config, batcher: Batcher, grace: float):
+    """A uvicorn server that drains `batcher` on shutdown and does not re-raise the signal.
+
+    Args:
+        config: the `uvicorn.Config`.
+        batcher: the app's `Batcher`.
+        grace: seconds in-flight requests get after the signal.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            batcher.drain()
+            logger.info("shutting down: no new requests; up to %g s for %s", grace, batcher.stats)
+            margin = min(1.0, grace / 4)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(grace - margin, self.abort_rest)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+        def abort_rest(self):
+            ended = batcher.abort(
+                "the server is shutting down and its grace period (--shutdown-timeout) "
+                "ran out; retry the request"
+            )
+            if ended:
+                logger.warning("ended %d requests still running at shutdown", ended)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn's, without re-raising the signal afterwards: a drained
+            # server exits with status 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline on request headers (408, then the
+    connection is closed)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._expired)
+
+        def _disarm(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def data_received(self, data):
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the headers are complete
+                self._disarm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _expired(self):
+            self._header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            if self.conn.our_state is h11.IDLE:
+                self.transport.write(
+                    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n"
+                    b"connection: close\r\n\r\n"
+                )
+            self.transport.close()
+
+    return HeaderTimeoutProtocol
