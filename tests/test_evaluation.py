@@ -40,7 +40,12 @@ from keras_gpt.evaluation import (
     sliding_windows,
     token_byte_lengths,
 )
-from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer, CharTokenizer
+from keras_gpt.tokenizers import (
+    BytePairTokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    bytes_to_unicode,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -162,6 +167,82 @@ def test_sliding_windows_score_what_the_guide_scores(n, context, stride):
         assert scored == list(range(1, n))  # every token but the first
 
 
+# -- encode_request --------------------------------------------------------------
+
+BYTES = ByteTokenizer()  # <|endoftext|> is 256
+WOW = 93  # the id word_bpe gives " wow" below; " w" is 256, " wo" 257
+
+
+@pytest.mark.parametrize(
+    "tokenizer, context, continuation, expected",
+    [
+        # The context's trailing space moves into the continuation.
+        (BYTES, "The cat ", "sat", ([84, 104, 101, 32, 99, 97, 116], [32, 115, 97, 116])),
+        # An empty context is the start token, unless the continuation starts with it.
+        (BYTES, "", "hi", ([256], [104, 105])),
+        (BYTES, "", "<|endoftext|>hi", ([256], [104, 105])),
+        # BPE: the space moves and " wow" is one token.
+        (None, "ABC ", "wow", ([65, 66, 67], [WOW])),
+        # BPE, a merge across the boundary: the context keeps its own tokens
+        # (" w" = 256), the continuation is the pair's tokens after four.
+        (None, "ABC w", "ow wow", ([65, 66, 67, 256], [WOW])),
+    ],
+)
+def test_encode_request_gives_these_ids(tokenizer, context, continuation, expected):
+    tokenizer = tokenizer or word_bpe(WOW)
+    assert encode_request(tokenizer, context, continuation) == expected
+    assert encode_request(tokenizer, context, continuation) == lm_eval_split(
+        tokenizer, context, continuation
+    )
+
+
+def test_encode_request_splits_as_lm_eval():
+    pairs = [
+        ("The cat sat on the", " mat."),
+        ("She opened the door and ", "left."),
+        ("Trailing spaces   ", " and more"),
+        ("é ü —", " unicode"),
+        ("", "An empty context"),
+        ("ABC w", "ow wow woe"),
+        ("ABC wo", "w"),
+    ]
+    for tokenizer in (BYTES, word_bpe(WOW), word_bpe(7)):
+        for context, continuation in pairs:
+            split = lm_eval_split(tokenizer, context, continuation)
+            assert encode_request(tokenizer, context, continuation) == split, (context, tokenizer)
+    with pytest.raises(ValueError, match="needs a start token"):
+        encode_request(ByteTokenizer(special_tokens=()), "", "x")
+
+
+def lm_eval_split(tokenizer, context: str, continuation: str) -> tuple[list, list]:
+    """lm-evaluation-harness' own split, from its `TemplateLM.loglikelihood`."""
+    from lm_eval.api.model import TemplateLM
+
+    eot = "<|endoftext|>"
+
+    class Split(TemplateLM):
+        eot_token_id = tokenizer.token_to_id(eot) if eot in tokenizer.special_tokens else None
+
+        def tok_encode(self, string, **kwargs):
+            return tokenizer.encode(string)
+
+        def _loglikelihood_tokens(self, requests, **kwargs):
+            return [
+                (context_ids, continuation_ids) for _, context_ids, continuation_ids in requests
+            ]
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+        def generate_until(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+    ((context_ids, continuation_ids),) = Split().loglikelihood(
+        [Request(context, continuation)], disable_tqdm=True
+    )
+    return list(context_ids), list(continuation_ids)
+
+
 # -- parity with transformers ------------------------------------------------
 
 
@@ -245,10 +326,12 @@ def test_multiple_choice_loglikelihoods_equal_transformers(reference, tmp_path):
     scores = loglikelihoods(model, TOKENIZER, requests, batch_size=4)
     expected = []
     for context, continuation in requests:
-        context_ids, continuation_ids = encode_request(TOKENIZER, context, continuation)
-        logprobs = token_logprobs(hf, context_ids + continuation_ids)
-        expected.append(logprobs[len(context_ids) - 1 :].sum())
-        assert scores[len(expected) - 1].tokens == len(continuation_ids)
+        # Bytes: the pair's bytes, scored after those of the context without
+        # its trailing spaces (the harness moves them to the continuation).
+        ids = list((context + continuation).encode("utf-8"))
+        scored = len(context.rstrip().encode("utf-8"))
+        expected.append(token_logprobs(hf, ids)[scored - 1 :].sum())
+        assert scores[len(expected) - 1].tokens == len(ids) - scored
     np.testing.assert_allclose([s.loglikelihood for s in scores], expected, rtol=1e-4)
 
     # acc / acc_norm as lm-evaluation-harness computes them from those scores.
@@ -278,36 +361,79 @@ def test_last_word_equals_transformers(reference, tmp_path):
 
     lls, hits = [], []
     for text in PASSAGES:
-        context, _, word = text.rpartition(" ")
-        context_ids, word_ids = encode_request(TOKENIZER, context, " " + word)
-        row = context_ids + word_ids
-        lls.append(token_logprobs(hf, row)[len(context_ids) - 1 :].sum())
+        # Bytes: the passage's, the final word's (after the last space) scored.
+        row = list(text.encode("utf-8"))
+        scored = len(text.rpartition(" ")[0].encode("utf-8"))
+        lls.append(token_logprobs(hf, row)[scored - 1 :].sum())
         with torch.no_grad():
             argmax = hf(torch.tensor([row[:-1]])).logits[0].argmax(-1).numpy()
-        hits.append(bool((argmax[len(context_ids) - 1 :] == word_ids).all()))
+        hits.append(bool((argmax[scored - 1 :] == row[scored:]).all()))
     assert result["items"] == len(PASSAGES)
     assert result["acc"] == sum(hits) / len(PASSAGES)
     np.testing.assert_allclose(result["perplexity"], math.exp(-np.mean(lls)), rtol=1e-5)
 
 
-def test_is_greedy_marks_what_greedy_decoding_produces(reference):
-    # A random model rarely predicts a real word, so the accuracy above is
-    # likely 0: here a continuation is the model's own greedy output, which
-    # must count as a hit, and the same with its last token changed must not.
-    hf, model = reference
-    prompt = "She walked towards the"
-    ids = TOKENIZER.encode(prompt)
-    for _ in range(3):
+def word_bpe(word_id: int) -> BytePairTokenizer:
+    """A byte-level BPE whose one merged word, `" wow"`, is the token `word_id`
+    (the byte that had that id moves to the end): 256 bytes, " w", " wo", " wow",
+    `<|endoftext|>`."""
+    characters = bytes_to_unicode()
+    tokens = [characters[b] for b in range(256)] + ["Ġw", "Ġwo", "Ġwow"]
+    tokens[word_id], tokens[-1] = tokens[-1], tokens[word_id]
+    return BytePairTokenizer(
+        {t: i for i, t in enumerate(tokens)},
+        [("Ġ", "w"), ("Ġw", "o"), ("Ġwo", "w")],
+        special_tokens=["<|endoftext|>"],
+    )
+
+
+@pytest.fixture(scope="module")
+def greedy_case(reference):
+    """(tokenizer, prompt): a tokenizer in which the reference model's greedy
+    continuation of `prompt` is `" wow wow wow wow"`.
+
+    transformers decodes 4 tokens greedily after "ABCDE": this untrained model
+    repeats one token, which the tokenizer then spells " wow" (a word, with
+    its space, in one token), whatever id the model chose.
+    """
+    hf, _ = reference
+    prompt = list(b"ABCDE")
+    ids = list(prompt)
+    for _ in range(4):
         with torch.no_grad():
-            ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
-    new = ids[len(TOKENIZER.encode(prompt)) :]
-    greedy = TOKENIZER.decode(new)
-    if TOKENIZER.encode(prompt + greedy) != ids or max(new) > 127:
-        pytest.skip(f"greedy bytes {new} do not round-trip as one ASCII continuation")
-    other = greedy[:-1] + ("a" if greedy[-1] != "a" else "b")
-    hit, miss = loglikelihoods(model, TOKENIZER, [(prompt, greedy), (prompt, other)])
-    assert hit.is_greedy and not miss.is_greedy
-    assert hit.loglikelihood > miss.loglikelihood
+            logits = hf(torch.tensor([ids])).logits[0, -1]
+        top = torch.topk(logits, 2).values
+        assert top[0] - top[1] > 1e-3  # a clear argmax, the same in float32 on any backend
+        ids.append(int(logits.argmax()))
+    word = ids[-1]
+    assert ids[len(prompt) :] == [word] * 4 and word not in prompt + list(b" wo") and word < 256
+    tokenizer = word_bpe(word)
+    assert tokenizer.encode("ABCDE wow wow wow wow") == ids  # the text is the greedy ids
+    return tokenizer, "ABCDE"
+
+
+def test_last_word_counts_the_greedy_word_as_a_hit(reference, greedy_case, tmp_path):
+    _, model = reference
+    tokenizer, prompt = greedy_case
+    path = tmp_path / "passages.txt"
+    # " wow" is the greedy next token after the prompt and after each " wow";
+    # " woe" is " wo" + "e", whose first token is not.
+    path.write_text(f"{prompt} wow\n{prompt} wow wow wow\n{prompt} woe\n")
+    result = last_word(model, tokenizer, path, batch_size=2)
+    assert result["items"] == 3 and result["acc"] == pytest.approx(2 / 3)
+
+
+def test_is_greedy_marks_what_greedy_decoding_produces(reference, greedy_case):
+    _, model = reference
+    tokenizer, prompt = greedy_case
+    greedy, last_changed, tail = loglikelihoods(
+        model,
+        tokenizer,
+        [(prompt, " wow wow wow wow"), (prompt, " wow wow wow woe"), (prompt + " wow", " wow wow")],
+    )
+    assert greedy.is_greedy and tail.is_greedy and not last_changed.is_greedy
+    assert (greedy.tokens, last_changed.tokens, tail.tokens) == (4, 5, 2)
+    assert greedy.loglikelihood > last_changed.loglikelihood
 
 
 # -- bad input -----------------------------------------------------------------

@@ -46,11 +46,15 @@ def _progress(total: int, progress: bool) -> keras.utils.Progbar | None:
 def encode_request(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list, list]:
     """Token ids of `(context, continuation)` as lm-evaluation-harness splits them.
 
-    Spaces at the end of the context move to the continuation; the pair is
-    encoded whole and the continuation is what follows the context's own
-    tokens, so a merge across the boundary is scored as the continuation's.
-    An empty context becomes the `<|endoftext|>` token when the tokenizer has
-    one (lm-evaluation-harness' prefix token).
+    Spaces at the end of the context move to the continuation. The context is
+    encoded alone, and the continuation's ids are those of the encoded pair
+    after as many tokens as the context has: where a token merges across the
+    boundary (`"ab" + "cd"` encoded `a|bc|d`), the model reads the context's
+    own tokens and the boundary token's continuation part is not scored, as
+    in the harness' `_encode_pair`. An empty context becomes the
+    `<|endoftext|>` token when the tokenizer has one (the harness' prefix
+    token), unless the continuation starts with that token, which is then
+    the context.
 
     Args:
         tokenizer: the model's tokenizer.
@@ -73,10 +77,11 @@ def encode_request(tokenizer: Tokenizer, context: str, continuation: str) -> tup
             raise ValueError(
                 "An empty context needs a start token, and the tokenizer has no <|endoftext|>."
             )
-        return [tokenizer.token_to_id("<|endoftext|>")], tokenizer.encode(continuation)
-    whole = tokenizer.encode(context + continuation)
+        start = tokenizer.token_to_id("<|endoftext|>")
+        ids = tokenizer.encode(continuation)
+        return (ids[:1], ids[1:]) if ids[:1] == [start] else ([start], ids)
     context_ids = tokenizer.encode(context)
-    return whole[: len(context_ids)], whole[len(context_ids) :]
+    return context_ids, tokenizer.encode(context + continuation)[len(context_ids) :]
 
 
 def request_row(tokenizer: Tokenizer, context: str, continuation: str) -> Row:
