@@ -58,7 +58,10 @@ def flops_per_token(model, sequence_length: int | None = None) -> float:
             model's `max_sequence_length`).
     """
     length = sequence_length or model.max_sequence_length
-    params = model.count_params()
+    # N counts the parameters: not the dropout layers' step counters (int32 scalars).
+    params = sum(
+        int(np.prod(v.shape)) for v in model.weights if len(v.shape) or "int" not in str(v.dtype)
+    )
     attention = 12 * model.num_layers * model.hidden_dim * length
     return 6.0 * params + attention
 
