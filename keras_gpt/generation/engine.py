@@ -201,19 +201,22 @@ def decode_loop(
         prefill_length: static prefill size.
 
     Returns:
-        `run(tokens, start, lengths, limits, stop_ids, seed, pad) -> tokens`,
-        using `keras.ops.while_loop` (`lax.while_loop` / `tf.while_loop`).
+        `run(tokens, start, lengths, limits, stop_ids, seed, pad, *sampler_inputs)
+        -> tokens`, using `keras.ops.while_loop` (`lax.while_loop` /
+        `tf.while_loop`); `sampler_inputs` are the tensors of `sampler.inputs()`
+        (none for samplers whose settings are constants).
     """
 
     def run(tokens, start, *constants):
-        inputs = DecodeInputs(*constants)
+        inputs = DecodeInputs(*constants[: len(DecodeInputs._fields)])
+        bound = sampler.bind(constants[len(DecodeInputs._fields) :])
         state = prefill(model, tokens, start, cache_length, prefill_length)
 
         def cond(*state):
             return ops.logical_not(ops.all(DecodeState(*state).done))
 
         def body(*state):
-            return tuple(decode_step(model, sampler, DecodeState(*state), inputs))
+            return tuple(decode_step(model, bound, DecodeState(*state), inputs))
 
         return DecodeState(*ops.while_loop(cond, body, tuple(state))).tokens
 
@@ -306,13 +309,16 @@ class GenerationEngine:
             seed=int32(np.int32(int(seed) % HASH_RANGE)),
             pad=int32(np.int32(pad_token_id)),
         )
+        # A sampler's settings held in tensors (RowSampler): program inputs, so
+        # new values compile nothing.
+        settings = tuple(ops.convert_to_tensor(a) for a in sampler.inputs())
         key = (batch, cache_length, prefill_length, sampler.config, len(stops))
         values = weight_values(model.variables, getattr(model, "tied_embedding", None))
         if callback is None and keras.backend.backend() in ("jax", "tensorflow"):
             program = self._program(
                 ("loop",) + key, lambda: decode_loop(model, sampler, cache_length, prefill_length)
             )
-            tokens = program(values, int32(buffer), int32(shortest), *inputs)
+            tokens = program(values, int32(buffer), int32(shortest), *inputs, *settings)
         else:
             tokens = self._stepwise(
                 sampler,
@@ -324,6 +330,7 @@ class GenerationEngine:
                 cache_length,
                 prefill_length,
                 callback,
+                settings,
             )
         out = np.asarray(ops.convert_to_numpy(tokens))[:, :width]
         if not return_lengths:
@@ -337,7 +344,17 @@ class GenerationEngine:
         return self._programs[key]
 
     def _stepwise(
-        self, sampler, key, values, tokens, start, inputs, cache_length, prefill_length, callback
+        self,
+        sampler,
+        key,
+        values,
+        tokens,
+        start,
+        inputs,
+        cache_length,
+        prefill_length,
+        callback,
+        settings=(),
     ):
         """A Python loop over a compiled step (PyTorch, and any backend with a callback)."""
         model = self.model
@@ -351,8 +368,8 @@ class GenerationEngine:
         )
 
         def step(*flat):
-            state, constants = DecodeState(*flat[:5]), DecodeInputs(*flat[5:])
-            return tuple(decode_step(model, sampler, state, constants))
+            state, constants = DecodeState(*flat[:5]), DecodeInputs(*flat[5:10])
+            return tuple(decode_step(model, sampler.bind(flat[10:]), state, constants))
 
         # Argument 2 is the cache: its buffers are reused for the new cache.
         run_step = self._program(("step",) + key, lambda: step, donate=(2,))
@@ -362,7 +379,7 @@ class GenerationEngine:
         final = int(np.max(ops.convert_to_numpy(inputs.limits)))  # every row done there
         done_before = np.zeros(len(lengths), bool)
         while True:
-            state = DecodeState(*run_step(values, *state, *inputs))
+            state = DecodeState(*run_step(values, *state, *inputs, *settings))
             position += 1
             # Without a callback, look every few steps (steps after every row
             # is done only write padding).

@@ -14,10 +14,13 @@ Sampling is Gumbel-max: `argmax(logits / temperature + g)` with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from keras import ops
 
 from keras_gpt.backend import Tensor
-from keras_gpt.random import HASH_RANGE, hash_ints
+from keras_gpt.random import _P1, _P2, HASH_RANGE, _rounds, _split, hash_ints
 
 # hash_ints gives ints below HASH_RANGE (~1.07e9); dropping 6 bits leaves values
 # below 2**24, exactly representable in float32, so u stays strictly inside (0, 1).
@@ -73,6 +76,15 @@ class Sampler:
     def config(self) -> tuple:
         """Hashable description; samplers with equal configs behave the same."""
         return (type(self).__name__, tuple(sorted(vars(self).items())))
+
+    def inputs(self) -> tuple:
+        """Arrays the compiled programs take as inputs for this sampler (none by
+        default: a sampler's settings are constants of the program)."""
+        return ()
+
+    def bind(self, tensors: Sequence[Tensor]) -> Sampler:
+        """This sampler reading `tensors` (`inputs()` as the program sees them)."""
+        return self
 
 
 class GreedySampler(Sampler):
@@ -273,3 +285,155 @@ class DynamicSampler(Sampler):
         choice = ops.argmax(values + noise, axis=-1)
         picked = ops.take_along_axis(indices, ops.expand_dims(choice, -1), axis=-1)
         return ops.cast(picked[:, 0], "int32")
+
+
+def row_gumbel_noise(index: Tensor, seeds: Tensor, position: int | Tensor) -> Tensor:
+    """Gumbel noise at explicit element indices, each row keyed by its own seed.
+
+    Element `[r, c]` is the noise `gumbel_noise` draws at flat index
+    `index[r, c]` with seed `seeds[r]`: row r of `gumbel_noise((n, w), s, p)`
+    is `row_gumbel_noise(r * w + arange(w), s, p)`. So a row can be given the
+    noise it would get as row r of a batch seeded s, wherever it sits.
+
+    Args:
+        index: int32 `(batch, width)` flat element indices (below `HASH_RANGE`).
+        seeds: int32 `(batch,)` seeds in [0, HASH_RANGE).
+        position: int32 scalar, the position being sampled.
+    """
+    seeds = ops.expand_dims(ops.cast(seeds, "int32"), 1)
+    counter = ops.cast(position, "int32")
+    # hash_ints, with a seed per row: the same int32 arithmetic, broadcast.
+    key1, key2 = _rounds(*_split(counter), *_split(seeds), rounds=2)
+    a, b = _rounds(index % _P1, index % _P2, key1, key2)
+    bits = (a * _P2 + b) // _UNIFORM_SHIFT
+    uniform = (ops.cast(bits, "float32") + 0.5) / float(_UNIFORM_RANGE)
+    return -ops.log(-ops.log(uniform))
+
+
+class RowSampler(Sampler):
+    """Greedy and sampled rows in one batch, each with its own settings, held in tensors.
+
+    The settings are inputs of the compiled decoding programs (`inputs`), not
+    constants: batches with any temperatures, top-k, top-p and seeds run the
+    same program. Only `mode`, derived from the settings, is part of the
+    program (`config`): `"greedy"` (every row greedy: argmax only), `"sample"`
+    (some rows sampled, none filtered: Gumbel noise over the vocabulary) or
+    `"filter"` (some row has top-k or top-p: candidates sorted), so a server
+    compiles at most three variants of each shape.
+
+    Each row draws the noise it would draw as row `sample_index[r]` of a
+    `generate` call seeded `seeds[r]` with that row's settings alone: a row
+    with seed s and index j picks what row j of
+    `GPT.generate(prompts, seed=s, sampler=...)` picks, whatever else is in
+    the batch. Greedy rows (temperature 0) pick exactly `GreedySampler`'s ids.
+
+    Args:
+        temperature: `(batch,)` temperatures; 0 = greedy.
+        top_k: `(batch,)` k ≥ 1 to keep the k most likely tokens, 0 or None for all.
+        top_p: `(batch,)` p in (0, 1]; 1 or None keeps all (as `top_p=None` does
+            in `RandomSampler`).
+        seeds: `(batch,)` seeds in [0, 2**30); None: every row uses the call's seed.
+        sample_index: `(batch,)` each row's index in its seeded call; None: its
+            row in this batch (then with uniform settings and no `seeds` this is
+            `RandomSampler` exactly).
+
+    Example:
+    >>> sampler = RowSampler(temperature=[0.0, 0.8], top_k=[0, 20], seeds=[0, 7])
+    >>> model.generate([[1, 2], [3]], 8, sampler=sampler)   # greedy row, sampled row
+    """
+
+    def __init__(
+        self,
+        temperature: Sequence[float],
+        top_k: Sequence[int | None] | None = None,
+        top_p: Sequence[float | None] | None = None,
+        seeds: Sequence[int] | None = None,
+        sample_index: Sequence[int] | None = None,
+    ):
+        self.temperature = np.asarray(temperature, np.float32).reshape(-1)
+        batch = len(self.temperature)
+
+        def column(values, default, dtype):
+            if values is None:
+                return np.full(batch, default, dtype)
+            values = [default if v is None else v for v in values]
+            array = np.asarray(values, dtype).reshape(-1)
+            if len(array) != batch:
+                raise ValueError(f"RowSampler: {len(array)} settings for {batch} rows.")
+            return array
+
+        self.top_k = column(top_k, 0, np.int32)
+        self.top_p = column(top_p, 1.0, np.float32)
+        if not (np.all(self.temperature >= 0) and np.all(self.top_k >= 0)):
+            raise ValueError("RowSampler: temperatures and top_k must be >= 0.")
+        if not np.all((self.top_p > 0) & (self.top_p <= 1)):
+            raise ValueError("RowSampler: top_p must be in (0, 1].")
+        self.use_call_seed = seeds is None
+        self.seeds = column(seeds, 0, np.int64) % HASH_RANGE
+        self.sample_index = column(sample_index, 0, np.int32)
+        if sample_index is None:
+            self.sample_index = np.arange(batch, dtype=np.int32)
+        sampled = self.temperature > 0
+        filtered = sampled & ((self.top_k > 0) | (self.top_p < 1))
+        self.mode = "filter" if filtered.any() else "sample" if sampled.any() else "greedy"
+        self._tensors = None
+
+    @property
+    def config(self) -> tuple:
+        return ("RowSampler", self.mode, self.use_call_seed)
+
+    def inputs(self) -> tuple:
+        return (
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.seeds.astype(np.int32),
+            self.sample_index,
+        )
+
+    def bind(self, tensors: Sequence[Tensor]) -> RowSampler:
+        bound = object.__new__(RowSampler)
+        bound.__dict__.update(self.__dict__, _tensors=tuple(tensors))
+        return bound
+
+    def __call__(self, logits: Tensor, seed: int | Tensor, position: int | Tensor) -> Tensor:
+        logits = ops.cast(logits, "float32")
+        greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        if self.mode == "greedy":
+            return greedy
+        tensors = self._tensors
+        if tensors is None:  # called outside a compiled program
+            tensors = [ops.convert_to_tensor(a) for a in self.inputs()]
+        temperature, top_k, top_p, seeds, index = tensors
+        if self.use_call_seed:
+            seeds = ops.zeros_like(index) + ops.cast(seed, "int32")
+        sampled = temperature > 0
+        # Greedy rows divide by 1 (their sampled id is discarded).
+        divisor = ops.expand_dims(ops.where(sampled, temperature, 1.0), 1)
+        logits = logits / divisor
+        vocabulary = logits.shape[-1]
+        ranks = ops.expand_dims(ops.arange(0, vocabulary, dtype="int32"), 0)
+        index = ops.expand_dims(ops.cast(index, "int32"), 1)
+        if self.mode == "sample":
+            noise = row_gumbel_noise(index * vocabulary + ranks, seeds, position)
+            picked = ops.cast(ops.argmax(logits + noise, axis=-1), "int32")
+            return ops.where(sampled, picked, greedy)
+        # As DynamicSampler, a row at a time: sorted candidates; unfiltered rows
+        # draw their noise by token id, filtered ones by rank over k candidates.
+        order = ops.cast(ops.argsort(-logits, axis=-1), "int32")
+        values = ops.take_along_axis(logits, order, axis=-1)
+        use_k = ops.expand_dims(top_k > 0, 1)
+        k = ops.where(use_k, ops.minimum(ops.expand_dims(top_k, 1), vocabulary), vocabulary)
+        values = ops.where(ranks < k, values, float("-inf"))
+        probs = ops.softmax(values, axis=-1)
+        mass_before = ops.cumsum(probs, axis=-1) - probs
+        p = ops.expand_dims(top_p, 1)
+        values = ops.where(ops.logical_or(p >= 1, mass_before < p), values, float("-inf"))
+        filtered = ops.logical_or(use_k, p < 1)
+        stride = ops.where(use_k, k, vocabulary)
+        noise = row_gumbel_noise(
+            index * stride + ops.where(filtered, ranks, order), seeds, position
+        )
+        choice = ops.argmax(values + noise, axis=-1)
+        picked = ops.take_along_axis(order, ops.expand_dims(choice, -1), axis=-1)[:, 0]
+        return ops.where(sampled, ops.cast(picked, "int32"), greedy)

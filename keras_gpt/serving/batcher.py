@@ -1,11 +1,16 @@
 """The batcher: one worker thread decoding the requests in flight together.
 
 Keras models are not thread-safe, so one thread owns the model. Requests wait
-in a queue; whenever the worker is free it takes the oldest waiting request
-and every other waiting request with the same sampler settings (greedy, or
-the same temperature / top-k / top-p), up to `max_batch` rows, and decodes
-them in one `GPT.generate` call: ragged prompts, one compiled step for the
-whole batch. Requests that arrive meanwhile form the next batch.
+in a queue; whenever the worker is free it takes the waiting requests, oldest
+first, up to `max_batch` rows, and decodes them in one `GPT.generate` call:
+ragged prompts, one compiled step for the whole batch. Requests that arrive
+meanwhile form the next batch.
+
+Sampler settings are data (`keras_gpt.generation.samplers.RowSampler`): each
+row's temperature, top-k, top-p and seed are inputs of the compiled step, so
+greedy and sampled requests with any settings share a batch, and no value
+compiles a new program. What a batch compiles depends only on its shapes and
+its mode: all greedy, sampled without top-k/top-p, or with them.
 
 Why a request's result does not depend on its neighbours:
 
@@ -13,11 +18,11 @@ Why a request's result does not depend on its neighbours:
   right-padded and masked), so a row equals `model.generate` on its prompt
   alone. A batch decodes as many tokens as its longest-asking row; each row's
   own `max_tokens` and stop strings are applied by its `TextStream`.
-- Sampled rows with a `seed`: the sampler's noise is keyed by the call's seed
-  and each row's place in the batch, so a seeded request is decoded in a batch
-  of its own (its `n` choices as rows 0…n-1): the same request gives the same
-  choices again, equal to `model.generate([prompt] * n, seed=seed, ...)`.
-- Unseeded sampled rows share a batch and the seed `generate` draws for it.
+- Sampled rows: a request's choice i draws the noise of row i of a
+  `generate` call seeded with the request's `seed` (or a seed drawn for the
+  request when it gives none), wherever it sits in the batch. So a seeded
+  request gives the same choices alone or under load, equal to
+  `model.generate(prompts × n, seed=seed, ...)`.
 
 Batch sizes are rounded up to a power of two (capped at `max_batch`) by
 repeating the first prompt, so a server compiles a handful of programs, not
@@ -33,7 +38,6 @@ limit unless `--request-timeout 0`, so its batches always decode stepwise.)
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
@@ -44,10 +48,15 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from keras_gpt.generation.engine import compiled_programs
+from keras_gpt.generation.samplers import RowSampler
 from keras_gpt.serving.params import Sampling
 from keras_gpt.tokenizers import TextStream
 
 logger = logging.getLogger("keras_gpt.serving")
+
+#: Seeds for requests that give none.
+_seeds = np.random.default_rng()
 
 
 class QueueFull(Exception):
@@ -89,8 +98,6 @@ class Request:
             it, the worker stops decoding its rows.
     """
 
-    _serial = itertools.count()
-
     def __init__(
         self,
         request_id: str,
@@ -110,10 +117,8 @@ class Request:
         self.started = time.monotonic()
         self.deadline = None if timeout is None else self.started + float(timeout)
         self.first_text_at: float | None = None  # when its first text was emitted
-        arguments = tuple(sorted(sampling.generate_arguments.items()))
-        # A seeded sampled request decodes alone (see the module docstring).
-        seeded = sampling.seed is not None and sampling.temperature > 0
-        self.group = (arguments, next(self._serial)) if seeded else (arguments,)
+        # The seed of its rows' noise (see the module docstring).
+        self.seed = int(sampling.seed if sampling.seed is not None else _seeds.integers(1 << 30))
 
     def emit(self, *event) -> None:
         """Sends an event to the handler (called from the worker thread)."""
@@ -189,7 +194,7 @@ class Batcher:
         self._batch: list[Request] = []
         self.metrics = metrics
         self._stats = dict(
-            requests=0, batches=0, rows_decoded=0, peak_batch=0, decoding=0, tokens=0
+            requests=0, batches=0, rows_decoded=0, peak_batch=0, decoding=0, tokens=0, programs=0
         )
 
     # -- called from the event loop ----------------------------------------------
@@ -275,7 +280,8 @@ class Batcher:
     def stats(self) -> dict:
         """Counters: `requests`, `batches`, `rows_decoded`, `peak_batch` (most real rows
         in one batch), `decoding` (rows in the current batch), `waiting` (rows queued),
-        `tokens` (generated), `max_batch`, `max_queue`."""
+        `tokens` (generated), `programs` (compiled by the model's generation engine,
+        as of the last batch), `max_batch`, `max_queue`."""
         with self._condition:
             return dict(
                 self._stats,
@@ -316,17 +322,18 @@ class Batcher:
                     if not request.finished:
                         request.fail(f"generation failed: {error}")
             finally:
+                programs = len(compiled_programs(self.model))
                 with self._condition:
                     self._stats["decoding"] = 0
+                    self._stats["programs"] = programs
                     self._batch = []
 
     def _take(self) -> list[Request]:
-        """The oldest waiting request and the later ones that share its sampler settings."""
-        group = self._waiting[0].group
+        """The waiting requests, oldest first, that fit in one batch."""
         batch, rows = [], 0
         for request in list(self._waiting):
             size = len(request.choices)
-            if request.group == group and rows + size <= self.max_batch:
+            if rows + size <= self.max_batch:
                 batch.append(request)
                 rows += size
                 self._waiting.remove(request)
@@ -340,8 +347,15 @@ class Batcher:
     def _decode(self, batch: list[Request]) -> None:
         rows = [(request, choice) for request in batch for choice in request.choices]
         prompts = [choice.prompt_ids for _, choice in rows]
-        prompts += [prompts[0]] * (self._batch_size(len(rows)) - len(rows))
-        sampling = batch[0].sampling
+        padding = self._batch_size(len(rows)) - len(rows)
+        prompts += [prompts[0]] * padding
+        sampler = RowSampler(
+            temperature=[r.sampling.temperature for r, _ in rows] + [0.0] * padding,
+            top_k=[r.sampling.top_k for r, _ in rows] + [None] * padding,
+            top_p=[r.sampling.top_p for r, _ in rows] + [None] * padding,
+            seeds=[r.seed for r, _ in rows] + [0] * padding,
+            sample_index=[c.index for _, c in rows] + [0] * padding,
+        )
         stepwise = (
             any(r.sampling.stream or r.deadline is not None for r in batch)
             or any(c.text.stop for _, c in rows)
@@ -371,10 +385,10 @@ class Batcher:
                 prompts,
                 max_new_tokens=max(c.text.max_tokens for _, c in rows),
                 stop_token_ids=self.stop_token_ids or None,
-                seed=sampling.seed,
+                sampler=sampler,
+                seed=0,  # unused: every row has its own
                 return_lengths=True,
                 callback=on_step if stepwise else None,
-                **sampling.generate_arguments,
             )
         except _BatchDone:
             return

@@ -79,7 +79,7 @@ class ApiError(Exception):
 
 @dataclass
 class Sampling:
-    """What `GPT.generate` is asked for, shared by every choice of a request."""
+    """What a request asks for, shared by every choice of it (`top_p` of 1 is None)."""
 
     temperature: float = 1.0
     top_p: float | None = None
@@ -90,22 +90,6 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
-
-    @property
-    def generate_arguments(self) -> dict:
-        """`sampler`, `temperature`, `top_k`, `top_p` for `GPT.generate`."""
-        if self.temperature == 0:
-            return {"sampler": "greedy"}
-        if self.top_p is not None:
-            return {
-                "sampler": "top_p",
-                "temperature": self.temperature,
-                "top_k": self.top_k,
-                "top_p": self.top_p,
-            }
-        if self.top_k is not None:
-            return {"sampler": "top_k", "temperature": self.temperature, "top_k": self.top_k}
-        return {"sampler": "temperature", "temperature": self.temperature}
 
 
 def parse_json(body: bytes) -> dict:
@@ -209,7 +193,7 @@ def parse_sampling(body: dict, max_n: int) -> Sampling:
             '`stream_options` must be an object like {"include_usage": true}.',
             param="stream_options",
         )
-    # With top_p = 1 nothing is filtered: the unfiltered sampler shares its programs.
+    # With top_p = 1 nothing is filtered: the unfiltered sampling mode.
     return Sampling(
         temperature=temperature,
         top_p=None if top_p == 1 else top_p,
