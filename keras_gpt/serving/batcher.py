@@ -50,6 +50,7 @@ import numpy as np
 
 from keras_gpt.generation.engine import compiled_programs
 from keras_gpt.generation.samplers import RowSampler
+from keras_gpt.serving.metrics import Metrics
 from keras_gpt.serving.params import Sampling
 from keras_gpt.tokenizers import TextStream
 
@@ -176,7 +177,7 @@ class Batcher:
         max_queue: int = 256,
         stop_token_ids: Sequence[int] = (),
         batch_wait: float = 0.01,
-        metrics=None,
+        metrics: Metrics | None = None,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}.")
