@@ -41,16 +41,20 @@ def keras_gpt_command(args, cwd, check=False):
 )
 def test_help_and_argument_errors_import_no_backend(args, expected_code, tmp_path):
     code = (
-        "import sys\n"
+        "import json, sys\n"
         "from keras_gpt.cli import main\n"
+        "code = 'returned'\n"
         "try:\n"
         f"    main({args!r})\n"
         "except SystemExit as exit:\n"
-        f"    assert exit.code == {expected_code}, exit.code\n"
-        "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))\n"
+        "    code = exit.code\n"
+        "backends = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]\n"
+        "print(json.dumps([code, backends]))\n"
     )
     out = run_python(["-c", code], backend=BACKEND, cwd=tmp_path).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    # Checked here: an exit status the child only asserted would go unchecked
+    # when main returned instead of exiting.
+    assert json.loads(out.strip().splitlines()[-1]) == [expected_code, []]
 
 
 def test_recipe_help_lists_every_setting_with_its_default(tmp_path):
