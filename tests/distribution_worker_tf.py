@@ -86,7 +86,7 @@ def max_diff(a, b):
 def main():
     one = tf.distribute.get_strategy()
     mirrored = distribution.tf_strategy([f"/cpu:{i}" for i in range(REPLICAS)])
-    result = {"replicas": mirrored.num_replicas_in_sync, "steps": STEPS}
+    result = {"replicas": mirrored.num_replicas_in_sync}
     models = {}
     for case, config in (("tied", {}), ("untied", {"tie_embeddings": False})):
         single, single_losses = train(one, **config)
@@ -96,6 +96,13 @@ def main():
             "loss_diff": float(np.abs(np.subtract(single_losses, multi_losses)).max()),
             "weight_diff": max_diff(single, multi),
             "mirrored_first_loss": multi_losses[0],
+            # Counted, not the constant: batches logged and optimizer steps taken.
+            "steps": [
+                len(single_losses),
+                len(multi_losses),
+                int(single.optimizer.iterations.numpy()),
+                int(multi.optimizer.iterations.numpy()),
+            ],
         }
 
     single, multi = models["tied"]
