@@ -186,16 +186,15 @@ def test_unreachable_hubs_give_a_clear_error(tmp_path):
     assert "'kaggle://keras-gpt-test/none/keras/none/1'" in errors[2]
 
 
-@pytest.mark.skipif(
-    not hasattr(keras_gpt.tokenizers, "load_tokenizer"),
-    reason="keras_gpt.tokenizers.load_tokenizer not available yet",
-)
 def test_tokenizer_travels_with_the_preset(tiny_model, tmp_path):
-    tokenizer = keras_gpt.tokenizers.ByteTokenizer()
+    # No skip guard: it checked keras_gpt.tokenizers.load_tokenizer, not this function.
+    tokenizer = keras_gpt.tokenizers.ByteTokenizer(special_tokens=["<|endoftext|>", "<|pad|>"])
     tiny_model.save_to_preset(str(tmp_path), tokenizer=tokenizer)
     loaded = keras_gpt.presets.load_tokenizer(str(tmp_path))
-    text = "presets: hé<|endoftext|>"
-    assert loaded.encode(text) == tokenizer.encode(text)
+    assert type(loaded) is keras_gpt.tokenizers.ByteTokenizer
+    assert loaded.special_tokens == ["<|endoftext|>", "<|pad|>"]
+    text = "presets: hé<|endoftext|><|pad|>"
+    assert loaded.encode(text) == tokenizer.encode(text) == [*text[:-20].encode(), 256, 257]
 
 
 def test_missing_tokenizer_is_a_clear_error(tiny_model, tmp_path):
