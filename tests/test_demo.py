@@ -50,13 +50,15 @@ def test_code_only_corpus_keeps_the_code_and_drops_docstrings_and_comments():
 
 
 @pytest.mark.skipif(
-    keras.backend.backend() != "torch",
-    reason="the data path does not depend on the backend: the torch pass (make demo's "
-    "default) runs the demo config once",
+    keras.backend.backend() != "tensorflow",
+    reason="the data path does not depend on the backend: the TensorFlow pass (make demo's "
+    "default BACKEND, with the config's XLA setting) runs the demo config once",
 )
 def test_demo_config_trains_on_the_stdlib_and_writes_its_outputs(tmp_path, capsys):
     config = load_config(DEMO)
     assert (config.data, config.tokenizer) == ("stdlib-code", "byte")
+    # make demo runs on TensorFlow unless BACKEND says otherwise: this pass.
+    assert "BACKEND ?= tensorflow" in (ROOT / "Makefile").read_text()
     out = tmp_path / "demo"
     # The demo's data settings as they are; a smaller model and two steps.
     main(
