@@ -10,6 +10,15 @@ requests in flight. Prints one JSON object.
 
     python benchmarks/serve.py                          # JAX, 48 requests a level
     python benchmarks/serve.py --backend torch --requests 32 --max-tokens 32
+    python benchmarks/serve.py --sampled --server-args="--request-timeout 0"
+
+`--sampled` also runs every level again with each request at its own
+temperature (and seed), and reports the programs the server's generation
+engine had compiled before and after the timed run (`programs_before` /
+`programs_after`: equal when no value compiled anything) and its p50 over
+the greedy level's (`p50_vs_greedy`). `--server-args` passes flags to
+`keras-gpt serve` (e.g. `--request-timeout 0`, which lets batches without
+streaming run the whole decoding loop as one program on JAX and TensorFlow).
 
 bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
 float32. A `CharTokenizer` of 8192 characters (CJK ideographs) makes every
@@ -78,20 +87,35 @@ def post(url: str, body: dict, timeout: float) -> tuple[float, dict]:
     return time.perf_counter() - start, answer
 
 
-def run_level(url: str, prompts: list[str], max_tokens: int, concurrency: int, timeout: float):
-    """Sends every prompt, `concurrency` at a time; (wall s, latencies, completion tokens)."""
+def run_level(
+    url: str,
+    prompts: list[str],
+    max_tokens: int,
+    concurrency: int,
+    timeout: float,
+    sampled: bool = False,
+):
+    """Sends every prompt, `concurrency` at a time; (wall s, latencies, completion tokens).
+    Greedy, or with `sampled` request i at temperature 0.5 + i / 100 and seed i."""
 
-    def one(prompt):
-        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    def one(i):
+        body = {"prompt": prompts[i], "max_tokens": max_tokens, "temperature": 0}
+        if sampled:
+            body.update(temperature=0.5 + i / 100, seed=i)
         return post(url + "/v1/completions", body, timeout)
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        answers = list(pool.map(one, prompts))
+        answers = list(pool.map(one, range(len(prompts))))
     wall = time.perf_counter() - start
     latencies = [latency for latency, _ in answers]
     tokens = sum(answer["usage"]["completion_tokens"] for _, answer in answers)
     return wall, latencies, tokens
+
+
+def health(url: str) -> dict:
+    with urllib.request.urlopen(url + "/health", timeout=30) as response:
+        return json.loads(response.read())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,6 +132,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=600, help="seconds a request may take")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--sampled", action="store_true", help="also time each level at a temperature a request"
+    )
+    parser.add_argument("--server-args", default="", help="more flags for keras-gpt serve")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -127,7 +155,8 @@ def main() -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "keras_gpt.cli", "serve", preset, "--port", str(port)]
             + ["--max-batch", str(args.max_batch), "--max-queue", str(4 * args.requests)]
-            + ["--log-level", "warning"],
+            + ["--log-level", "warning"]
+            + args.server_args.split(),
             env=dict(os.environ, KERAS_BACKEND=args.backend),
             stdout=log,
             stderr=log,
@@ -145,32 +174,37 @@ def main() -> None:
                     time.sleep(0.5)
             size = 1
             while size <= min(max(args.concurrency), args.max_batch):
-                run_level(url, prompts[:size], args.max_tokens, size, args.timeout)
+                for sampled in [False, True] if args.sampled else [False]:
+                    run_level(url, prompts[:size], args.max_tokens, size, args.timeout, sampled)
                 size *= 2
             levels = []
             for concurrency in args.concurrency:
-                run_level(url, prompts, args.max_tokens, concurrency, args.timeout)
-                wall, latencies, tokens = run_level(
-                    url, prompts, args.max_tokens, concurrency, args.timeout
-                )
-                levels.append(
-                    {
+                for sampled in [False, True] if args.sampled else [False]:
+                    run = (url, prompts, args.max_tokens, concurrency, args.timeout, sampled)
+                    run_level(*run)
+                    before = health(url).get("programs")
+                    wall, latencies, tokens = run_level(*run)
+                    level = {
                         "concurrency": concurrency,
+                        "sampled": sampled,
                         "wall_s": round(wall, 3),
                         "tokens_per_s": round(tokens / wall, 1),
                         "p50_s": round(statistics.median(latencies), 4),
                         "p99_s": round(percentile(latencies, 99), 4),
                     }
-                )
-            with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                health = json.loads(response.read())
+                    if sampled:
+                        level.update(programs_before=before, programs_after=health(url)["programs"])
+                        level["p50_vs_greedy"] = round(level["p50_s"] / levels[-1]["p50_s"], 2)
+                    levels.append(level)
+            final = health(url)
         finally:
             server.terminate()
             server.wait(60)
     alone = levels[0]
     for level in levels:
-        level["speedup"] = round(level["tokens_per_s"] / alone["tokens_per_s"], 2)
-        level["p50_vs_lone"] = round(level["p50_s"] / alone["p50_s"], 2)
+        if not level["sampled"]:
+            level["speedup"] = round(level["tokens_per_s"] / alone["tokens_per_s"], 2)
+            level["p50_vs_lone"] = round(level["p50_s"] / alone["p50_s"], 2)
     results = {
         "benchmark": "serve bench-small",
         "backend": args.backend,
@@ -180,7 +214,8 @@ def main() -> None:
         "prompt_tokens": args.prompt_tokens,
         "max_tokens": args.max_tokens,
         "max_batch": args.max_batch,
-        "peak_batch": health["peak_batch"],
+        "server_args": args.server_args,
+        "peak_batch": final["peak_batch"],
         "levels": levels,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -261,6 +261,25 @@ def test_connections_beyond_the_cap_get_503(servers):
         time.sleep(0.2)
 
 
+def test_an_abandoned_request_frees_its_rows(servers):
+    server = servers["guarded"]
+    # 40 new tokens need a program no earlier test compiled here: the client is
+    # gone before the first step, and the batch ends at that step.
+    body = json.dumps(dict(COMPLETION, max_tokens=40)).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as s:
+        s.sendall(http_head(server.port, f"Content-Length: {len(body)}\r\n") + body)
+    deadline = time.monotonic() + WAIT
+    while "cancelled (the client went away)" not in server.read_log():
+        assert time.monotonic() < deadline, server.read_log()
+        time.sleep(0.2)
+    while True:
+        health = request(server.url + "/health")[2]
+        if health["waiting"] == 0 and health["decoding"] == 0:
+            break
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+
+
 # -- the request time limit --------------------------------------------------------------
 
 

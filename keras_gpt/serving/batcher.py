@@ -282,7 +282,7 @@ class Batcher:
         """Counters: `requests`, `batches`, `rows_decoded`, `peak_batch` (most real rows
         in one batch), `decoding` (rows in the current batch), `waiting` (rows queued),
         `tokens` (generated), `programs` (compiled by the model's generation engine,
-        as of the last batch), `max_batch`, `max_queue`."""
+        counted at each batch's first step, before it sends any text), `max_batch`, `max_queue`."""
         with self._condition:
             return dict(
                 self._stats,
@@ -323,11 +323,16 @@ class Batcher:
                     if not request.finished:
                         request.fail(f"generation failed: {error}")
             finally:
-                programs = len(compiled_programs(self.model))
                 with self._condition:
                     self._stats["decoding"] = 0
-                    self._stats["programs"] = programs
                     self._batch = []
+
+    def _count_programs(self) -> int:
+        """Updates `stats["programs"]` (the engine's compiled programs)."""
+        programs = len(compiled_programs(self.model))
+        with self._condition:
+            self._stats["programs"] = programs
+        return programs
 
     def _take(self) -> list[Request]:
         """The waiting requests, oldest first, that fit in one batch."""
@@ -375,12 +380,15 @@ class Batcher:
                 self._end(request, choice)
 
         def on_step(token_ids: np.ndarray, is_new: np.ndarray) -> None:
+            if not counted:  # the programs are compiled: count them before any text goes out
+                counted.append(self._count_programs())
             for r, (request, choice) in enumerate(rows):
                 if is_new[r]:
                     feed(request, choice, int(token_ids[r]))
             if all(request.finished for request in batch):
                 raise _BatchDone
 
+        counted = []
         try:
             out, lengths = self.model.generate(
                 prompts,
@@ -393,6 +401,8 @@ class Batcher:
             )
         except _BatchDone:
             return
+        if not counted:
+            self._count_programs()
         for r, (request, choice) in enumerate(rows):
             if not stepwise:  # the callback has fed the stepwise rows already
                 for token in out[r, len(choice.prompt_ids) : lengths[r]]:
