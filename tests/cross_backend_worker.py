@@ -47,8 +47,25 @@ def token_stream(steps: int, batch: int, length: int, vocab: int) -> np.ndarray:
     return seq.astype("int32")
 
 
-def train(model: keras_gpt.GPT, data: np.ndarray, steps: int) -> list[float]:
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=3e-3, weight_decay=0.1))
+# The speedrun recipe's block (every option beyond GPT-2 on, the output projections
+# and head given small random weights so that gradients reach every weight at once).
+MODERN = dict(
+    position_embedding="rope",
+    normalization="rmsnorm",
+    norm_scale=True,
+    qk_norm=True,
+    activation="relu2",
+    tie_embeddings=False,
+    head_init_stddev=0.02,
+    residual_init_stddev=0.01,
+    logit_soft_cap=15.0,
+    use_bias=False,
+)
+
+
+def train(model: keras_gpt.GPT, data: np.ndarray, steps: int, optimizer=None) -> list[float]:
+    optimizer = optimizer or keras.optimizers.AdamW(learning_rate=3e-3, weight_decay=0.1)
+    model.compile(optimizer=optimizer)
     # One step per epoch (the iterator carries on across epochs) so that
     # history["loss"] holds each step's loss, not a running mean.
     history = model.fit(
@@ -92,6 +109,19 @@ def main(out_dir: str) -> None:
     results.update({f"final_{k}": v for k, v in weights_of(model).items()})
     results["trained_logits"] = keras.ops.convert_to_numpy(model(probe))
     model.save(os.path.join(out_dir, f"{backend}.keras"))
+
+    # The modern block with the speedrun optimizer (Muon on the matrices, AdamW on the
+    # rest, warmup-stable-decay).
+    from keras_gpt.training import speedrun_optimizer
+
+    modern = keras_gpt.GPT(**CONFIG, **MODERN)
+    results.update({f"modern_init_{k}": v for k, v in weights_of(modern).items()})
+    results["modern_logits"] = keras.ops.convert_to_numpy(modern(probe))
+    optimizer = speedrun_optimizer(
+        STEPS, learning_rate=3e-3, matrix_learning_rate=0.005, weight_decay=0.1
+    )
+    results["modern_losses"] = np.array(train(modern, data, STEPS, optimizer))
+    results.update({f"modern_final_{k}": v for k, v in weights_of(modern).items()})
 
     dropout_model = keras_gpt.GPT(**CONFIG, dropout=0.1)
     layer = dropout_model.embeddings_dropout

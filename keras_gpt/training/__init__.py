@@ -1,7 +1,9 @@
 """Training: GPT-2's optimizer recipe, throughput, run configs, the recipes' loop and checkpoints,
 and the two recipes themselves (`pretrain`, `finetune`).
 
-- `optimizer.py`: `gpt_optimizer` (AdamW, warm-up + cosine, clipping, decay exclusions).
+- `optimizer.py`: `gpt_optimizer` (AdamW, warm-up + cosine, clipping, decay exclusions),
+  `speedrun_optimizer` (Muon on the blocks' matrices, AdamW on the rest), the
+  `WarmupStableDecay` schedule and `parameter_group`.
 - `throughput.py`: FLOPs per token, peak FLOP/s, the `Throughput` callback.
 - `config.py`: `RunConfig`, the TOML + `--key value` configs of the recipes.
 - `history.py`: a run's `metrics.jsonl` / `metrics.csv` / `loss_curve.png`.
@@ -29,6 +31,7 @@ _EXPORTS = {
     "RunConfig": "keras_gpt.training.config",
     "RunError": "keras_gpt.training.runs",
     "StepBatches": "keras_gpt.training.loop",
+    "WarmupStableDecay": "keras_gpt.training.optimizer",
     "Throughput": "keras_gpt.training.throughput",
     "append_metrics": "keras_gpt.training.history",
     "evaluate_run": "keras_gpt.training.evaluate",
@@ -37,6 +40,7 @@ _EXPORTS = {
     "flops_per_token": "keras_gpt.training.throughput",
     "gpt_optimizer": "keras_gpt.training.optimizer",
     "latest_checkpoint": "keras_gpt.training.checkpoints",
+    "parameter_group": "keras_gpt.training.optimizer",
     "load_checkpoint": "keras_gpt.training.checkpoints",
     "load_config": "keras_gpt.training.pretrain",
     "mean_throughput": "keras_gpt.training.history",
@@ -45,7 +49,9 @@ _EXPORTS = {
     "probe_peak_flops": "keras_gpt.training.throughput",
     "read_metrics": "keras_gpt.training.history",
     "save_checkpoint": "keras_gpt.training.checkpoints",
+    "speedrun_optimizer": "keras_gpt.training.optimizer",
     "start_run": "keras_gpt.training.runs",
+    "time_budget_variable": "keras_gpt.training.optimizer",
     "train_loop": "keras_gpt.training.loop",
     "write_json_atomic": "keras_gpt.training.history",
 }
@@ -60,6 +66,7 @@ __all__ = [
     "RunError",
     "StepBatches",
     "Throughput",
+    "WarmupStableDecay",
     "append_metrics",
     "evaluate_run",
     "exclude_from_decay",
@@ -70,12 +77,15 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "mean_throughput",
+    "parameter_group",
     "plot_loss_curve",
     "pretrain",
     "probe_peak_flops",
     "read_metrics",
     "save_checkpoint",
+    "speedrun_optimizer",
     "start_run",
+    "time_budget_variable",
     "train_loop",
     "write_json_atomic",
 ]
@@ -98,7 +108,15 @@ if TYPE_CHECKING:
         write_json_atomic,
     )
     from keras_gpt.training.loop import StepBatches, train_loop
-    from keras_gpt.training.optimizer import NO_DECAY_NAMES, exclude_from_decay, gpt_optimizer
+    from keras_gpt.training.optimizer import (
+        NO_DECAY_NAMES,
+        WarmupStableDecay,
+        exclude_from_decay,
+        gpt_optimizer,
+        parameter_group,
+        speedrun_optimizer,
+        time_budget_variable,
+    )
     from keras_gpt.training.pretrain import load_config, pretrain
     from keras_gpt.training.runs import RESUMABLE_SETTINGS, RunError, start_run
     from keras_gpt.training.throughput import Throughput, flops_per_token, probe_peak_flops

@@ -32,7 +32,9 @@ def rotary_embedding(x: Tensor, start_index: int | Tensor = 0, base: float = 100
         np.float32
     )
     positions = ops.arange(0, ops.shape(x)[1], dtype="float32") + ops.cast(start_index, "float32")
-    angles = ops.expand_dims(positions, -1) * inv_freq  # (seq, half)
+    # As a tensor: `torch_tensor * ndarray` would let NumPy take the product
+    # (leaving torch.jit.trace a constant: the positions of the traced call).
+    angles = ops.expand_dims(positions, -1) * ops.convert_to_tensor(inv_freq)  # (seq, half)
     cos = ops.cos(angles)[None, :, None, :]
     sin = ops.sin(angles)[None, :, None, :]
     y = ops.cast(x, "float32")
