@@ -1,6 +1,7 @@
 """Shared test helpers: run Python in a subprocess (on a chosen backend), run a worker on
-every backend and collect its arrays, one harness for every layer (`run_layer_test`), and
-the real corpus tests read (`corpus_text`).
+every backend and collect its arrays, one harness for every layer (`run_layer_test`),
+the real corpus tests read (`corpus_text`), and the tiny models and runs tests build
+(`tiny_gpt`, `tiny_config`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,62 @@ def corpus_text() -> str:
     from keras_gpt.data.corpus import stdlib_corpus
 
     return stdlib_corpus(max_bytes=2 * SHAKESPEARE_CHARS)[:SHAKESPEARE_CHARS]
+
+
+def tiny_gpt(**overrides):
+    """A GPT small enough for tests of the code around the model: 1 block, 2 heads, 8 wide,
+    32 positions, byte vocabulary (257 ids, `ByteTokenizer`'s), seed 0; `overrides` change
+    any argument."""
+    from keras_gpt import GPT
+
+    settings = dict(
+        vocabulary_size=257,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        max_sequence_length=32,
+        seed=0,
+    )
+    return GPT(**{**settings, **overrides})
+
+
+def tiny_text(lines: int = 300) -> str:
+    """A repetitive text a tiny model learns in a few steps: 7 distinct lines, repeated."""
+    return "".join(
+        f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(lines)
+    )
+
+
+def tiny_config(tmp_path: pathlib.Path, out_name: str = "run", lines: int = 300, **overrides):
+    """A `PretrainConfig` for a run that takes seconds: `tiny_text(lines)` written to
+    `tmp_path/corpus.txt`, characters as tokens, a 1-block 16-wide model, windows of 16,
+    batches of 4, 10 steps evaluated every 2 on 2 batches, dropout 0.1, a fixed peak
+    FLOP/s (no probe) and no sample; the run goes to `tmp_path/out_name`. `overrides`
+    change any setting."""
+    from keras_gpt.training.pretrain import PretrainConfig
+
+    data = tmp_path / "corpus.txt"
+    data.write_text(tiny_text(lines))
+    base = PretrainConfig(
+        data=str(data),
+        tokenizer="char",
+        out=str(tmp_path / out_name),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        sequence_length=16,
+        batch_size=4,
+        max_steps=10,
+        eval_interval=2,
+        eval_batches=2,
+        warmup_steps=2,
+        dropout=0.1,
+        learning_rate=1e-2,
+        peak_flops=1e9,
+        verbose=0,
+        sample_tokens=0,
+    )
+    return base.update(overrides)
 
 
 def run_python(

@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import tiny_gpt
 
 from keras_gpt import GPT
 from keras_gpt.cli import main
@@ -296,14 +297,7 @@ def test_token_byte_lengths_sum_to_the_texts_bytes(bpe):
 
 
 def test_bits_per_byte_divide_by_the_bytes_of_the_scored_tokens(bpe, tmp_path):
-    model = GPT(
-        vocabulary_size=bpe.vocabulary_size,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        max_sequence_length=8,
-        seed=0,
-    )
+    model = tiny_gpt(vocabulary_size=bpe.vocabulary_size, max_sequence_length=8)
     text = HOSTILE * 3
     (tmp_path / "doc.txt").write_text(text)
     result = perplexity(model, bpe, tmp_path / "doc.txt", context=8, stride=4)
@@ -441,14 +435,7 @@ def test_is_greedy_marks_what_greedy_decoding_produces(reference, greedy_case):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return GPT(
-        vocabulary_size=TOKENIZER.vocabulary_size,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        max_sequence_length=32,
-        seed=0,
-    )
+    return tiny_gpt(vocabulary_size=TOKENIZER.vocabulary_size)  # 1 block, 8 wide, 32 positions
 
 
 GOOD = dict(context="a b", endings=["c", "d"], label=1)
@@ -546,14 +533,7 @@ def test_cli_error_is_one_line(preset, tmp_path):
 @pytest.mark.cross_backend
 def test_same_scores_on_every_backend(tmp_path):
     preset = tmp_path / "preset"
-    model = GPT(
-        vocabulary_size=TOKENIZER.vocabulary_size,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        max_sequence_length=64,
-        seed=0,
-    )
+    model = tiny_gpt(num_layers=2, hidden_dim=16, max_sequence_length=64)
     model.save_to_preset(str(preset), tokenizer=TOKENIZER)
     text = tmp_path / "valid.txt"
     text.write_text(" ".join(DOCUMENTS))
@@ -643,14 +623,7 @@ def test_lm_eval_runs_a_local_task_through_the_adapter(tmp_path, monkeypatch):
     # No network: the "json" dataset builder reads the local file.
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = GPT(
-        vocabulary_size=TOKENIZER.vocabulary_size,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        max_sequence_length=64,
-        seed=4,
-    )
+    model = tiny_gpt(num_layers=2, hidden_dim=16, max_sequence_length=64, seed=4)
     preset = tmp_path / "preset"
     model.save_to_preset(str(preset), tokenizer=TOKENIZER)
     rng = np.random.default_rng(0)

@@ -6,40 +6,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_python
+from helpers import ROOT, run_python, tiny_config
 
 from keras_gpt import GPT
 from keras_gpt.cli import _overrides
 from keras_gpt.data import TokenStream
 from keras_gpt.training import latest_checkpoint, read_metrics
 from keras_gpt.training.pretrain import PretrainConfig, load_config, pretrain
-
-TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
-
-
-def tiny_config(tmp_path, out_name="run", **overrides) -> PretrainConfig:
-    data = tmp_path / "corpus.txt"
-    data.write_text(TEXT)
-    base = PretrainConfig(
-        data=str(data),
-        tokenizer="char",
-        out=str(tmp_path / out_name),
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        sequence_length=16,
-        batch_size=4,
-        max_steps=10,
-        eval_interval=2,
-        eval_batches=2,
-        warmup_steps=2,
-        dropout=0.1,
-        learning_rate=1e-2,
-        peak_flops=1e9,
-        verbose=0,
-        sample_tokens=0,
-    )
-    return base.update(overrides)
 
 
 def test_pretrain_writes_outputs_and_learns(tmp_path):

@@ -13,6 +13,7 @@ import pathlib
 import signal
 import textwrap
 
+import helpers
 import keras
 import numpy as np
 import pytest
@@ -26,34 +27,12 @@ from keras_gpt.training import (
     read_metrics,
 )
 from keras_gpt.training.checkpoints import read_manifest
-from keras_gpt.training.pretrain import PretrainConfig, pretrain
-
-TEXT = "".join(f"line {i % 7}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
+from keras_gpt.training.pretrain import pretrain
 
 
-def tiny_config(tmp_path, out_name="run", **overrides) -> PretrainConfig:
-    data = tmp_path / "corpus.txt"
-    data.write_text(TEXT)
-    base = PretrainConfig(
-        data=str(data),
-        tokenizer="char",
-        out=str(tmp_path / out_name),
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        sequence_length=16,
-        batch_size=4,
-        max_steps=4,
-        eval_interval=2,
-        eval_batches=2,
-        warmup_steps=2,
-        dropout=0.1,
-        learning_rate=1e-2,
-        peak_flops=1e9,
-        verbose=0,
-        sample_tokens=0,
-    )
-    return base.update(overrides)
+def tiny_config(tmp_path, out_name="run", **overrides):
+    """helpers.tiny_config on 200 lines of text, 4 steps by default."""
+    return helpers.tiny_config(tmp_path, out_name, lines=200, **{"max_steps": 4, **overrides})
 
 
 def snapshot(directory: pathlib.Path) -> dict:
