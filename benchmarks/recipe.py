@@ -87,11 +87,14 @@ def child_keras(args) -> dict:
         return _timed(seconds, key, fit)(self, *a, **k)
 
     GPT.fit = timed_fit
-    overrides = {"out": args.out, "overwrite": True, "max_steps": args.steps}
+    overrides = {"out": args.out, "overwrite": True}
+    if pathlib.Path(args.config).resolve() == CONFIG:
+        overrides["max_steps"] = args.steps  # nanoGPT's recipe: both sides run --steps
+    # Another recipe (e.g. the speedrun's) runs its own max_steps.
     if args.threads:
         overrides["threads"] = args.threads
     overrides.update(dict(item.split("=", 1) for item in args.set))
-    config = pretrain.load_config(CONFIG, overrides)
+    config = pretrain.load_config(args.config, overrides)
     start = time.perf_counter()
     summary = pretrain.pretrain(config)
     seconds["pretrain"] = time.perf_counter() - start
@@ -100,6 +103,7 @@ def child_keras(args) -> dict:
     seconds["other"] = seconds["pretrain"] - sum(seconds[k] for k in phases)
     return {
         "backend": keras.backend.backend(),
+        "config": str(args.config),
         "steps": summary["steps"],
         "val_loss": summary["val_loss"],
         "tokens_per_second": summary["tokens_per_second"],
@@ -164,28 +168,23 @@ def child_interleaved(args) -> dict:
     pretrain = importlib.import_module("keras_gpt.training.pretrain")
     overrides = {"out": args.out, "overwrite": True, "threads": args.threads}
     overrides.update(dict(item.split("=", 1) for item in args.set))
-    config = pretrain.load_config(CONFIG, overrides)
+    config = pretrain.load_config(args.config, overrides)
     pretrain.set_threads(config.threads)
     torch.set_num_threads(args.threads or os.cpu_count())
     rng = np.random.default_rng(0)
     data = rng.integers(0, 65, 1_000_000).astype("int32")
 
-    def batch_at(i: int):
-        starts = np.random.default_rng([0, i]).integers(0, len(data) - 65, 12)
+    def batch_at(i: int, batch: int = 12):
+        starts = np.random.default_rng([0, i]).integers(0, len(data) - 65, batch)
         rows = np.stack([data[s : s + 65] for s in starts])
         return rows[:, :-1], rows[:, 1:]
 
-    from keras_gpt.model.gpt import GPT
     from keras_gpt.model.metrics import Perplexity
-    from keras_gpt.training.optimizer import gpt_optimizer
 
-    model = GPT(
-        vocabulary_size=65, num_layers=4, num_heads=4, hidden_dim=128,
-        max_sequence_length=64, dropout=0.0, seed=0, dtype=config.dtype,
-        use_bias=config.use_bias, activation=config.activation,
-    )  # fmt: skip
+    # The recipe's model and optimizer, as `pretrain` builds them (batch: the config's).
+    model = pretrain.build_model(config, 65)
     model.compile(
-        optimizer=gpt_optimizer(1e-3, total_steps=2000, warmup_steps=100, beta_2=0.99),
+        optimizer=pretrain.build_optimizer(config),
         metrics=[Perplexity()],
         jit_compile=pretrain.jit_compile(config),
     )
@@ -203,8 +202,11 @@ def child_interleaved(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.item()
 
+    def ours_batch(i: int):
+        return batch_at(i, config.batch_size)
+
     def ours_steps(first: int, count: int) -> None:
-        model.fit(fit_input(StepBatches(batch_at, first, count)), verbose=0, shuffle=False)
+        model.fit(fit_input(StepBatches(ours_batch, first, count)), verbose=0, shuffle=False)
 
     n = args.interleaved
     ours_steps(0, 2)  # compiles
@@ -220,6 +222,7 @@ def child_interleaved(args) -> dict:
     return {
         "backend": keras.backend.backend(),
         "steps_per_round": n,
+        "batch_size": {"nanogpt": 12, "keras_gpt": config.batch_size},
         "step_seconds": times,
         "median_step_seconds": medians,
         "step_ratio": medians["keras_gpt"] / medians["nanogpt"],
@@ -233,6 +236,7 @@ def spawn(kind: str, backend: str, args, log: pathlib.Path) -> dict:
         cmd = [sys.executable, __file__, "--child", kind, "--steps", str(args.steps)]
         cmd += ["--seed", str(args.seed), "--out", tmp + "/run", "--threads", str(args.threads)]
         cmd += ["--interleaved", str(args.interleaved), "--rounds", str(args.rounds)]
+        cmd += ["--config", str(args.config)]
         for item in args.set:
             cmd += ["--set", item]
         env = {**os.environ, "KERAS_BACKEND": backend}
@@ -266,6 +270,12 @@ def main() -> None:
         "--threads", type=int, default=0, help="both sides' CPU threads (0: the defaults)"
     )
     p.add_argument("--set", action="append", default=[], help="recipe setting key=value")
+    p.add_argument(
+        "--config",
+        default=str(CONFIG),
+        help="keras_gpt's recipe (default: shakespeare_char.toml, which runs --steps; "
+        "another config runs its own max_steps)",
+    )
     p.add_argument("--log", default="/tmp/recipe_bench.log", help="children's output")
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument(
