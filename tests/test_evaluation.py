@@ -518,6 +518,31 @@ def test_cli_writes_the_figures(tiny, preset, tmp_path, capsys):
     assert written["acc"] == multiple_choice(tiny, TOKENIZER, mc)["acc"]
 
 
+def test_cli_last_word_and_context(tiny, preset, tmp_path, capsys):
+    passages = tmp_path / "passages.txt"
+    passages.write_text("The cat sat on the mat\nShe went home\nIt was the best of times\n")
+    main(["evaluate", str(preset), "--data", str(passages), "--task", "last_word"])
+    written = json.loads(capsys.readouterr().out)
+    expected = last_word(tiny, TOKENIZER, passages)
+    assert written["task"] == "last_word" and written["items"] == 3
+    assert written["acc"] == expected["acc"]
+    assert written["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
+
+    text = tmp_path / "valid.txt"
+    text.write_text(DOCUMENTS[1])
+    main(["evaluate", str(preset), "--data", str(text), "--context", "12", "--stride", "5"])
+    written = json.loads(capsys.readouterr().out)
+    assert (written["context"], written["stride"]) == (12, 5)
+    expected = perplexity(tiny, TOKENIZER, text, context=12, stride=5)
+    assert written["tokens"] == expected["tokens"] == len(DOCUMENTS[1].encode()) - 1
+    assert written["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
+    with pytest.raises(SystemExit, match="apply to perplexity only"):
+        main(
+            ["evaluate", str(preset), "--data", str(passages), "--task", "last_word"]
+            + ["--context", "12"]
+        )
+
+
 def test_cli_error_is_one_line(preset, tmp_path):
     mc = write_jsonl(tmp_path / "mc.jsonl", [GOOD, {**GOOD, "label": 5}])
     with pytest.raises(SystemExit) as error:

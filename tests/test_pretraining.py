@@ -153,7 +153,7 @@ def test_data_parallel_recipe_matches_one_device(tmp_path):
     pretrain(single)
     code = (
         "import sys; sys.path.insert(0, 'tests');"
-        "from test_pretraining import tiny_config; import pathlib;"
+        "from helpers import tiny_config; import pathlib;"
         "from keras_gpt.training.pretrain import pretrain;"
         f"pretrain(tiny_config(pathlib.Path({str(tmp_path)!r}), 'parallel', dropout=0.0,"
         " max_steps=4, data_parallel=True))"
