@@ -8,6 +8,7 @@ and NumPy sum in different orders; measured differences are ~1e-7).
 """
 
 import json
+import pathlib
 
 import keras
 import numpy as np
@@ -305,3 +306,44 @@ def test_budget_end_counts_the_steps_that_fit():
     assert budget_end(100, 50.0, 4.0, 60.0, 10_000) == 140
     assert budget_end(100, 70.0, 4.0, 60.0, 10_000) == 100  # over budget: end now
     assert budget_end(100, 0.0, 4.0, 60.0, 150) == 150  # never past max_steps
+
+
+# -- the recipes --------------------------------------------------------------------------
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "recipes" / "configs"
+
+
+@pytest.mark.parametrize("name", ["shakespeare_char_speedrun", "shakespeare_char_speedrun_long"])
+def test_speedrun_configs_build_the_modern_model_and_muon(name):
+    from keras_gpt.training.pretrain import build_model, build_optimizer, load_config
+
+    config = load_config(CONFIGS / f"{name}.toml")
+    model = build_model(config, 65)
+    assert model.modern_options()["position_embedding"] == "rope"
+    optimizer = build_optimizer(config)
+    assert isinstance(optimizer.optimizers[0], keras.optimizers.Muon)
+    assert config.data == "shakespeare" and config.sequence_length == 64  # nanoGPT's setup
+
+
+def test_time_budgeted_run_ends_with_its_cooldown_finished(tmp_path):
+    """With `max_seconds` and wsd the loop moves the run's end to where the budget runs
+    out, so the last logged rate is the cool-down's floor (0) long before max_steps."""
+    from keras_gpt.training import read_metrics
+    from keras_gpt.training.pretrain import load_config, pretrain
+
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"line {i % 7}: the quick brown fox.\n" for i in range(300)))
+    config = load_config(
+        CONFIGS / "shakespeare_char_speedrun.toml",
+        {
+            "data": str(text), "out": str(tmp_path / "run"), "num_layers": 1,
+            "num_heads": 2, "hidden_dim": 16, "sequence_length": 16, "batch_size": 4,
+            "max_steps": 100_000, "max_seconds": 2, "eval_interval": 5, "eval_batches": 2,
+            "sample_tokens": 0, "verbose": 0, "peak_flops": 1e9, "jit_compile": "false",
+        },
+    )  # fmt: skip
+    summary = pretrain(config)
+    rows = read_metrics(tmp_path / "run")
+    assert summary["steps"] < 100_000
+    assert rows[-1]["step"] == summary["steps"]
+    assert rows[-1]["learning_rate"] == 0.0
