@@ -1,12 +1,13 @@
 """`keras-gpt serve`'s limits and access, each against a real server on 127.0.0.1.
 
-Three servers of a tiny random model start once for the module (subprocesses on
+Four servers of a tiny random model start once for the module (subprocesses on
 this pass's backend): `guarded` (an API key from the environment, a small body
 limit, short header and body timeouts, a connection cap), `hurried` (a request
-time limit no request can meet) and `drained` (stopped with SIGTERM by the
-last test). Raw sockets send what the `openai` client never would: half-sent
-headers and bodies, lying or chunked lengths. Every wait is bounded; nothing
-asserts on timing.
+time limit no request can meet), `drained` (stopped with SIGTERM) and
+`impatient` (a grace period too short for its queue, also stopped). Raw
+sockets send what the `openai` client never would: half-sent headers and
+bodies, lying or chunked lengths. Every wait is bounded; nothing asserts on
+timing.
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def servers(tmp_path_factory):
         ),
         "hurried": Server(preset, str(root / "hurried.log"), "--request-timeout", "0.001"),
         "drained": Server(preset, str(root / "drained.log"), "--shutdown-timeout", "20"),
+        "impatient": Server(
+            preset,
+            str(root / "impatient.log"),
+            *("--shutdown-timeout", "0.2", "--max-batch", "1"),
+        ),
     }
     try:
         for server in started.values():
@@ -328,10 +334,12 @@ def test_metrics_parse_and_count_what_was_sent(servers):
     assert samples[("keras_gpt:num_requests_waiting", (model,))] == 0
 
 
-def test_sigterm_lets_streams_finish_and_exits_0(servers):
-    server = servers["drained"]
+def start_streams(server: Server, count: int) -> tuple[list, list]:
+    """`count` streamed requests of 40 tokens, each answered with at least its headers."""
     body = json.dumps(dict(COMPLETION, max_tokens=40, stream=True)).encode()
-    streams = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(4)]
+    streams = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(count)
+    ]
     for s in streams:
         s.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -339,8 +347,10 @@ def test_sigterm_lets_streams_finish_and_exits_0(servers):
         )
     answers = [s.recv(65536) for s in streams]  # every stream has started
     assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
-    server.process.send_signal(signal.SIGTERM)
+    return streams, answers
 
+
+def read_to_the_end(streams: list, answers: list) -> None:
     def read_rest(i):
         while chunk := streams[i].recv(65536):
             answers[i] += chunk
@@ -351,6 +361,13 @@ def test_sigterm_lets_streams_finish_and_exits_0(servers):
         reader.start()
     for reader in readers:
         reader.join(WAIT)
+
+
+def test_sigterm_lets_streams_finish_and_exits_0(servers):
+    server = servers["drained"]
+    streams, answers = start_streams(server, 4)
+    server.process.send_signal(signal.SIGTERM)
+    read_to_the_end(streams, answers)
     assert server.process.wait(WAIT) == 0, server.read_log()
     for answer in answers:
         assert b'"finish_reason":"length"' in answer.replace(b" ", b""), answer[-300:]
@@ -358,3 +375,18 @@ def test_sigterm_lets_streams_finish_and_exits_0(servers):
     log = server.read_log()
     assert "shutting down" in log and "stopped" in log
     assert "Traceback" not in log
+
+
+def test_sigterm_ends_what_the_grace_period_cannot_finish_and_exits_0(servers):
+    server = servers["impatient"]
+    # One row a batch and a 0.2 s grace period: some of the 12 streams may finish,
+    # the rest must end with a shutting_down error event; none is cut off.
+    streams, answers = start_streams(server, 12)
+    server.process.send_signal(signal.SIGTERM)
+    read_to_the_end(streams, answers)
+    assert server.process.wait(WAIT) == 0, server.read_log()
+    for answer in answers:
+        text = answer.replace(b" ", b"")
+        assert b'"finish_reason":"length"' in text or b'"code":"shutting_down"' in text, text
+        assert answer.rstrip(b"\r\n0").endswith(b"data: [DONE]"), answer[-100:]
+    assert "Traceback" not in server.read_log()
