@@ -244,6 +244,20 @@ def lm_eval_split(tokenizer, context: str, continuation: str) -> tuple[list, lis
     return list(context_ids), list(continuation_ids)
 
 
+def test_docstring_examples_with_outputs_hold():
+    import doctest
+
+    from keras_gpt.evaluation import tasks
+
+    for function in (tasks.encode_request, tasks.sliding_windows, tasks.token_byte_lengths):
+        runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+        for test in doctest.DocTestFinder().find(
+            function, globs={"ByteTokenizer": ByteTokenizer, **vars(tasks)}
+        ):
+            runner.run(test)
+        assert runner.tries >= 1 and runner.failures == 0, function.__name__
+
+
 # -- parity with transformers ------------------------------------------------
 
 
