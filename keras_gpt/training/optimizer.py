@@ -120,7 +120,7 @@ class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(
         self,
         learning_rate: float,
-        total_steps,
+        total_steps: int | float | keras.Variable,
         warmup_steps: int = 0,
         cooldown_fraction: float = 0.4,
         min_learning_rate_ratio: float = 0.0,
@@ -161,7 +161,7 @@ class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def learning_rate_schedule(
     learning_rate: float,
-    total_steps,
+    total_steps: int | float | keras.Variable,
     warmup_steps: int,
     min_learning_rate_ratio: float,
     schedule: str = "cosine",
@@ -214,7 +214,7 @@ def parameter_group(path: str) -> str:
 
 
 def speedrun_optimizer(
-    total_steps,
+    total_steps: int | float | keras.Variable,
     learning_rate: float = 3e-3,
     matrix_learning_rate: float = 0.01,
     embedding_learning_rate: float | None = None,
