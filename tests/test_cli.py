@@ -17,7 +17,7 @@ import tty
 
 import keras
 import pytest
-from helpers import run_python
+from helpers import run_python, tiny_config
 
 from keras_gpt.cli import main
 
@@ -202,3 +202,28 @@ def test_progress_on_a_terminal_redraws_itself(tmp_path):
     assert proc.returncode == 0, output[-3000:]
     assert "\x1b[" in output  # Keras' bar, in colour
     assert "\rprepare: " in output, output[:3000]
+
+
+@pytest.mark.skipif(
+    BACKEND != "torch",
+    reason="the flag's way from the command line to the recipe is backend-independent: "
+    "the PyTorch pass runs it (resuming itself is tested on every backend in test_runs.py)",
+)
+def test_pretrain_resume_through_the_command_line(tmp_path, capsys):
+    from keras_gpt.training import latest_checkpoint, read_metrics
+    from keras_gpt.training.pretrain import pretrain
+
+    pretrain(tiny_config(tmp_path, max_steps=2))
+    out = tmp_path / "run"
+    first = read_metrics(out)
+    settings = ["pretrain", "--config", str(out / "config.toml"), "--max-steps", "4"]
+    main([*settings, "--resume"])
+    rows = read_metrics(out)
+    # Continued from step 2's checkpoint (not restarted): one new row, the old one kept.
+    assert [r["step"] for r in rows] == [2, 4] and rows[0] == first[0]
+    assert latest_checkpoint(out / "checkpoints").name == "step_00000004"
+    # Without --resume the same command refuses to touch the run.
+    with pytest.raises(SystemExit) as exit:
+        main(settings)
+    assert exit.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert read_metrics(out) == rows
