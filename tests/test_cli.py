@@ -17,7 +17,7 @@ import tty
 
 import keras
 import pytest
-from helpers import run_python, tiny_config
+from helpers import run_python, tiny_config, tiny_gpt
 
 from keras_gpt.cli import main
 
@@ -227,3 +227,28 @@ def test_pretrain_resume_through_the_command_line(tmp_path, capsys):
         main(settings)
     assert exit.value.code == 2 and "--resume" in capsys.readouterr().err
     assert read_metrics(out) == rows
+
+
+@pytest.mark.skipif(
+    BACKEND != "torch",
+    reason="the flag's way from the command line to the sampler is backend-independent: "
+    "the PyTorch pass runs it (the samplers are tested on every backend in test_generation.py)",
+)
+def test_generate_top_p_reaches_the_sampler(tmp_path, capsys):
+    import numpy as np
+
+    from keras_gpt.tokenizers import ByteTokenizer
+
+    tokenizer = ByteTokenizer()
+    model = tiny_gpt()
+    model.save_to_preset(str(tmp_path / "preset"), tokenizer=tokenizer)
+    settings = ["generate", "--preset", str(tmp_path / "preset"), "--prompt", "ab"]
+    settings += ["--max-new-tokens", "8", "--temperature", "1", "--seed", "5"]
+    greedy = model.generate(np.array([[97, 98]]), max_new_tokens=8, sampler="greedy")
+    expected = "ab" + tokenizer.decode(greedy[0, 2:].tolist())
+    # A nucleus this small holds the most likely token alone: top-p decodes greedily,
+    # where plain sampling at temperature 1 from this untrained model would not.
+    main([*settings, "--top-p", "1e-6"])
+    assert capsys.readouterr().out == expected + "\n"
+    main(settings)
+    assert capsys.readouterr().out != expected + "\n"
