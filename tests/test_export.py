@@ -307,3 +307,36 @@ def test_bad_stop_ids_are_refused(model, tmp_path):
         export(model, tmp_path / "out", stop_token_ids=[50])
     with pytest.raises(ValueError, match="list of ids"):
         export(model, tmp_path / "out", stop_token_ids=7)
+
+
+def test_modern_block_exports_logits_and_generate(tmp_path):
+    """A RoPE / RMSNorm / QK-norm / soft-capped model (the speedrun recipe's block) served by
+    plain TensorFlow: logits as the model's, greedy and left-padded generation as
+    `GPT.generate`'s (RoPE at each row's own positions)."""
+    model = keras_gpt.GPT(
+        **CONFIG, position_embedding="rope", normalization="rmsnorm", norm_scale=False,
+        qk_norm=True, activation="relu2", tie_embeddings=False, head_init_stddev=0.5,
+        residual_init_stddev=0.1, logit_soft_cap=15.0, use_bias=False,
+    )  # fmt: skip
+    path = str(tmp_path / "modern" / "1")
+    export(model, path, max_new_tokens=LIMIT, stop_token_ids=STOPS)
+    batch = {name: requests()[name] for name in ("logits", "greedy", "greedy_left_padded")}
+    with open(tmp_path / "requests.json", "w") as f:
+        json.dump(batch, f)
+    run_python(
+        [WORKER, path, tmp_path / "requests.json", tmp_path / "results.npz"],
+        env={"KERAS_BACKEND": None},
+    )
+    results = dict(np.load(tmp_path / "results.npz"))
+    ids, mask = padded(PROMPTS)
+    expected = keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": mask}))
+    np.testing.assert_allclose(results["logits/logits"], expected, atol=1e-4, rtol=0)
+    tokens, lengths = model.generate(
+        PROMPTS, max_new_tokens=LIMIT, stop_token_ids=STOPS, return_lengths=True
+    )
+    for name in ("greedy", "greedy_left_padded"):
+        np.testing.assert_array_equal(results[f"{name}/lengths"], lengths)
+        for row, length in enumerate(lengths):
+            np.testing.assert_array_equal(
+                results[f"{name}/token_ids"][row, :length], tokens[row, :length]
+            )
