@@ -347,3 +347,18 @@ def test_time_budgeted_run_ends_with_its_cooldown_finished(tmp_path):
     assert summary["steps"] < 100_000
     assert rows[-1]["step"] == summary["steps"]
     assert rows[-1]["learning_rate"] == 0.0
+
+
+def test_gpt_optimizer_leaves_rms_norm_scales_undecayed():
+    """GPT-2's AdamW recipe (used by fine-tuning) on a modern model: with zero gradients
+    only the kernels shrink; RMSNorm scales, like LayerNorm's, are not decayed."""
+    from keras_gpt.training import gpt_optimizer
+
+    model = modern_gpt(norm_scale=True, head_init_stddev=0.5, residual_init_stddev=0.1)
+    optimizer = gpt_optimizer(0.1, total_steps=10, warmup_steps=0, weight_decay=0.5)
+    variables = model.trainable_variables
+    before = {v.path: to_numpy(v) for v in variables}
+    optimizer.apply([keras.ops.zeros(v.shape) for v in variables], variables)
+    for v in variables:
+        changed = not np.array_equal(to_numpy(v), before[v.path])
+        assert changed == v.path.endswith("kernel"), v.path

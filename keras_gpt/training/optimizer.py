@@ -10,8 +10,8 @@ import keras
 from keras import ops
 
 #: Weights that GPT-2 and nanoGPT exclude from weight decay: biases, LayerNorm
-#: scales/offsets and embeddings. Matched against variable names.
-NO_DECAY_NAMES = ("bias", "gamma", "beta", "token_embeddings", "position_embeddings")
+#: scales/offsets (RMSNorm's `scale` too) and embeddings. Matched against variable names.
+NO_DECAY_NAMES = ("bias", "gamma", "beta", "scale", "token_embeddings", "position_embeddings")
 
 
 def gpt_optimizer(
