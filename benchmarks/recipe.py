@@ -300,19 +300,12 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(HERE))
-    from machine import cpu_name
+    from machine import machine_report
 
-    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
     report = {
-        "benchmark": "shakespeare_char recipe vs nanoGPT procedure",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
-        "cpu_flags": sorted(
-            {f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
-        ),
+        **machine_report("shakespeare_char recipe vs nanoGPT procedure"),
         "steps": args.steps,
         "settings": args.set,
-        "load_average_start": load_average(),
         "backends": {},
     }
     log = pathlib.Path(args.log)

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import recipe  # noqa: E402  (benchmarks/recipe.py: spawn, child processes)
-from machine import cpu_name  # noqa: E402
+from machine import machine_report  # noqa: E402
 
 CONFIGS = HERE.parent / "recipes" / "configs"
 SPEEDRUN = CONFIGS / "shakespeare_char_speedrun.toml"
@@ -69,17 +67,10 @@ def main() -> None:
     # What recipe.spawn passes on to its children.
     args.interleaved, args.rounds = 0, 0
 
-    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
     report = {
-        "benchmark": "speedrun recipe vs nanoGPT procedure (shakespeare_char)",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
-        "cpu_flags": sorted(
-            {f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
-        ),
+        **machine_report("speedrun recipe vs nanoGPT procedure (shakespeare_char)"),
         "threads": args.threads,
         "settings": args.set,
-        "load_average_start": recipe.load_average(),
         "backends": {},
     }
     log = pathlib.Path(args.log)
