@@ -362,3 +362,16 @@ def test_gpt_optimizer_leaves_rms_norm_scales_undecayed():
     for v in variables:
         changed = not np.array_equal(to_numpy(v), before[v.path])
         assert changed == v.path.endswith("kernel"), v.path
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("position_embedding", "alibi", "'learned', 'sinusoidal' or 'rope'"),
+        ("normalization", "batchnorm", "normalization"),
+        ("activation", "swish", "activation"),
+    ],
+)
+def test_unknown_options_are_refused_by_name(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        modern_gpt(**{option: value})

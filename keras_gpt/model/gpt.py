@@ -203,6 +203,11 @@ class GPT(keras.Model):
 
         policy = self.dtype_policy
         init_stddev = 0.02
+        if position_embedding not in ("learned", "sinusoidal", "rope"):
+            raise ValueError(
+                "`position_embedding` must be 'learned', 'sinusoidal' or 'rope', "
+                f"got {position_embedding!r}."
+            )
         rope = position_embedding == "rope"
         self.embeddings = TokenAndPositionEmbedding(
             self.vocabulary_size,
