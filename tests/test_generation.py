@@ -246,7 +246,10 @@ def test_recipe_call(model):
         ([[1, 2, 50]], {}, "token id 50"),
         ([[1, -1]], {}, "token id -1"),
         ([[1.5, 2.0]], {}, "integer"),
-        ([[1] * 30], dict(max_new_tokens=3), "exceeds the model's max_sequence_length"),
+        ([[1] * 30], dict(max_new_tokens=3), "keep its last 29 tokens"),
+        # max_new_tokens alone fills the context: no prompt length helps (was "keep its
+        # last -8 tokens").
+        ([[1] * 4], dict(max_new_tokens=40), "Ask for at most 28 new tokens"),
         ([[1]], dict(max_new_tokens=-1), "non-negative"),
         ([[1]], dict(stop_token_ids=[99]), "Stop token id 99"),
         ([[1]], dict(stop_token_ids=3), r"write \[3\]"),

@@ -99,11 +99,17 @@ def validate(model, prompts, max_new_tokens, pad_token_id) -> None:
             )
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > model.max_sequence_length:
+        room = model.max_sequence_length - max_new_tokens
+        # Shortening the prompt helps only while max_new_tokens leaves room for one token.
+        fix = (
+            f"Shorten the prompt (e.g. keep its last {room} tokens) or ask for fewer tokens."
+            if room > 0
+            else f"Ask for at most {model.max_sequence_length - longest} new tokens."
+        )
         raise ValueError(
             f"The longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
             f"= {longest + max_new_tokens} exceeds the model's max_sequence_length "
-            f"({model.max_sequence_length}). Shorten the prompt (e.g. keep its last "
-            f"{model.max_sequence_length - max_new_tokens} tokens) or ask for fewer tokens."
+            f"({model.max_sequence_length}). {fix}"
         )
     if not 0 <= pad_token_id < 2**31:
         raise ValueError(f"`pad_token_id` must be a non-negative int32, got {pad_token_id!r}.")
