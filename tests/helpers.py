@@ -265,3 +265,73 @@ def _check_training_step(layer_cls, init_kwargs, input_data, call_kwargs) -> Non
     for weight, old in zip(model.trainable_weights, before):
         changed = np.abs(keras.ops.convert_to_numpy(weight) - old).max()
         assert changed > 0, f"{weight.path} did not train"
+
+
+# -- servers under test --------------------------------------------------------------------
+
+#: Seconds a `keras-gpt serve` subprocess may take to answer /health.
+SERVER_START_TIMEOUT = 180
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """A `keras-gpt serve PRESET` subprocess on 127.0.0.1 and a free port; its output goes
+    to `log`, which failures show.
+
+    Args:
+        preset: the preset (or run directory) to serve.
+        log: file for the server's stdout and stderr.
+        *flags: more `keras-gpt serve` flags.
+        env: extra environment variables for the server.
+    """
+
+    def __init__(self, preset: str, log: str, *flags: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        command = [sys.executable, "-m", "keras_gpt.cli", "serve", str(preset)]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--model-name", "tiny"]
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(
+                command + list(flags), stdout=out, stderr=out, env=dict(os.environ, **(env or {}))
+            )
+
+    def wait(self) -> None:
+        """Returns once /health answers 200; fails the test if the server exits or is late."""
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}:\n{self.read_log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=10) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"server did not start in {SERVER_START_TIMEOUT} s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        with open(self.log) as f:
+            return f.read()[-4000:]
+
+    def stop(self) -> None:
+        """SIGTERM (the server drains), then SIGKILL after 30 s; nothing if it has exited."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

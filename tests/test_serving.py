@@ -17,17 +17,14 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import keras
 import numpy as np
 import pytest
+from helpers import ServeProcess  # noqa: E402
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
@@ -51,7 +48,6 @@ CONTEXT = 64
 NEW = 24
 MAX_N = 4
 #: Hard limits: a server that does not answer fails the test instead of hanging it.
-START_TIMEOUT = 180
 REQUEST_TIMEOUT = 120
 RECORDS = [
     {"prompt": "say hi", "response": "hi there"},
@@ -59,49 +55,6 @@ RECORDS = [
     {"prompt": "count", "response": "one two three"},
     {"prompt": "colour?", "response": "blue"},
 ] * 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `keras-gpt serve` subprocess; its log goes to a file the failures show."""
-
-    def __init__(self, path: str, log: str, *flags: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [sys.executable, "-m", "keras_gpt.cli", "serve", path]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--model-name", "tiny"]
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(command + list(flags), stdout=out, stderr=out)
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.read_log()}")
-            try:
-                if get(self.url + "/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"server did not start in {START_TIMEOUT} s:\n{self.read_log()}")
-
-    def read_log(self) -> str:
-        with open(self.log) as f:
-            return f.read()[-4000:]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def get(url: str):
@@ -148,8 +101,8 @@ def presets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(presets, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    base = Server(str(presets / "base"), str(logs / "base.log"), "--max-n", str(MAX_N))
-    chat = Server(
+    base = ServeProcess(str(presets / "base"), str(logs / "base.log"), "--max-n", str(MAX_N))
+    chat = ServeProcess(
         str(presets / "run"), str(logs / "chat.log"), "--max-batch", "4", "--max-queue", "2"
     )
     try:
@@ -182,7 +135,7 @@ def reference(presets):
     return model, tokenizer, greedy
 
 
-def client(server: Server):
+def client(server: ServeProcess):
     return openai.OpenAI(
         base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT
     )

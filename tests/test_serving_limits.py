@@ -13,17 +13,15 @@ timing.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from helpers import ServeProcess  # noqa: E402
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -33,50 +31,7 @@ from keras_gpt.tokenizers import ByteTokenizer  # noqa: E402
 
 KEY = "test-key-123"
 MAX_BODY = 300_000  # room for JSON nested 100,000 deep (200 kB), not for 300 kB more
-START_TIMEOUT = 180
 WAIT = 60  # the most any single answer may take
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `keras-gpt serve` subprocess on a free port; its log goes to a file."""
-
-    def __init__(self, preset: str, log: str, *flags: str, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [sys.executable, "-m", "keras_gpt.cli", "serve", preset, "--model-name", "tiny"]
-        command += ["--port", str(self.port), *flags]
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=out, env=dict(os.environ, **(env or {}))
-            )
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.read_log()}")
-            try:
-                if request(self.url + "/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"server did not start in {START_TIMEOUT} s:\n{self.read_log()}")
-
-    def read_log(self) -> str:
-        with open(self.log) as f:
-            return f.read()[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def request(url: str, body=None, headers: dict | None = None, method: str | None = None):
@@ -128,16 +83,16 @@ def servers(tmp_path_factory):
     preset = str(root / "tiny")
     model.save_to_preset(preset, tokenizer=tokenizer)
     started = {
-        "guarded": Server(
+        "guarded": ServeProcess(
             preset,
             str(root / "guarded.log"),
             *("--max-body-bytes", str(MAX_BODY), "--max-json-depth", "8"),
             *("--header-timeout", "2", "--body-timeout", "2", "--max-connections", "6"),
             env={"KERAS_GPT_API_KEY": KEY},
         ),
-        "hurried": Server(preset, str(root / "hurried.log"), "--request-timeout", "0.001"),
-        "drained": Server(preset, str(root / "drained.log"), "--shutdown-timeout", "20"),
-        "impatient": Server(
+        "hurried": ServeProcess(preset, str(root / "hurried.log"), "--request-timeout", "0.001"),
+        "drained": ServeProcess(preset, str(root / "drained.log"), "--shutdown-timeout", "20"),
+        "impatient": ServeProcess(
             preset,
             str(root / "impatient.log"),
             *("--shutdown-timeout", "0.2", "--max-batch", "1"),
@@ -334,7 +289,7 @@ def test_metrics_parse_and_count_what_was_sent(servers):
     assert samples[("keras_gpt:num_requests_waiting", (model,))] == 0
 
 
-def start_streams(server: Server, count: int) -> tuple[list, list]:
+def start_streams(server: ServeProcess, count: int) -> tuple[list, list]:
     """`count` streamed requests of 40 tokens, each answered with at least its headers."""
     body = json.dumps(dict(COMPLETION, max_tokens=40, stream=True)).encode()
     streams = [

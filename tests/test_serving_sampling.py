@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import free_port
 
 import keras_gpt
 from keras_gpt.generation import compiled_programs
@@ -99,12 +99,6 @@ def test_each_row_picks_what_its_own_call_picks_and_values_compile_nothing(model
 
 
 # -- the server ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict) -> dict:
