@@ -325,3 +325,77 @@ def test_keras_gpt_finetune_command(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("keras-gpt: error: "), error
     assert "missing" in error[0]
+
+
+def chat_records(n, seed):
+    """`reverse_records` as chat turns (the `messages` format)."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["response"]},
+            ]
+        }
+        for r in reverse_records(n, seed)
+    ]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.backend_independent
+def test_finetune_settings_through_the_command_line(tmp_path, capsys):
+    """`keras-gpt finetune` with chat data and its validation, early-stopping, evaluation
+    and resume settings: each one changes what the run does. A learning rate of 0 keeps
+    the model the base one, so the validation loss never improves."""
+    tok = char_tokenizer()
+    base = tmp_path / "base"
+    model = GPT(
+        vocabulary_size=tok.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=16,
+        max_sequence_length=48, seed=0,
+    )  # fmt: skip
+    model.save_to_preset(str(base), tokenizer=tok)
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_records(20, 0))
+    held_out = chat_records(3, 1)
+    validation = write_jsonl(tmp_path / "val.jsonl", held_out)
+    choices = write_jsonl(
+        tmp_path / "mc.jsonl", [{"context": "reverse: ab", "endings": ["ba", "ab"], "label": 0}]
+    )
+    common = ["--preset", str(base), "--data", str(data), "--batch-size", "4"]
+    common += ["--eval-interval", "2", "--warmup-steps", "1", "--verbose", "0"]
+    out = tmp_path / "run"
+    main(
+        ["finetune", *common, "--out", str(out), "--max-steps", "8", "--learning-rate", "0"]
+        + ["--patience", "1", "--validation-data", str(validation)]
+        + ["--evaluate-data", str(choices), "--evaluate-task", "multiple_choice"]
+    )
+    # patience 1: the second evaluation is no better than the first, and the run stops.
+    assert [row["step"] for row in read_metrics(out) if "train_loss" in row] == [2, 4]
+    # The validation loss is the held-out file's (all of it, padded rows as in training).
+    model.compile(optimizer="adamw")
+    expected = model.evaluate(InstructionBatches(held_out, tok, 48, 4, seed=None), verbose=0)
+    assert expected > 0  # the rows hold whole examples: their response tokens are scored
+    assert read_metrics(out)[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+    # The chat template it trained on is recorded, for `keras-gpt serve --chat`.
+    metadata = json.loads((out / "best" / "metadata.json").read_text())
+    assert metadata["chat_template"] == "messages"
+    # The final evaluation ran the task asked for, on the best model.
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["task"] == "multiple_choice" and evaluation["items"] == 1
+    assert read_metrics(out, evaluations=True)[-1] == evaluation
+
+    # --resume continues the run from its step-4 checkpoint instead of starting again
+    # (patience 0 now: the run goes on to max_steps).
+    first = read_metrics(out)
+    main(["finetune", "--config", str(out / "config.toml"), "--max-steps", "6", "--resume"]
+         + ["--patience", "0"])  # fmt: skip
+    rows = read_metrics(out)
+    assert [row["step"] for row in rows] == [2, 4, 6] and rows[:2] == first
+
+    # validation_fraction: without validation data, that share of the records is held out.
+    capsys.readouterr()
+    main(["finetune", *common, "--out", str(tmp_path / "split"), "--max-steps", "2"]
+         + ["--validation-fraction", "0.25"])  # fmt: skip
+    assert "15 train / 5 validation examples" in capsys.readouterr().out
