@@ -195,7 +195,9 @@ def export_command(argv: list[str]) -> None:
     parser.add_argument(
         "--stop-token-ids", default="", help="comma-separated ids that end a row, e.g. 50256"
     )
-    parser.add_argument("--pad-token-id", type=int, default=0)
+    parser.add_argument(
+        "--pad-token-id", type=int, default=None, help="id after each row's end (default 0)"
+    )
     parser.add_argument(
         "--backend",
         choices=("tensorflow", "jax"),
@@ -208,6 +210,21 @@ def export_command(argv: list[str]) -> None:
     from keras_gpt.export import export, export_onnx
 
     if args.format == "onnx":
+        # The ONNX file is the logits graph alone: the generate settings have no home there.
+        given = [
+            flag
+            for flag, value in (
+                ("--max-new-tokens", args.max_new_tokens),
+                ("--stop-token-ids", args.stop_token_ids),
+                ("--pad-token-id", args.pad_token_id),
+            )
+            if value not in (None, "")
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to the SavedModel's generate signature only; "
+                "an ONNX export holds the logits graph alone."
+            )
         export_onnx(args.preset, args.path, overwrite=args.overwrite, backend=args.backend)
     else:
         stops = [int(s) for s in args.stop_token_ids.split(",") if s.strip()]
@@ -216,7 +233,7 @@ def export_command(argv: list[str]) -> None:
             args.path,
             max_new_tokens=args.max_new_tokens,
             stop_token_ids=stops or None,
-            pad_token_id=args.pad_token_id,
+            pad_token_id=0 if args.pad_token_id is None else args.pad_token_id,
             overwrite=args.overwrite,
             backend=args.backend,
         )

@@ -252,3 +252,49 @@ def test_generate_top_p_reaches_the_sampler(tmp_path, capsys):
     assert capsys.readouterr().out == expected + "\n"
     main(settings)
     assert capsys.readouterr().out != expected + "\n"
+
+
+@pytest.mark.backend_independent
+def test_export_flags_through_the_command_line(tmp_path, capsys):
+    """`keras-gpt export`: the generate settings reach the SavedModel, --overwrite is needed
+    to replace an export, and --format onnx writes the logits graph (and refuses the
+    generate settings, which it has no place for)."""
+    import numpy as np
+    import onnxruntime
+
+    from keras_gpt.tokenizers import ByteTokenizer
+
+    model = tiny_gpt(max_sequence_length=16)
+    preset = tmp_path / "preset"
+    model.save_to_preset(str(preset), tokenizer=ByteTokenizer())
+    served = tmp_path / "served"
+    export = ["export", str(preset), str(served)]
+    main([*export, "--max-new-tokens", "4", "--stop-token-ids", "7, 9", "--pad-token-id", "3"])
+    metadata_file = served / "assets.extra" / "keras_gpt_export.json"
+    metadata = json.loads(metadata_file.read_text())
+    assert (metadata["max_new_tokens"], metadata["stop_token_ids"]) == (4, [7, 9])
+    assert metadata["pad_token_id"] == 3
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(served)
+
+    with pytest.raises(SystemExit) as exit:
+        main(export)
+    assert exit.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert json.loads(metadata_file.read_text()) == metadata  # untouched
+    main([*export, "--overwrite"])
+    metadata = json.loads(metadata_file.read_text())
+    assert (metadata["max_new_tokens"], metadata["stop_token_ids"]) == (15, [])
+    assert metadata["pad_token_id"] == 0
+
+    onnx_file = tmp_path / "gpt.onnx"
+    with pytest.raises(SystemExit) as exit:
+        main(["export", str(preset), str(onnx_file), "--format", "onnx", "--stop-token-ids", "7"])
+    assert exit.value.code == 2 and "--stop-token-ids" in capsys.readouterr().err
+    assert not onnx_file.exists()
+    onnx_file.write_text("an older file")
+    main(["export", str(preset), str(onnx_file), "--format", "onnx", "--overwrite"])
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    ids = np.array([[5, 9, 2, 33]], "int32")
+    mask = np.ones_like(ids)
+    (logits,) = session.run(None, {"token_ids": ids, "padding_mask": mask})
+    expected = keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": mask}))
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
