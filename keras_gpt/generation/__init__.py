@@ -1,6 +1,8 @@
 """Generation: the engine that owns a model's compiled decoding programs, and samplers.
 
-`GPT.generate` is the front door; `GenerationEngine` is what runs it. The
+`GPT.generate` is the front door; `GenerationEngine` is what runs it.
+`SlotEngine` is continuous batching: requests join and leave a fixed set of
+slots of one KV cache at every step (what `keras-gpt serve` decodes with). The
 engine and the samplers are written against a small model contract (see
 `keras_gpt.generation.engine`) and import no model code, so the model can own
 an engine without an import circle.
@@ -22,9 +24,11 @@ from keras_gpt.generation.samplers import (
     DynamicSampler,
     GreedySampler,
     RandomSampler,
+    RowSampler,
     Sampler,
     get_sampler,
 )
+from keras_gpt.generation.slots import SCHEDULERS, SlotEngine, SlotEvent, SlotRequest
 
 __all__ = [
     "CachedModel",
@@ -34,7 +38,12 @@ __all__ = [
     "GenerationEngine",
     "GreedySampler",
     "RandomSampler",
+    "RowSampler",
+    "SCHEDULERS",
     "Sampler",
+    "SlotEngine",
+    "SlotEvent",
+    "SlotRequest",
     "bucket_length",
     "check_stop_ids",
     "compiled_programs",

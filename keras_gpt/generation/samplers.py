@@ -298,10 +298,14 @@ def row_gumbel_noise(index: Tensor, seeds: Tensor, position: int | Tensor) -> Te
     Args:
         index: int32 `(batch, width)` flat element indices (below `HASH_RANGE`).
         seeds: int32 `(batch,)` seeds in [0, HASH_RANGE).
-        position: int32 scalar, the position being sampled.
+        position: int32 scalar, the position being sampled, or `(batch,)`
+            positions, one per row (each slot of a `SlotEngine` samples at
+            its own position).
     """
     seeds = ops.expand_dims(ops.cast(seeds, "int32"), 1)
     counter = ops.cast(position, "int32")
+    if len(counter.shape) == 1:  # one position per row (continuous batching)
+        counter = ops.expand_dims(counter, 1)
     # hash_ints, with a seed per row: the same int32 arithmetic, broadcast.
     key1, key2 = _rounds(*_split(counter), *_split(seeds), rounds=2)
     a, b = _rounds(index % _P1, index % _P2, key1, key2)

@@ -340,7 +340,12 @@ class GPT(keras.Model):
                 tensor per block, as made by `init_cache`. On PyTorch these
                 tensors are updated in place (keep a `.clone()` to reuse an
                 older cache).
-            cache_index: int scalar, where `token_ids[:, 0]` goes in the cache.
+            cache_index: int scalar, where `token_ids[:, 0]` goes in the cache;
+                or, for one token per row (`seq` 1), a `(batch,)` int vector:
+                row r's token goes at position `cache_index[r]` and attends to
+                positions up to it (continuous batching, where every slot of
+                the cache is at its own position; see
+                `keras_gpt.generation.SlotEngine`).
             padding_mask: optional (batch, cache_length), 1 for real positions.
 
         Returns:

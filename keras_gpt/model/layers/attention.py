@@ -11,10 +11,26 @@ from keras_gpt.backend import Tensor, call_sublayer, has_accelerator, write_at
 from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
 from keras_gpt.model.layers.normalization import rms_normalize
-from keras_gpt.model.layers.rotary import rotary_embedding
+from keras_gpt.model.layers.rotary import is_row_index, rotary_embedding
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
 _IMPLEMENTATIONS = ("auto", "fused", "plain")
+
+
+def write_rows(cache: Tensor, new: Tensor, index: Tensor) -> Tensor:
+    """`cache` (batch, 2, heads, length, head_dim) with row r's one-position `new`
+    (batch, 2, heads, 1, head_dim) written at position `index[r]`.
+
+    A blend with a one-hot mask over the positions (`keras.ops.where`): the
+    same ops on every backend, traceable, and it leaves every other position
+    of every row as it was.
+    """
+    length = ops.shape(cache)[3]
+    hit = ops.arange(0, length, dtype="int32")[None, :] == ops.expand_dims(
+        ops.cast(index, "int32"), 1
+    )
+    hit = ops.reshape(hit, (-1, 1, 1, length, 1))
+    return ops.where(hit, new, cache)
 
 
 def attention_mask(
@@ -27,11 +43,20 @@ def attention_mask(
 
     Query i sits at absolute position start_index + i and sees keys at
     positions <= its own; `padding_mask` (batch, key) removes padded keys.
+    `start_index` may be a `(batch,)` vector, one start per row (continuous
+    batching: every slot at its own position).
     """
-    query_pos = ops.arange(0, query_length, dtype="int32") + ops.cast(start_index, "int32")
     key_pos = ops.arange(0, key_length, dtype="int32")
-    mask = ops.expand_dims(key_pos, 0) <= ops.expand_dims(query_pos, 1)
-    mask = mask[None, None, :, :]
+    if is_row_index(start_index):  # one start per row: (batch, 1, query, key)
+        query_pos = ops.arange(0, query_length, dtype="int32")[None, :] + ops.expand_dims(
+            ops.cast(start_index, "int32"), 1
+        )
+        mask = key_pos[None, None, :] <= ops.expand_dims(query_pos, 2)
+        mask = ops.expand_dims(mask, 1)
+    else:
+        query_pos = ops.arange(0, query_length, dtype="int32") + ops.cast(start_index, "int32")
+        mask = ops.expand_dims(key_pos, 0) <= ops.expand_dims(query_pos, 1)
+        mask = mask[None, None, :, :]
     if padding_mask is not None:
         keys = ops.cast(padding_mask, "bool")[:, None, None, :]
         mask = ops.logical_and(mask, keys)
@@ -183,7 +208,10 @@ class CausalSelfAttention(keras.layers.Layer):
                 `seq` positions, or the cache positions when decoding.
             cache: optional (batch, 2, num_heads, cache_length, head_dim) keys
                 and values of earlier positions (updated in place on PyTorch).
-            cache_index: position of `inputs[:, 0]` in the cache.
+            cache_index: position of `inputs[:, 0]` in the cache: an int
+                scalar, or a `(batch,)` int vector with one position per row
+                when `inputs` holds one token per row (each row attends to
+                the cache positions up to its own).
             training: enables dropout.
 
         Returns:
@@ -213,7 +241,10 @@ class CausalSelfAttention(keras.layers.Layer):
             else:
                 new = qkv[:, :, 1:]  # this call's keys and values, as projected
             new = ops.transpose(new, (0, 2, 3, 1, 4))
-            cache = write_at(cache, ops.cast(new, cache.dtype), cache_index, axis=3)
+            if is_row_index(cache_index):
+                cache = write_rows(cache, ops.cast(new, cache.dtype), cache_index)
+            else:
+                cache = write_at(cache, ops.cast(new, cache.dtype), cache_index, axis=3)
             key = ops.cast(cache[:, 0], query.dtype)  # (batch, heads, cache_length, head_dim)
             value = ops.cast(cache[:, 1], query.dtype)
 

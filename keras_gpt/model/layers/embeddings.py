@@ -93,7 +93,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, token_ids, start_index=0):
-        """Embeds `token_ids` (batch, seq) placed at positions start_index + [0, seq)."""
+        """Embeds `token_ids` (batch, seq) placed at positions start_index + [0, seq).
+
+        `start_index` is an int scalar or a `(batch,)` vector (one start per row).
+        """
         if self.quantization_mode == "int8":
             rows = ops.take(self.token_embeddings, token_ids, axis=0)
             scale = ops.take(self.token_embeddings_scale, token_ids, axis=0)
@@ -105,7 +108,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         if self.position_embedding == "none":
             return tokens
         positions = ops.arange(0, ops.shape(token_ids)[-1], dtype="int32")
-        positions = positions + ops.cast(start_index, "int32")
+        if getattr(start_index, "shape", None) is not None and len(start_index.shape) == 1:
+            # One start per row (continuous batching): positions (batch, seq).
+            positions = positions[None, :] + ops.expand_dims(ops.cast(start_index, "int32"), 1)
+        else:
+            positions = positions + ops.cast(start_index, "int32")
         if self.position_embedding == "learned":
             pos = ops.take(dense_gradient(self.position_embeddings), positions, axis=0)
         else:
