@@ -244,3 +244,59 @@ def test_preset_saved_on_one_backend_loads_on_every_other(tmp_path):
                 np.testing.assert_allclose(
                     loaded, saved, rtol=0, atol=1e-5, err_msg=f"{source} → {target}"
                 )
+
+
+def hugging_face_cache(cache, repo_id: str, files: dict[str, bytes], commit: str) -> None:
+    """`files` as huggingface_hub keeps a downloaded repository in `cache` (HF_HUB_CACHE):
+    contents in `blobs/<sha256>`, `snapshots/<commit>/<name>` relative symlinks to them,
+    and `refs/main` naming the commit."""
+    import hashlib
+
+    repository = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repository / "snapshots" / commit
+    (repository / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text(commit)
+    for name, content in files.items():
+        blob = hashlib.sha256(content).hexdigest()
+        (repository / "blobs" / blob).write_bytes(content)
+        (snapshot / name).symlink_to(os.path.join("..", "..", "blobs", blob))
+
+
+@pytest.mark.backend_independent
+def test_hf_handle_loads_from_the_local_hugging_face_cache(tmp_path):
+    """`hf://owner/name` offline: the model and tokenizer come from the snapshot
+    huggingface_hub cached (its symlinked blobs), with no network. In the same fresh
+    process, the package's lazy face: `keras_gpt.export` stays the function after
+    `import keras_gpt.export`, and importing keras_gpt imports no backend."""
+    tokenizer = keras_gpt.tokenizers.BytePairTokenizer.train(
+        ["hugging face hub cache " * 50], vocabulary_size=280
+    )
+    model = GPT(**dict(TINY, vocabulary_size=tokenizer.vocabulary_size))
+    source = tmp_path / "source"
+    model.save_to_preset(str(source), format="huggingface", tokenizer=tokenizer)
+    files = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+    hugging_face_cache(tmp_path / "hub", "tiny-owner/tiny-gpt", files, "a" * 40)
+    ids = tokenizer.encode("hugging face")
+    script = textwrap.dedent(f"""
+        import json, sys
+        import keras_gpt
+        backend_at_import = [m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules]
+        import keras_gpt.export
+        face = [keras_gpt.export is sys.modules["keras_gpt.export"].export,
+                keras_gpt.export_onnx is sys.modules["keras_gpt.export"].export_onnx]
+        import keras
+        model = keras_gpt.GPT.from_preset("hf://tiny-owner/tiny-gpt")
+        tokenizer = keras_gpt.presets.load_tokenizer("hf://tiny-owner/tiny-gpt")
+        logits = keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor([{ids!r}])))
+        print(json.dumps(dict(backend_at_import=backend_at_import, face=face,
+                              ids=tokenizer.encode("hugging face"), logits=logits.tolist())))
+    """)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "HF_HOME": None}
+    proc = run_python(["-c", script], env=env, timeout=300)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["backend_at_import"] == [] and result["face"] == [True, True]
+    assert result["ids"] == ids
+    expected = to_numpy(model(np.array([ids])))
+    np.testing.assert_allclose(result["logits"], expected, atol=1e-5, rtol=0)
