@@ -204,11 +204,9 @@ def test_progress_on_a_terminal_redraws_itself(tmp_path):
     assert "\rprepare: " in output, output[:3000]
 
 
-@pytest.mark.skipif(
-    BACKEND != "torch",
-    reason="the flag's way from the command line to the recipe is backend-independent: "
-    "the PyTorch pass runs it (resuming itself is tested on every backend in test_runs.py)",
-)
+# The flag's way from the command line to the recipe is backend-independent (resuming
+# itself is tested on every backend in test_runs.py): it runs once.
+@pytest.mark.backend_independent
 def test_pretrain_resume_through_the_command_line(tmp_path, capsys):
     from keras_gpt.training import latest_checkpoint, read_metrics
     from keras_gpt.training.pretrain import pretrain
@@ -229,11 +227,9 @@ def test_pretrain_resume_through_the_command_line(tmp_path, capsys):
     assert read_metrics(out) == rows
 
 
-@pytest.mark.skipif(
-    BACKEND != "torch",
-    reason="the flag's way from the command line to the sampler is backend-independent: "
-    "the PyTorch pass runs it (the samplers are tested on every backend in test_generation.py)",
-)
+# The flag's way from the command line to the sampler is backend-independent (the samplers
+# are tested on every backend in test_generation.py): it runs once.
+@pytest.mark.backend_independent
 def test_generate_top_p_reaches_the_sampler(tmp_path, capsys):
     import numpy as np
 
