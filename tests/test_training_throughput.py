@@ -9,7 +9,7 @@ from keras_gpt import GPT
 from keras_gpt.data import SequentialWindows
 from keras_gpt.training import throughput
 from keras_gpt.training.config import PretrainConfig
-from keras_gpt.training.pretrain import validation_windows
+from keras_gpt.training.pretrain import even_batch_size, validation_windows
 from keras_gpt.training.throughput import cpu_bfloat16, device_peak_flops, flops_per_token, mfu
 
 
@@ -117,3 +117,19 @@ def test_validation_passes_cover_the_same_windows():
     np.testing.assert_array_equal(rows(big), rows(small))
     config = PretrainConfig(sequence_length=16, batch_size=3, eval_batches=0)
     assert len(rows(validation_windows(tokens, config))) == (len(tokens) - 1) // 16
+
+
+def test_whole_split_passes_have_one_size():
+    # 1742 = 2 * 13 * 67 windows (tinyshakespeare's validation split at context 64):
+    # 134 is the largest divisor in [128, 256]; a prime count keeps the target.
+    assert even_batch_size(1742, 256) == 134
+    assert even_batch_size(1743, 256) == 249
+    assert even_batch_size(1741, 256) == 256
+    assert even_batch_size(100, 256) == 256  # one pass
+    assert even_batch_size(512, 256) == 256
+    tokens = np.arange(1742 * 64 + 1) % 65
+    windows = validation_windows(
+        tokens, PretrainConfig(sequence_length=64, batch_size=24, eval_batches=0)
+    )
+    sizes = {len(windows[i][0]) for i in range(len(windows))}
+    assert sizes == {134} and len(windows) == 13

@@ -179,7 +179,8 @@ class PretrainConfig(RunConfig):
             an estimate).
         eval_batch_size: windows per forward pass when evaluating; the same
             windows and loss to float rounding (0: as many as fit in 16,384
-            tokens, at least `batch_size`; fewer, larger passes are faster).
+            tokens, at least `batch_size`, or down to half that where equal passes
+            then cover the split; fewer, larger passes are faster).
         seed: seed for weights, dropout and batches.
         data_parallel: JAX: split each batch over all devices
             (`keras_gpt.distribution.configure`).
