@@ -331,10 +331,33 @@ def test_dropout_is_active_inside_fit_and_draws_fresh_masks():
     assert all(a != b for a, b in zip(losses[0.0], losses[0.2]))
 
 
+@pytest.mark.backend_independent
 def test_public_api():
-    assert keras_gpt.GPT is GPT
-    assert set(keras_gpt.model.layers.__all__) >= {
-        "CausalSelfAttention",
-        "TransformerBlock",
-        "TokenAndPositionEmbedding",
+    """Each public name is the object its home module defines (the lazy `__getattr__`
+    maps them), each part's `__all__` names only what the part holds, and a wrong
+    name is an AttributeError that names it."""
+    import importlib
+
+    homes = {
+        "GPT": "keras_gpt.model.gpt",
+        "Perplexity": "keras_gpt.model.metrics",
+        "causal_lm_loss": "keras_gpt.model.losses",
+        "count_parameters": "keras_gpt.model.parameters",
+        "Tokenizer": "keras_gpt.tokenizers.tokenizer",
+        "export": "keras_gpt.export.saved_model",
+        "export_onnx": "keras_gpt.export.onnx",
     }
+    for name, home in homes.items():
+        assert getattr(keras_gpt, name) is getattr(importlib.import_module(home), name), name
+    assert keras_gpt.layers is importlib.import_module("keras_gpt.model.layers")
+    assert keras_gpt.presets is importlib.import_module("keras_gpt.presets")
+    assert set(keras_gpt.__all__) == {*homes, "layers", "presets", "__version__"}
+    assert set(keras_gpt.__all__) <= set(dir(keras_gpt))
+    for part in ("data", "evaluation", "generation", "model", "presets", "tokenizers"):
+        module = getattr(keras_gpt, part)
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, f"keras_gpt.{part}.__all__ names {missing}, which it lacks"
+    for name in ("CausalSelfAttention", "TransformerBlock", "TokenAndPositionEmbedding"):
+        assert issubclass(getattr(keras_gpt.layers, name), keras.layers.Layer), name
+    with pytest.raises(AttributeError, match="has no attribute 'GTP'"):
+        keras_gpt.GTP  # noqa: B018
