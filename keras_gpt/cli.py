@@ -345,6 +345,19 @@ def serve_command(argv: list[str]) -> None:
         default=10.0,
         help="how long a free worker waits for more requests before a batch that is not full",
     )
+    parser.add_argument(
+        "--scheduler",
+        choices=("continuous", "static"),
+        default="continuous",
+        help="continuous: requests join free slots at every step; static: a batch is "
+        "admitted only when the previous one has ended (default: continuous)",
+    )
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile every decoding program before listening (default: on)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     limits = parser.add_argument_group("limits and access")
     limits.add_argument(
@@ -403,6 +416,8 @@ def serve_command(argv: list[str]) -> None:
             model_name=args.model_name,
             log_level=args.log_level,
             batch_wait=args.batch_wait_ms / 1000,
+            scheduler=args.scheduler,
+            warmup=args.warmup,
             limits=Limits(
                 api_key=args.api_key,
                 max_body_bytes=args.max_body_bytes,

@@ -101,9 +101,14 @@ def presets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(presets, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    base = ServeProcess(str(presets / "base"), str(logs / "base.log"), "--max-n", str(MAX_N))
+    # No warm-up: these tests compile only the few programs they use.
+    base = ServeProcess(
+        str(presets / "base"), str(logs / "base.log"), "--max-n", str(MAX_N), "--no-warmup"
+    )
     chat = ServeProcess(
-        str(presets / "run"), str(logs / "chat.log"), "--max-batch", "4", "--max-queue", "2"
+        str(presets / "run"),
+        str(logs / "chat.log"),
+        *("--max-batch", "4", "--max-queue", "2", "--no-warmup"),
     )
     try:
         base.wait()

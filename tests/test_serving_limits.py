@@ -88,14 +88,19 @@ def servers(tmp_path_factory):
             str(root / "guarded.log"),
             *("--max-body-bytes", str(MAX_BODY), "--max-json-depth", "8"),
             *("--header-timeout", "2", "--body-timeout", "2", "--max-connections", "6"),
+            "--no-warmup",
             env={"KERAS_GPT_API_KEY": KEY},
         ),
-        "hurried": ServeProcess(preset, str(root / "hurried.log"), "--request-timeout", "0.001"),
-        "drained": ServeProcess(preset, str(root / "drained.log"), "--shutdown-timeout", "20"),
+        "hurried": ServeProcess(
+            preset, str(root / "hurried.log"), "--request-timeout", "0.001", "--no-warmup"
+        ),
+        "drained": ServeProcess(
+            preset, str(root / "drained.log"), "--shutdown-timeout", "20", "--no-warmup"
+        ),
         "impatient": ServeProcess(
             preset,
             str(root / "impatient.log"),
-            *("--shutdown-timeout", "0.2", "--max-batch", "1"),
+            *("--shutdown-timeout", "0.2", "--max-batch", "1", "--no-warmup"),
         ),
     }
     try:

@@ -134,7 +134,8 @@ def server(model, tmp_path_factory):
     port = free_port()
     log = open(root / "server.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "keras_gpt.cli", "serve", str(root / "tiny"), "--port", str(port)],
+        [sys.executable, "-m", "keras_gpt.cli", "serve", str(root / "tiny"), "--port", str(port)]
+        + ["--no-warmup"],  # the first requests compile what they use (see the test)
         stdout=log,
         stderr=log,
         env=dict(os.environ),

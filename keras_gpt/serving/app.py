@@ -49,7 +49,8 @@ from keras_gpt.serving.params import (
     parse_prompts,
     parse_sampling,
 )
-from keras_gpt.tokenizers import TextStream, Tokenizer
+from keras_gpt.serving.text import IncrementalText
+from keras_gpt.tokenizers import Tokenizer
 
 logger = logging.getLogger("keras_gpt.serving")
 
@@ -98,6 +99,7 @@ def create_app(
     chat_template: str | None = None,
     batch_wait: float = 0.01,
     limits: Limits | None = None,
+    scheduler: str = "continuous",
 ) -> Starlette:
     """An OpenAI-compatible ASGI app serving `model` (run it with uvicorn or any ASGI server).
 
@@ -116,6 +118,7 @@ def create_app(
             starting a batch that is not full (see `Batcher`).
         limits: API key, body size and depth, body and request timeouts
             (`keras_gpt.serving.limits.Limits`; default: its defaults, no key).
+        scheduler: `"continuous"` (continuous batching) or `"static"`; see `Batcher`.
 
     Returns:
         A Starlette app; `app.state.batcher` is its `Batcher`, `app.state.service`
@@ -144,6 +147,7 @@ def create_app(
         stop_token_ids=stop_ids,
         batch_wait=batch_wait,
         metrics=metrics,
+        scheduler=scheduler,
     )
     service = Service(
         model, tokenizer, batcher, model_name, max_n, chat_template, stop_ids, limits, metrics
@@ -282,7 +286,9 @@ class Service:
             )
         choices = [
             Choice(
-                p * sampling.n + j, ids, TextStream(self.tokenizer, max_tokens, stop, self.stop_ids)
+                p * sampling.n + j,
+                ids,
+                IncrementalText(self.tokenizer, max_tokens, stop, self.stop_ids),
             )
             for p, ids in enumerate(prompts)
             for j in range(sampling.n)

@@ -1,38 +1,35 @@
 """The batcher: one worker thread decoding the requests in flight together.
 
 Keras models are not thread-safe, so one thread owns the model. Requests wait
-in a queue; whenever the worker is free it takes the waiting requests, oldest
-first, up to `max_batch` rows, and decodes them in one `GPT.generate` call:
-ragged prompts, one compiled step for the whole batch. Requests that arrive
-meanwhile form the next batch.
+in a queue; the worker moves them into a `keras_gpt.generation.SlotEngine`, a
+fixed set of `max_batch` slots in one preallocated KV cache, and steps it:
+every step admits waiting rows into free slots (their prompts prefilled in
+bucketed lengths), decodes one token for every slot, each at its own
+position, streams each row's new text and frees the slots whose row ended
+(`max_tokens`, a stop string, end of text, its time limit, or a client that
+went away). That is continuous batching (`scheduler="continuous"`, the
+default): a short request that arrives while a long one decodes starts at
+the next step instead of waiting for it. `scheduler="static"` is the
+batcher's earlier admission policy, kept to compare against: rows are
+admitted as a group only when every slot is free, so a request that misses a
+batch waits for the whole batch.
 
 Sampler settings are data (`keras_gpt.generation.samplers.RowSampler`): each
-row's temperature, top-k, top-p and seed are inputs of the compiled step, so
-greedy and sampled requests with any settings share a batch, and no value
-compiles a new program. What a batch compiles depends only on its shapes and
-its mode: all greedy, sampled without top-k/top-p, or with them.
+slot's temperature, top-k, top-p and seed are inputs of the compiled step, so
+greedy and sampled requests with any settings share a step, and no value
+compiles a new program. The engine compiles a fixed set of programs (a
+prefill per prompt bucket, a decode step per sampler mode), all of them at
+start-up with `warmup()` (`keras-gpt serve --warmup`, the default).
 
 Why a request's result does not depend on its neighbours:
 
-- Greedy rows: `generate` decodes every row on its own (ragged prompts are
-  right-padded and masked), so a row equals `model.generate` on its prompt
-  alone. A batch decodes as many tokens as its longest-asking row; each row's
-  own `max_tokens` and stop strings are applied by its `TextStream`.
+- Greedy rows: every slot attends only to its own row of the cache, so a row
+  equals `model.generate` on its prompt alone.
 - Sampled rows: a request's choice i draws the noise of row i of a
   `generate` call seeded with the request's `seed` (or a seed drawn for the
-  request when it gives none), wherever it sits in the batch. So a seeded
-  request gives the same choices alone or under load, equal to
-  `model.generate(prompts × n, seed=seed, ...)`.
-
-Batch sizes are rounded up to a power of two (capped at `max_batch`) by
-repeating the first prompt, so a server compiles a handful of programs, not
-one per batch size. Streaming, stop strings and time limits use `generate`'s `callback`:
-text is released at every step, and when every row of a batch has ended (its
-own `max_tokens`, a stop string, its time limit, or a client that went away)
-the callback ends the call early. Without them the whole decoding loop runs
-as one compiled program (JAX, TensorFlow), which is faster but cannot stop
-for a row that is no longer wanted. (The server gives every request a time
-limit unless `--request-timeout 0`, so its batches always decode stepwise.)
+  request when it gives none), at each absolute position, wherever and
+  whenever it decodes. So a seeded request gives the same choices alone or
+  under load, equal to `model.generate(prompts × n, seed=seed, ...)`.
 """
 
 from __future__ import annotations
@@ -49,9 +46,10 @@ import keras
 import numpy as np
 
 from keras_gpt.generation.engine import compiled_programs
-from keras_gpt.generation.samplers import RowSampler
+from keras_gpt.generation.slots import SCHEDULERS, SlotEngine, SlotEvent, SlotRequest
 from keras_gpt.serving.metrics import Metrics
 from keras_gpt.serving.params import Sampling
+from keras_gpt.serving.text import IncrementalText
 from keras_gpt.tokenizers import TextStream
 
 logger = logging.getLogger("keras_gpt.serving")
@@ -68,17 +66,14 @@ class ShuttingDown(QueueFull):
     """The server is draining for shutdown: no new request is admitted (HTTP 503)."""
 
 
-class _BatchDone(Exception):
-    """Raised from the streaming callback when every row of the batch has ended."""
-
-
 @dataclass
 class Choice:
     """One generated row of a request: choice `index` of the response."""
 
     index: int
     prompt_ids: list[int]
-    text: TextStream
+    text: TextStream | IncrementalText  #: the row's text as it is released
+    slot_request: SlotRequest | None = None  #: its row in the engine, once admitted
 
 
 class Request:
@@ -148,23 +143,26 @@ class Request:
 
 
 class Batcher:
-    """Queues requests and decodes compatible ones together in a worker thread.
+    """Queues requests and decodes them in a worker thread with a `SlotEngine`.
 
     Args:
         model: a `keras_gpt.GPT` (only the worker thread calls it).
-        max_batch: most rows decoded in one `generate` call.
+        max_batch: the engine's slots: most rows decoded together.
         max_queue: most rows waiting; `submit` raises `QueueFull` beyond.
         stop_token_ids: ids that end every row (the tokenizer's end of text).
-        batch_wait: seconds the worker, once free, waits for more requests
-            before starting a batch that is not full. Clients that send their
-            next request when the last one returns arrive a few milliseconds
-            apart; without the wait, one of them starts a batch of one and
-            the others the next batch, and they stay out of step.
+        batch_wait: seconds the worker, when nothing is decoding, waits for more
+            requests before admitting fewer than `max_batch` rows. Clients that
+            send their next request when the last one returns arrive a few
+            milliseconds apart; with the static scheduler, without the wait,
+            one of them starts a batch of one and the others the next batch.
         metrics: a `keras_gpt.serving.metrics.Metrics` told of each token count
             and first token (optional).
+        scheduler: `"continuous"` (rows join free slots at every step) or
+            `"static"` (a group is admitted only when every slot is free).
 
     Example:
     >>> batcher = Batcher(model, max_batch=16, max_queue=256)
+    >>> batcher.warmup()               # compiles every program: (how many, seconds)
     >>> batcher.start()
     >>> batcher.submit(request)        # then await request.events
     >>> batcher.stats["peak_batch"]
@@ -178,27 +176,49 @@ class Batcher:
         stop_token_ids: Sequence[int] = (),
         batch_wait: float = 0.01,
         metrics: Metrics | None = None,
+        scheduler: str = "continuous",
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}.")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}.")
         self.model = model
         self.max_batch = int(max_batch)
         self.max_queue = int(max_queue)
         self.stop_token_ids = list(stop_token_ids)
         self.batch_wait = float(batch_wait)
+        self.scheduler = scheduler
+        self.engine = SlotEngine(
+            model, max_batch=self.max_batch, stop_token_ids=self.stop_token_ids, scheduler=scheduler
+        )
         self._waiting: deque[Request] = deque()
         self._waiting_rows = 0
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._draining = False
-        self._batch: list[Request] = []
+        self._batch: list[Request] = []  # requests with rows in the engine
         self.metrics = metrics
         self._stats = dict(
-            requests=0, batches=0, rows_decoded=0, peak_batch=0, decoding=0, tokens=0, programs=0
+            requests=0,
+            batches=0,
+            rows_decoded=0,
+            peak_batch=0,
+            decoding=0,
+            tokens=0,
+            decoded=0,
+            programs=0,
         )
 
     # -- called from the event loop ----------------------------------------------
+
+    def warmup(self) -> tuple[int, float]:
+        """Compiles every program the engine can run (call it before `start`);
+        returns (programs compiled, seconds taken)."""
+        started = time.monotonic()
+        compiled = self.engine.warmup()
+        self._count_programs()
+        return compiled, time.monotonic() - started
 
     def start(self) -> None:
         """Starts the worker thread."""
@@ -208,7 +228,7 @@ class Batcher:
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stops the worker after its current batch; waiting requests are dropped."""
+        """Stops the worker after its current step; waiting requests are dropped."""
         with self._condition:
             self._stopping = True
             for request in self._waiting:
@@ -243,6 +263,7 @@ class Batcher:
             requests = list(self._waiting) + [r for r in self._batch if not r.finished]
             self._waiting.clear()
             self._waiting_rows = 0
+            self._condition.notify()
         for request in requests:
             request.fail(message, 503, "shutting_down")
         return len(requests)
@@ -269,149 +290,156 @@ class Batcher:
             self._condition.notify()
 
     def cancel(self, request: Request) -> None:
-        """Drops `request` (its client went away): out of the queue at once, and its
-        rows are no longer decoded for; a batch whose rows have all ended stops."""
+        """Drops `request` (its client went away): out of the queue at once; its rows
+        in the engine end at the worker's next step, which frees their slots."""
         request.cancelled = True
         with self._condition:
             if request in self._waiting:
                 self._waiting.remove(request)
                 self._waiting_rows -= len(request.choices)
+            self._condition.notify()
 
     @property
     def stats(self) -> dict:
-        """Counters: `requests`, `batches`, `rows_decoded`, `peak_batch` (most real rows
-        in one batch), `decoding` (rows in the current batch), `waiting` (rows queued),
-        `tokens` (generated), `programs` (compiled by the model's generation engine,
-        counted at each batch's first step, before it sends any text), `max_batch`, `max_queue`."""
+        """Counters: `requests`, `batches` (steps that admitted rows), `rows_decoded`
+        (rows admitted), `peak_batch` (most rows decoding at once), `decoding` (rows
+        decoding now), `waiting` (rows queued), `tokens` (generated, in the responses),
+        `decoded` (tokens the engine decoded, for rows that were abandoned too), `programs`
+        (compiled by the slot engine and the model's generation engine), `max_batch`,
+        `max_queue`, `scheduler`."""
         with self._condition:
             return dict(
                 self._stats,
                 waiting=self._waiting_rows,
                 max_batch=self.max_batch,
                 max_queue=self.max_queue,
+                scheduler=self.scheduler,
             )
 
     # -- the worker thread ---------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._waiting and not self._stopping:
-                    self._condition.wait()
-                deadline = time.monotonic() + self.batch_wait
-                while self._waiting_rows < self.max_batch and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._condition.wait(left)
-                if self._stopping:
-                    return
-                if not self._waiting:  # cancelled while we waited
-                    continue
-                batch = self._take()
-                rows = sum(len(r.choices) for r in batch)
-                self._stats["batches"] += 1
-                self._stats["rows_decoded"] += rows
-                self._stats["decoding"] = rows
-                self._stats["peak_batch"] = max(self._stats["peak_batch"], rows)
-                self._batch = batch
-            try:
-                self._decode(batch)
-            except Exception as error:  # a bug, not a bad request: those never get here
-                logger.exception("batch of %d requests failed", len(batch))
-                for request in batch:
-                    if not request.finished:
-                        request.fail(f"generation failed: {error}")
-            finally:
-                with self._condition:
-                    self._stats["decoding"] = 0
-                    self._batch = []
-
     def _count_programs(self) -> int:
-        """Updates `stats["programs"]` (the engine's compiled programs)."""
-        programs = len(compiled_programs(self.model))
+        """Updates `stats["programs"]` (the engines' compiled programs)."""
+        programs = len(self.engine.program_keys) + len(compiled_programs(self.model))
         with self._condition:
             self._stats["programs"] = programs
         return programs
 
+    def _run(self) -> None:
+        engine = self.engine
+        while True:
+            with self._condition:
+                while not self._waiting and not engine.busy and not self._stopping:
+                    self._condition.wait()
+                if not engine.busy and self._waiting:
+                    # Nothing decoding: give simultaneous clients a moment to arrive.
+                    deadline = time.monotonic() + self.batch_wait
+                    while self._waiting_rows < self.max_batch and not self._stopping:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._condition.wait(left)
+                if self._stopping:
+                    return
+                admitted = self._take()
+            try:
+                for request in admitted:
+                    for choice in request.choices:
+                        choice.slot_request = engine.submit(self._slot_request(request, choice))
+                self._retire()
+                events = engine.step()
+                if admitted:
+                    # Counted before the new rows' text goes out.
+                    self._count_programs()
+                with self._condition:
+                    self._stats["decoded"] += sum(e.token is not None for e in events)
+                for event in events:
+                    self._deliver(event)
+            except Exception as error:  # a bug, not a bad request: those never get here
+                logger.exception("a decoding step failed")
+                self._fail_all(error)
+            with self._condition:
+                # A request leaves the list once it has ended and none of its rows
+                # decodes any more (`_retire` ends those first).
+                self._batch = [r for r in self._batch if not r.finished or _decoding(r)]
+                self._stats["decoding"] = engine.active
+                self._stats["peak_batch"] = max(self._stats["peak_batch"], engine.active)
+
+    def _fail_all(self, error: Exception) -> None:
+        """Ends every request in the engine with a 500 and frees their slots."""
+        for request in self._batch:
+            if not request.finished:
+                request.fail(f"generation failed: {error}")
+            for choice in request.choices:
+                if choice.slot_request is not None:
+                    self.engine.cancel(choice.slot_request)
+        try:
+            self.engine.step()  # frees the cancelled slots
+        except Exception:
+            logger.exception("the engine could not free its slots")
+
     def _take(self) -> list[Request]:
-        """The waiting requests, oldest first, that fit in one batch."""
-        batch, rows = [], 0
-        for request in list(self._waiting):
-            size = len(request.choices)
-            if rows + size <= self.max_batch:
-                batch.append(request)
-                rows += size
-                self._waiting.remove(request)
-                self._waiting_rows -= size
-        return batch
+        """The waiting requests whose rows fit in free slots (oldest first, whole
+        requests); with the static scheduler, only when no row is decoding."""
+        engine = self.engine
+        if self.scheduler == "static" and engine.busy:
+            return []
+        free = self.max_batch - engine.active - engine.waiting
+        taken = []
+        while self._waiting and len(self._waiting[0].choices) <= free:
+            request = self._waiting.popleft()
+            rows = len(request.choices)
+            self._waiting_rows -= rows
+            free -= rows
+            taken.append(request)
+        if taken:
+            self._batch.extend(taken)
+            self._stats["batches"] += 1
+            self._stats["rows_decoded"] += sum(len(r.choices) for r in taken)
+        return taken
 
-    def _batch_size(self, rows: int) -> int:
-        """`rows` rounded up to a power of two, at most `max_batch`: few compiled shapes."""
-        return min(1 << (rows - 1).bit_length(), self.max_batch)
-
-    def _decode(self, batch: list[Request]) -> None:
-        rows = [(request, choice) for request in batch for choice in request.choices]
-        prompts = [choice.prompt_ids for _, choice in rows]
-        padding = self._batch_size(len(rows)) - len(rows)
-        prompts += [prompts[0]] * padding
-        sampler = RowSampler(
-            temperature=[r.sampling.temperature for r, _ in rows] + [0.0] * padding,
-            top_k=[r.sampling.top_k for r, _ in rows] + [None] * padding,
-            top_p=[r.sampling.top_p for r, _ in rows] + [None] * padding,
-            seeds=[r.seed for r, _ in rows] + [0] * padding,
-            sample_index=[c.index for _, c in rows] + [0] * padding,
+    def _slot_request(self, request: Request, choice: Choice) -> SlotRequest:
+        sampling = request.sampling
+        return SlotRequest(
+            choice.prompt_ids,
+            choice.text.max_tokens,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            seed=request.seed,
+            sample_index=choice.index,
+            deadline=request.deadline,
+            data=(request, choice),
         )
-        stepwise = (
-            any(r.sampling.stream or r.deadline is not None for r in batch)
-            or any(c.text.stop for _, c in rows)
-            or self._draining
-        )
 
-        def feed(request: Request, choice: Choice, token: int) -> None:
-            if request.cancelled or choice.text.finished:
-                return
-            text = choice.text.feed(token)
+    def _retire(self) -> None:
+        """Ends the engine rows nobody waits for (the request ended: client gone, time
+        limit, error): the next `step` frees their slots."""
+        for request in self._batch:
+            if request.finished:
+                for choice in request.choices:
+                    row = choice.slot_request
+                    if row is not None and not row.finished:
+                        self.engine.cancel(row)
+
+    def _deliver(self, event: SlotEvent) -> None:
+        request, choice = event.request.data
+        if request.cancelled or choice.text.finished:
+            return
+        if event.token is not None:
+            text = choice.text.feed(event.token)
             if text:
                 if request.first_text_at is None:
                     request.first_text_at = time.monotonic()
                 request.emit("text", choice.index, text)
-            if choice.text.finished:
-                self._end(request, choice)
-
-        def on_step(token_ids: np.ndarray, is_new: np.ndarray) -> None:
-            if not counted:  # the programs are compiled: count them before any text goes out
-                counted.append(self._count_programs())
-            for r, (request, choice) in enumerate(rows):
-                if is_new[r]:
-                    feed(request, choice, int(token_ids[r]))
-            if all(request.finished for request in batch):
-                raise _BatchDone
-
-        counted = []
-        try:
-            out, lengths = self.model.generate(
-                prompts,
-                max_new_tokens=max(c.text.max_tokens for _, c in rows),
-                stop_token_ids=self.stop_token_ids or None,
-                sampler=sampler,
-                seed=0,  # unused: every row has its own
-                return_lengths=True,
-                callback=on_step if stepwise else None,
-            )
-        except _BatchDone:
-            return
-        if not counted:
-            self._count_programs()
-        for r, (request, choice) in enumerate(rows):
-            if not stepwise:  # the callback has fed the stepwise rows already
-                for token in out[r, len(choice.prompt_ids) : lengths[r]]:
-                    feed(request, choice, int(token))
-            if not (request.cancelled or choice.text.finished):
-                text = choice.text.close("length")
-                if text:
-                    request.emit("text", choice.index, text)
-                self._end(request, choice)
+        if event.finish_reason in ("length", "stop") and not choice.text.finished:
+            text = choice.text.close(event.finish_reason)
+            if text:
+                request.emit("text", choice.index, text)
+        if choice.text.finished:
+            if event.finish_reason is None:  # a stop string: free the slot at the next step
+                self.engine.cancel(event.request)
+            self._end(request, choice)
 
     def _end(self, request: Request, choice: Choice) -> None:
         with self._condition:
@@ -419,3 +447,8 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.generated(choice.text.tokens)
         request.emit("end", choice.index, choice.text.finish_reason, choice.text.tokens)
+
+
+def _decoding(request: Request) -> bool:
+    """Whether some row of `request` is still in the engine."""
+    return any(c.slot_request is not None and not c.slot_request.finished for c in request.choices)

@@ -88,6 +88,8 @@ def serve(
     keep_alive_timeout: int = 5,
     max_connections: int = 512,
     shutdown_timeout: float = 20.0,
+    scheduler: str = "continuous",
+    warmup: bool = True,
 ) -> None:
     """Serves a preset or training run over HTTP until SIGTERM or Ctrl-C (`keras-gpt serve`).
 
@@ -112,6 +114,11 @@ def serve(
         max_connections: most connections (and requests) at once; more get 503.
         shutdown_timeout: seconds requests in flight may take to finish after
             SIGTERM before they are ended with an error.
+        scheduler: `"continuous"` (requests join free slots at every decoding
+            step) or `"static"` (a batch is admitted when the last has ended);
+            see `keras_gpt.serving.batcher`.
+        warmup: compile every decoding program before listening (logs how
+            many and how long), so no request waits for a compile.
 
     Example:
     >>> serve("runs/shakespeare", port=8000)      # blocks; SIGTERM or Ctrl-C stops it
@@ -133,7 +140,17 @@ def serve(
         max_n=max_n,
         batch_wait=batch_wait,
         limits=limits,
+        scheduler=scheduler,
     )
+    if warmup:
+        programs, seconds = app.state.batcher.warmup()
+        logger.info(
+            "warm-up: compiled %d programs in %.1f s (%s scheduler, %d slots)",
+            programs,
+            seconds,
+            scheduler,
+            app.state.batcher.max_batch,
+        )
     logger.info("listening at http://%s:%d", host, port)
     if limits.api_key is None and not is_loopback(host):
         logger.warning(
