@@ -126,12 +126,15 @@ class SlotEngine:
     Example:
     >>> engine = SlotEngine(model, max_batch=4)
     >>> long = engine.submit(SlotRequest([1, 2, 3], max_new_tokens=20))
-    >>> engine.step()                                   # admits it, decodes a token
+    >>> events = engine.step()                          # admits it, decodes a token
     >>> short = engine.submit(SlotRequest([4], max_new_tokens=2, temperature=0.8, seed=1))
     >>> while engine.busy:
     ...     for event in engine.step():                 # `short` joins `long` here
-    ...         print(event.request is short, event.token, event.finish_reason)
-    >>> long.tokens == list(model.generate([[1, 2, 3]], 20)[0, 3:])
+    ...         if event.finish_reason:
+    ...             print(event.request is short, len(event.request.tokens), event.finish_reason)
+    True 2 length
+    False 20 length
+    >>> long.tokens == model.generate([[1, 2, 3]], 20)[0, 3:].tolist()
     True
     """
 
@@ -257,8 +260,10 @@ class SlotEngine:
         """Submits `requests` and steps until every one has ended; returns them.
 
         Example:
+        >>> engine = SlotEngine(model, max_batch=2)
         >>> done = engine.run([SlotRequest([1, 2], 8), SlotRequest([3], 4, temperature=1.0)])
-        >>> [r.tokens for r in done]
+        >>> [len(r.tokens) for r in done]
+        [8, 4]
         """
         requests = [self.submit(r) for r in requests]
         while any(not r.finished for r in requests):

@@ -162,7 +162,7 @@ class Batcher:
 
     Example:
     >>> batcher = Batcher(model, max_batch=16, max_queue=256)
-    >>> batcher.warmup()               # compiles every program: (how many, seconds)
+    >>> programs, seconds = batcher.warmup()    # compiles every program
     >>> batcher.start()
     >>> batcher.submit(request)        # then await request.events
     >>> batcher.stats["peak_batch"]

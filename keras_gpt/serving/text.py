@@ -42,7 +42,7 @@ class IncrementalText:
             before it is released as U+FFFD.
 
     Example:
-    >>> text = IncrementalText(ByteTokenizer(), max_tokens=8, stop=["\\n"])
+    >>> text = IncrementalText(tokenizer, max_tokens=8, stop=["\\n"])   # bytes
     >>> text.feed(104), text.feed(0xC3), text.feed(0xA9), text.feed(10)
     ('h', '', 'é', '')
     >>> text.finish_reason, text.text
