@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_gpt.backend import int8_matmul
+from keras_gpt.backend.layers import WithoutCollectOnDelete
 
 #: The quantization modes keras_gpt's layers implement (a subset of Keras').
 QUANTIZATION_MODES = ("int8",)
@@ -22,7 +23,7 @@ def check_quantization_mode(mode) -> str:
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt")
-class Dense(keras.layers.Dense):
+class Dense(WithoutCollectOnDelete, keras.layers.Dense):
     """`keras.layers.Dense`, with weight-only int8 arithmetic once quantized.
 
     In float modes it is Keras' Dense, variable for variable (same paths, so

@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_gpt.backend import dense_gradient, int8_matmul
+from keras_gpt.backend.layers import WithoutCollectOnDelete
 from keras_gpt.model.layers.dense import check_quantization_mode
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
@@ -31,7 +32,7 @@ def sinusoidal_positions(positions, hidden_dim: int, dtype: str = "float32"):
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt")
-class TokenAndPositionEmbedding(keras.layers.Layer):
+class TokenAndPositionEmbedding(WithoutCollectOnDelete, keras.layers.Layer):
     """Sums token and position embeddings; `project` maps back to the vocabulary.
 
     Positions are gathered with `ops.take` (never sliced from the table), so the
