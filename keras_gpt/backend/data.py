@@ -23,7 +23,10 @@ def tf_dataset(dataset: keras.utils.PyDataset, parallel_calls: int | None = None
         parallel_calls: batches built at once (default 2).
 
     Example:
-    >>> model.fit(tf_dataset(RandomWindows(tokens, 64, 12, steps=100)))
+    >>> from keras_gpt.data import RandomWindows
+    >>> tokens = np.arange(10_000) % 257
+    >>> model.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    >>> history = model.fit(tf_dataset(RandomWindows(tokens, 64, 12, steps=4)), verbose=0)
     """
     import tensorflow as tf
 

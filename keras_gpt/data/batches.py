@@ -119,8 +119,9 @@ class SequentialWindows(_Windows):
 
     Example:
     >>> val = SequentialWindows(TokenStream.from_directory("data/tiny", "val"), 256, 8)
-    >>> model.evaluate(val)
-    >>> quick = SequentialWindows(val.tokens, 256, 8, spread=240)  # 240 of the windows
+    >>> model.compile(optimizer="adamw")
+    >>> loss = model.evaluate(val, verbose=0)
+    >>> quick = SequentialWindows(val.tokens, 256, 8, spread=4)  # 4 of the windows
     """
 
     def __init__(

@@ -72,8 +72,10 @@ def read_documents(inputs: Inputs, text_field: str = "text") -> Iterator[str]:
         text_field: the JSONL field holding the text.
 
     Example:
-    >>> for text in read_documents("corpus/*.txt"):
+    >>> for text in read_documents("corpus/*.txt"):   # a.txt, then b.txt
     ...     print(len(text))
+    120
+    57
     """
     for path in input_files(inputs):
         if path.suffix.lower() in JSONL_SUFFIXES:

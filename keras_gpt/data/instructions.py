@@ -139,7 +139,12 @@ def pack_examples(
             shifted labels).
 
     Example:
-    >>> rows = pack_examples([encode_example(tok, r) for r in records], 129)
+    >>> from keras_gpt.tokenizers import ByteTokenizer
+    >>> tok = ByteTokenizer(special_tokens=["<|endoftext|>"])
+    >>> records = [{"prompt": "say hi", "response": "hi"}] * 4   # 42 tokens each
+    >>> rows = pack_examples([encode_example(tok, r) for r in records], 96)
+    >>> [len(ids) for ids, weights in rows]                      # two a row
+    [84, 84]
     """
     rows, ids, weights = [], [], []
     for example_ids, example_weights in encoded:
@@ -187,7 +192,8 @@ class InstructionBatches(keras.utils.PyDataset):
 
     Example:
     >>> batches = InstructionBatches(read_instructions("train.jsonl"), tokenizer, 128, 8)
-    >>> model.fit(batches, epochs=3)
+    >>> model.compile(optimizer="adamw")
+    >>> history = model.fit(batches, epochs=3, verbose=0)
     """
 
     def __init__(

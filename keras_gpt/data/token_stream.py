@@ -28,7 +28,7 @@ class TokenStream:
     >>> stream = TokenStream([np.arange(5), np.arange(5, 10)])
     >>> stream.read(3, 4)
     array([3, 4, 5, 6])
-    >>> train = TokenStream.from_directory("data/shakespeare", "train")
+    >>> train = TokenStream.from_directory("data/tiny", "train")
     """
 
     def __init__(self, arrays: np.ndarray | Sequence[np.ndarray]):

@@ -102,7 +102,8 @@ def score_rows(
         One `RowScore` per row, in the order of `rows`.
 
     Example:
-    >>> score_rows(model, [Row([5, 6, 7, 8], first=2)])
+    >>> score_rows(model, [Row([5, 6, 7, 8], first=2)])   # log P(7, 8 | 5, 6)
+    [RowScore(loglikelihood=-11..., tokens=2, is_greedy=False)]
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")

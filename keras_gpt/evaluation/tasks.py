@@ -121,7 +121,8 @@ def loglikelihoods(
         One `RowScore(loglikelihood, tokens, is_greedy)` per request, in order.
 
     Example:
-    >>> loglikelihoods(model, tokenizer, [("The cat", " sat")])[0].loglikelihood
+    >>> loglikelihoods(model, tokenizer, [("The cat", " sat")])[0].tokens
+    4
     """
     rows = [request_row(tokenizer, context, continuation) for context, continuation in requests]
     return score_rows(model, rows, batch_size, groups, _progress(len(rows), progress))
@@ -310,7 +311,8 @@ def perplexity(
         `windows`, `context`, `stride`.
 
     Example:
-    >>> perplexity(model, tokenizer, "valid.txt", stride=512)["perplexity"]
+    >>> round(perplexity(model, tokenizer, "valid.txt", stride=512)["perplexity"])
+    257
     """
     context = int(model.max_sequence_length) if context is None else int(context)
     stride = context if stride is None else int(stride)
@@ -389,7 +391,8 @@ def multiple_choice(
         `acc`, `acc_norm` and `items`.
 
     Example:
-    >>> multiple_choice(model, tokenizer, "hellaswag_val.jsonl")["acc_norm"]
+    >>> multiple_choice(model, tokenizer, "hellaswag_val.jsonl")["items"]
+    1
     """
     items, rows, groups, labels = [], [], [], []
     for where, line, record in _items(data):
@@ -459,7 +462,8 @@ def last_word(
         `acc`, `perplexity` and `items`.
 
     Example:
-    >>> last_word(model, tokenizer, "lambada_test.jsonl")["perplexity"]
+    >>> last_word(model, tokenizer, "lambada_test.jsonl")["items"]
+    1
     """
     rows = []
     for where, line, record in _items(data):
@@ -503,7 +507,9 @@ def evaluate(
         The task's figures (see each task).
 
     Example:
-    >>> evaluate(model, tokenizer, "valid.txt", task="perplexity", stride=512)
+    >>> sorted(evaluate(model, tokenizer, "valid.txt", task="perplexity", stride=512))
+    ['bits_per_byte', 'bytes', 'context', 'documents', 'mean_loss', 'perplexity', 'stride',
+     'task', 'tokens', 'windows']
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")

@@ -41,6 +41,7 @@ def export_onnx(
 
     Example:
     >>> keras_gpt.export_onnx(model, "gpt.onnx")
+    'gpt.onnx'
     >>> import onnxruntime
     >>> session = onnxruntime.InferenceSession("gpt.onnx")
     >>> logits, = session.run(None, {"token_ids": ids, "padding_mask": mask})

@@ -128,9 +128,10 @@ def export(
     >>> model = keras_gpt.GPT(vocabulary_size=256, num_layers=2, num_heads=2,
     ...                       hidden_dim=32, max_sequence_length=64, seed=0)
     >>> keras_gpt.export(model, "served/gpt/1", max_new_tokens=32)
+    'served/gpt/1'
     >>> import tensorflow as tf                   # elsewhere, without keras_gpt
     >>> served = tf.saved_model.load("served/gpt/1")
-    >>> served.signatures["generate"](token_ids=tf.constant([[1, 2, 3]]),
+    >>> out = served.signatures["generate"](token_ids=tf.constant([[1, 2, 3]]),
     ...     padding_mask=tf.ones((1, 3), tf.int32), max_new_tokens=8,
     ...     temperature=0.0, top_k=0, top_p=1.0, seed=0)["token_ids"]
     """
@@ -206,7 +207,8 @@ def logits_function(model: keras.Model) -> Callable[[Tensor, Tensor], Tensor]:
 
     Example:
     >>> fn = logits_function(model)
-    >>> fn(np.ones((1, 4), "int32"), np.ones((1, 4), "int32"))   # (1, 4, vocabulary)
+    >>> tuple(fn(np.ones((1, 4), "int32"), np.ones((1, 4), "int32")).shape)
+    (1, 4, 257)
     """
 
     def logits(token_ids, padding_mask):

@@ -120,7 +120,8 @@ class GPT(keras.Model):
     ...             hidden_dim=32, max_sequence_length=64, seed=0)
     >>> logits = model(np.zeros((1, 8), "int32"))        # (1, 8, 256)
     >>> model.compile(optimizer="adamw")
-    >>> model.fit(x=tokens[:, :-1], y=tokens[:, 1:], epochs=1)
+    >>> tokens = np.random.default_rng(0).integers(0, 256, (16, 9))
+    >>> history = model.fit(x=tokens[:, :-1], y=tokens[:, 1:], epochs=1, verbose=0)
     """
 
     def __new__(cls, *args, **kwargs):
@@ -524,10 +525,13 @@ class GPT(keras.Model):
             **kwargs: passed to `keras.Model.quantize`.
 
         Example:
-        >>> model = GPT.from_preset("gpt2_small")
+        >>> model = GPT.from_preset("my_preset")       # e.g. "gpt2_small"
         >>> model.quantize("int8")
-        >>> model.generate([[464, 3290]], max_new_tokens=16)
-        >>> model.save_to_preset("gpt2_small_int8")     # loads back quantized
+        >>> model.generate([[72, 105]], max_new_tokens=4).shape
+        (1, 6)
+        >>> model.save_to_preset("my_preset_int8")     # loads back quantized
+        >>> GPT.from_preset("my_preset_int8").quantization
+        'int8'
         """
         check_quantization_mode(mode)
         if self.quantization is not None:

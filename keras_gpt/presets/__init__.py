@@ -4,7 +4,10 @@ from Hugging Face and KerasHub GPT-2 checkpoints.
 Example:
 >>> for info in keras_gpt.presets.list_presets():
 ...     print(info)
->>> model = keras_gpt.GPT.from_preset("path/to/preset")
+gpt2_small   12L 12H 768d   hf://openai-community/gpt2
+...
+gpt_mini     6L 6H 192d     no weights (architecture only)
+>>> model = keras_gpt.GPT.from_preset("my_preset")
 """
 
 from keras_gpt.presets.errors import PresetError

@@ -35,7 +35,10 @@ def preset_format(directory: str, handle: str | None = None) -> str:
         handle: the handle it came from, for error messages.
 
     Example:
-    >>> preset_format(model_dir)
+    >>> preset_format("my_preset")
+    'keras_gpt'
+    >>> model.save_to_preset("exported", format="huggingface")
+    >>> preset_format("exported")
     'huggingface'
     """
     handle = handle or directory
@@ -167,6 +170,7 @@ def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:
     Example:
     >>> tokenizer = load_tokenizer("my_preset")
     >>> tokenizer.encode("Hello")
+    [72, 101, 108, 108, 111]
     """
     handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
     directory = resolve(handle)

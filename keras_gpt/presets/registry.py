@@ -89,6 +89,7 @@ def register(
     Example:
     >>> keras_gpt.presets.register("my_tiny", dict(vocabulary_size=257,
     ...     num_layers=2, num_heads=2, hidden_dim=64, max_sequence_length=128))
+    PresetInfo(name='my_tiny', weights=None, description='')
     """
     if name in _REGISTRY:
         raise ValueError(f"A preset named {name!r} is already registered.")
@@ -130,6 +131,7 @@ def list_presets() -> builtins.list[PresetInfo]:
     >>> for info in keras_gpt.presets.list_presets():
     ...     print(info)
     gpt2_small   12L 12H 768d   hf://openai-community/gpt2
+    ...
     """
     return builtins.list(_REGISTRY.values())
 

@@ -23,7 +23,10 @@ class WeightAssigner:
     Example:
     >>> assigner = WeightAssigner(model, "my_preset")
     >>> assigner.assign("final_norm/gamma", np.ones(64, "float32"), "ln_f.weight")
-    >>> assigner.check_complete()
+    >>> assigner.check_complete()                   # every other weight is missing
+    Traceback (most recent call last):
+    ...
+    keras_gpt.presets.errors.PresetError: Preset 'my_preset': no weights found for ['block_0/...
     """
 
     def __init__(self, model: keras.Model, handle: str):

@@ -31,6 +31,7 @@ class TextStream:
         stop_token_ids: ids that end the row (not included in its text).
 
     Example:
+    >>> from keras_gpt.tokenizers import ByteTokenizer
     >>> stream = TextStream(ByteTokenizer(), max_tokens=8, stop=["\\n"])
     >>> stream.feed(104), stream.feed(105), stream.feed(10)
     ('h', 'i', '')

@@ -153,7 +153,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         directory: a directory written by `save`, or one with GPT-2 BPE files.
 
     Example:
-    >>> tokenizer = load_tokenizer("presets/my_model/tokenizer")
+    >>> tokenizer = load_tokenizer("my_preset/tokenizer")
     >>> tokenizer.decode(tokenizer.encode("hello"))
     'hello'
     """

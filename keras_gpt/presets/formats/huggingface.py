@@ -138,7 +138,8 @@ def load_huggingface(cls: type, directory: str, handle: str, **overrides: Any) -
         The model, its logits equal to `transformers.GPT2LMHeadModel`'s.
 
     Example:
-    >>> model = load_huggingface("path/to/gpt2", "path/to/gpt2")
+    >>> model.save_to_preset("gpt2_like", format="huggingface")
+    >>> model = load_huggingface(keras_gpt.GPT, "gpt2_like", "gpt2_like")
     """
     hf_config = read_json(os.path.join(directory, "config.json"), handle)
     config = {**config_from_huggingface(hf_config, handle), **overrides}
@@ -196,7 +197,8 @@ def save_huggingface(
 
     Example:
     >>> save_huggingface(model, "exported")
-    >>> transformers.GPT2LMHeadModel.from_pretrained("exported")
+    >>> import transformers
+    >>> hf = transformers.GPT2LMHeadModel.from_pretrained("exported")
     """
     save_file = _safetensors("Writing a Hugging Face checkpoint").numpy.save_file
 

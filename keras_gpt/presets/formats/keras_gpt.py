@@ -126,7 +126,7 @@ def load_keras_gpt(cls: type, directory: str, handle: str, **overrides: Any) -> 
         The model with the saved weights.
 
     Example:
-    >>> model = load_keras_gpt("my_preset", "my_preset")
+    >>> model = load_keras_gpt(keras_gpt.GPT, "my_preset", "my_preset")
     """
     spec = read_json(os.path.join(directory, "config.json"), handle)
     try:

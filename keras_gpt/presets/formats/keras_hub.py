@@ -46,7 +46,7 @@ def load_keras_hub(cls: type, directory: str, handle: str, **overrides: Any) -> 
         The model, its logits equal to the KerasHub backbone's.
 
     Example:
-    >>> model = load_keras_hub("gpt2_tiny_preset", "gpt2_tiny_preset")
+    >>> model = load_keras_hub(keras_gpt.GPT, "gpt2_tiny_preset", "gpt2_tiny_preset")
     """
     spec = read_json(os.path.join(directory, "config.json"), handle)
     if spec.get("class_name") != "GPT2Backbone":
