@@ -30,6 +30,7 @@ from keras_gpt.backend.ops import (
     int8_matmul,
     is_concrete,
     write_at,
+    write_rows,
 )
 from keras_gpt.backend.replicas import replica_index, replica_scaled
 
@@ -49,4 +50,5 @@ __all__ = [
     "tf_dataset",
     "weight_values",
     "write_at",
+    "write_rows",
 ]

@@ -145,6 +145,44 @@ def write_at(buffer: Tensor, update: Tensor, index: int | Tensor, axis: int) -> 
     return keras.ops.slice_update(buffer, tuple(start), update)
 
 
+def write_rows(buffer: Tensor, update: Tensor, index: Tensor, axis: int) -> Tensor:
+    """`buffer` with row r's `update` written at position `index[r]` of `axis`.
+
+    Continuous batching writes each slot's new key and value at the slot's own
+    position: `buffer` is `(batch, ..., length, ...)`, `update` the same with
+    size 1 along `axis`, `index` an int `(batch,)` vector. On PyTorch one
+    in-place indexed write (`keras.ops.slice_update` would clone the buffer);
+    elsewhere one `keras.ops.slice_update` per row (the batch is static), which
+    XLA does in place. (A one-hot `keras.ops.where` over the positions made a
+    bench-small decode step at 16 slots and 512 positions 7x slower on JAX.)
+
+    Args:
+        buffer: the tensor to write into; rows along axis 0.
+        update: the values, `buffer`'s shape with 1 along `axis`, in its dtype.
+        index: int `(batch,)` positions along `axis`, one per row.
+        axis: the axis written along (> 0).
+
+    Example:
+    >>> buffer = keras.ops.zeros((2, 3, 1))
+    >>> index = keras.ops.convert_to_tensor([2, 0], "int32")
+    >>> out = write_rows(buffer, keras.ops.ones((2, 1, 1)), index, axis=1)
+    >>> keras.ops.convert_to_numpy(out)[:, :, 0].tolist()
+    [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        rows = torch.arange(buffer.shape[0], device=buffer.device)
+        where = (rows,) + (slice(None),) * (axis - 1) + (index.long(),)
+        buffer[where] = update.squeeze(axis)
+        return buffer
+    for row in range(update.shape[0]):
+        start = [row] + [0] * (len(update.shape) - 1)
+        start[axis] = index[row]
+        buffer = keras.ops.slice_update(buffer, tuple(start), update[row : row + 1])
+    return buffer
+
+
 def int8_matmul(x: Tensor, kernel: Tensor, scale: Tensor, transposed: bool = False) -> Tensor:
     """`x · (kernel / scale)`: a product with int8 weights; `x` stays in its float dtype.
 

@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from keras_gpt.backend import Tensor, call_sublayer, has_accelerator, write_at
+from keras_gpt.backend import Tensor, call_sublayer, has_accelerator, write_at, write_rows
 from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
 from keras_gpt.model.layers.normalization import rms_normalize
@@ -15,22 +15,6 @@ from keras_gpt.model.layers.rotary import is_row_index, rotary_embedding
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
 _IMPLEMENTATIONS = ("auto", "fused", "plain")
-
-
-def write_rows(cache: Tensor, new: Tensor, index: Tensor) -> Tensor:
-    """`cache` (batch, 2, heads, length, head_dim) with row r's one-position `new`
-    (batch, 2, heads, 1, head_dim) written at position `index[r]`.
-
-    A blend with a one-hot mask over the positions (`keras.ops.where`): the
-    same ops on every backend, traceable, and it leaves every other position
-    of every row as it was.
-    """
-    length = ops.shape(cache)[3]
-    hit = ops.arange(0, length, dtype="int32")[None, :] == ops.expand_dims(
-        ops.cast(index, "int32"), 1
-    )
-    hit = ops.reshape(hit, (-1, 1, 1, length, 1))
-    return ops.where(hit, new, cache)
 
 
 def attention_mask(
@@ -242,7 +226,7 @@ class CausalSelfAttention(keras.layers.Layer):
                 new = qkv[:, :, 1:]  # this call's keys and values, as projected
             new = ops.transpose(new, (0, 2, 3, 1, 4))
             if is_row_index(cache_index):
-                cache = write_rows(cache, ops.cast(new, cache.dtype), cache_index)
+                cache = write_rows(cache, ops.cast(new, cache.dtype), cache_index, axis=3)
             else:
                 cache = write_at(cache, ops.cast(new, cache.dtype), cache_index, axis=3)
             key = ops.cast(cache[:, 0], query.dtype)  # (batch, heads, cache_length, head_dim)
