@@ -12,6 +12,21 @@ requests in flight. Prints one JSON object.
     python benchmarks/serve.py --backend torch --requests 32 --max-tokens 32
     python benchmarks/serve.py --sampled --server-args="--request-timeout 0"
 
+`--trace` runs the comparison of issue 29 instead, on a bench-small model
+with a 512-token context: a trace of `--requests` (use 64) Poisson arrivals,
+half asking 8 tokens and half 256 (16-token prompts, streamed, greedy),
+sent to `keras-gpt serve --scheduler static` and then `--scheduler
+continuous` (each warmed up, `--max-batch` slots). The arrival rate is
+`--load` (0.8) times the static server's capacity, measured first as full
+batches of the same mix sent at once (requests/s). Reported per run: time to
+first token (p50, p99), short requests' p50 latency, p50/p99 latency,
+throughput (completion tokens / span of the trace), and the compiled
+programs before and after; then the same trace on the continuous server with
+every request at temperature 0.8, and with every request at its own
+temperature (each seeded), to show that new values compile nothing.
+
+    python benchmarks/serve.py --trace --requests 64 --max-batch 16
+
 `--sampled` also runs every level twice more, sampled, each request with its
 own seed: every request at temperature 0.8 (`sampled: "one"`), then each at a
 temperature no earlier request had (`sampled: "each"`). It reports the
@@ -19,8 +34,7 @@ programs the server's generation engine had compiled before and after each
 timed run (`programs_before` / `programs_after`: equal when no value compiled
 anything) and the p50 of "each" over that of "one" (`p50_vs_one_temperature`).
 `--server-args` passes flags to
-`keras-gpt serve` (e.g. `--request-timeout 0`, which lets batches without
-streaming run the whole decoding loop as one program on JAX and TensorFlow).
+`keras-gpt serve` (e.g. `--scheduler static`).
 
 bench-small: vocabulary 8192, 4 layers, 4 heads, hidden 256, context 256,
 float32. A `CharTokenizer` of 8192 characters (CJK ideographs) makes every
@@ -63,14 +77,15 @@ FIRST_CHARACTER = 0x4E00  # CJK ideographs: 8192 printable one-character tokens
 _TEMPERATURES = itertools.count()
 
 
-def make_preset(directory: str, backend: str) -> None:
+def make_preset(directory: str, backend: str, shape: dict | None = None) -> None:
     """A random bench-small preset with a CharTokenizer (in a subprocess on `backend`)."""
+    shape = shape or SHAPE
     code = (
         "import sys; from keras_gpt.model import GPT; from keras_gpt.tokenizers import "
         "CharTokenizer\n"
-        f"first, size = {FIRST_CHARACTER}, {SHAPE['vocabulary_size']}\n"
+        f"first, size = {FIRST_CHARACTER}, {shape['vocabulary_size']}\n"
         "t = CharTokenizer([chr(first + i) for i in range(size)])\n"
-        f"GPT(**{SHAPE!r}, seed=0).save_to_preset(sys.argv[1], tokenizer=t)\n"
+        f"GPT(**{shape!r}, seed=0).save_to_preset(sys.argv[1], tokenizer=t)\n"
     )
     env = dict(os.environ, KERAS_BACKEND=backend)
     subprocess.run([sys.executable, "-c", code, directory], check=True, env=env)
@@ -144,7 +159,17 @@ def main() -> None:
         "--sampled", action="store_true", help="also time each level at a temperature a request"
     )
     parser.add_argument("--server-args", default="", help="more flags for keras-gpt serve")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="instead: continuous vs static batching on a Poisson trace (see the docstring)",
+    )
+    parser.add_argument(
+        "--load", type=float, default=0.8, help="--trace: arrival rate / static capacity"
+    )
     args = parser.parse_args()
+    if args.trace:
+        return trace_main(args)
 
     rng = np.random.default_rng(0)
     prompts = [
@@ -233,6 +258,191 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     text = json.dumps(results, indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+# -- --trace: continuous vs static batching on a Poisson trace ---------------------------
+
+#: The trace's model: bench-small with room for a 16-token prompt + 256 new tokens.
+TRACE_SHAPE = dict(SHAPE, max_sequence_length=512)
+
+
+def stream_request(url: str, body: dict, timeout: float) -> dict:
+    """Sends a streamed completion; its time to first text, latency and token count."""
+    import http.client
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    start = time.perf_counter()
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=timeout)
+    connection.request(
+        "POST",
+        "/v1/completions",
+        json.dumps(dict(body, stream=True, stream_options={"include_usage": True})),
+        {"Content-Type": "application/json"},
+    )
+    response = connection.getresponse()
+    first, tokens = None, 0
+    for line in response:
+        line = line.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        payload = json.loads(line[6:])
+        if "error" in payload:
+            raise RuntimeError(payload["error"])
+        if payload.get("usage"):
+            tokens = payload["usage"]["completion_tokens"]
+        elif first is None and payload["choices"][0]["text"]:
+            first = time.perf_counter() - start
+    connection.close()
+    return {"ttft_s": first, "latency_s": time.perf_counter() - start, "tokens": tokens}
+
+
+def run_trace(url: str, trace: list[dict], timeout: float) -> dict:
+    """Sends each request of `trace` at its `at` second (threads); the summary figures."""
+    results = [None] * len(trace)
+    start = time.perf_counter()
+
+    def send(i):
+        delay = trace[i]["at"] - (time.perf_counter() - start)
+        if delay > 0:
+            time.sleep(delay)
+        results[i] = stream_request(url, trace[i]["body"], timeout)
+        results[i]["done_at"] = time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(len(trace)) as pool:
+        list(pool.map(send, range(len(trace))))
+    short = [r for r, t in zip(results, trace) if t["body"]["max_tokens"] <= 8]
+    ttfts = [r["ttft_s"] for r in results if r["ttft_s"] is not None]
+    tokens = sum(r["tokens"] for r in results)
+    span = max(r["done_at"] for r in results) - trace[0]["at"]
+    return {
+        "p50_ttft_s": round(percentile(ttfts, 50), 4),
+        "p99_ttft_s": round(percentile(ttfts, 99), 4),
+        "short_p50_latency_s": round(percentile([r["latency_s"] for r in short], 50), 4),
+        "p50_latency_s": round(percentile([r["latency_s"] for r in results], 50), 4),
+        "p99_latency_s": round(percentile([r["latency_s"] for r in results], 99), 4),
+        "tokens_per_s": round(tokens / span, 1),
+        "tokens": tokens,
+        "span_s": round(span, 2),
+    }
+
+
+def start_server(preset: str, backend: str, flags: list[str], log) -> tuple:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "keras_gpt.cli", "serve", preset, "--port", str(port)] + flags,
+        env=dict(os.environ, KERAS_BACKEND=backend),
+        stdout=log,
+        stderr=log,
+    )
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=5).read()
+            return server, url
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise SystemExit("the server did not start:\n" + log.read()[-3000:])
+            time.sleep(0.5)
+
+
+def trace_main(args) -> None:
+    """Continuous vs static batching on one Poisson trace (see `--trace`)."""
+    from machine import machine_report
+
+    rng = np.random.default_rng(0)
+    vocabulary = TRACE_SHAPE["vocabulary_size"]
+
+    def prompt():
+        ids = rng.integers(0, vocabulary, args.prompt_tokens)
+        return "".join(chr(FIRST_CHARACTER + int(i)) for i in ids)
+
+    lengths = [8] * (args.requests // 2) + [256] * (args.requests - args.requests // 2)
+    lengths = [int(n) for n in rng.permutation(lengths)]
+    prompts = [prompt() for _ in lengths]
+    gaps = rng.exponential(1.0, len(lengths))  # scaled to the arrival rate below
+    report = machine_report("serve trace: continuous vs static batching")
+    report.update(
+        backend=args.backend,
+        shape=TRACE_SHAPE,
+        requests=len(lengths),
+        max_tokens="half 8, half 256 (shuffled)",
+        prompt_tokens=args.prompt_tokens,
+        max_batch=args.max_batch,
+    )
+
+    def trace(rate: float, temperature=None) -> list[dict]:
+        at = np.cumsum(gaps / rate) - gaps[0] / rate
+        out = []
+        for i, (t, p, n) in enumerate(zip(at, prompts, lengths)):
+            body = {"prompt": p, "max_tokens": n, "temperature": 0}
+            if temperature == "one":
+                body.update(temperature=0.8, seed=i)
+            elif temperature == "each":
+                body.update(temperature=round(0.5 + i / 100, 2), seed=i)
+            out.append({"at": float(t), "body": body})
+        return out
+
+    flags = ["--max-batch", str(args.max_batch), "--max-queue", "1024", "--log-level", "info"]
+    flags += args.server_args.split()
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        preset = os.path.join(tmp, "bench_small")
+        make_preset(preset, args.backend, TRACE_SHAPE)
+        for scheduler in ("static", "continuous"):
+            log = open(os.path.join(tmp, f"{scheduler}.log"), "w+")
+            started = time.perf_counter()
+            server, url = start_server(
+                preset, args.backend, flags + ["--scheduler", scheduler], log
+            )
+            try:
+                start_s = time.perf_counter() - started
+                if scheduler == "static":
+                    # Capacity: full batches of the same mix sent at once, in requests/s.
+                    burst = [{"at": 0.0, "body": t["body"]} for t in trace(1.0)[: args.max_batch]]
+                    run_trace(url, burst, args.timeout)  # first contact
+                    timed = run_trace(url, burst, args.timeout)
+                    capacity = len(burst) / timed["span_s"]
+                    rate = args.load * capacity
+                    report.update(
+                        static_capacity_requests_per_s=round(capacity, 3),
+                        arrival_rate_requests_per_s=round(rate, 3),
+                    )
+                kinds = [None] if scheduler == "static" else [None, "one", "each"]
+                for kind in kinds:
+                    before = health(url)["programs"]
+                    result = run_trace(url, trace(rate, kind), args.timeout)
+                    result.update(programs_before=before, programs_after=health(url)["programs"])
+                    name = scheduler + {None: "", "one": "_t0.8", "each": "_each_t"}[kind]
+                    runs[name] = result
+                log.seek(0)
+                warm = [line for line in log.read().splitlines() if "warm-up" in line]
+                runs[scheduler]["server_start_s"] = round(start_s, 1)
+                runs[scheduler]["warmup_log"] = warm[-1].split("INFO ")[-1] if warm else None
+            finally:
+                server.terminate()
+                server.wait(60)
+    c, s = runs["continuous"], runs["static"]
+    report["runs"] = runs
+    report["continuous_vs_static"] = {
+        "p99_ttft": round(c["p99_ttft_s"] / s["p99_ttft_s"], 3),
+        "short_p50_latency": round(c["short_p50_latency_s"] / s["short_p50_latency_s"], 3),
+        "throughput": round(c["tokens_per_s"] / s["tokens_per_s"], 3),
+    }
+    one, each = runs["continuous_t0.8"], runs["continuous_each_t"]
+    report["each_temperature_vs_one"] = {
+        "p50_latency": round(each["p50_latency_s"] / one["p50_latency_s"], 3),
+        "p99_latency": round(each["p99_latency_s"] / one["p99_latency_s"], 3),
+        "programs_compiled_during_trace": each["programs_after"] - each["programs_before"],
+    }
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(report, indent=2)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")
