@@ -99,6 +99,113 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
         # Pad with newlines so tracebacks show the Markdown file's own line numbers.
         source = "\n" * (block.line - 1) + block.code
         exec(compile(source, str(block.path), "exec"), namespace)
+    check = PAGE_CHECKS.get(str(page.relative_to(ROOT)))
+    if check is not None:
+        check(namespace)
+
+
+# -- what each page claims, checked on the names its code leaves -----------------------
+# A page whose code asserts nothing itself gets a check here: what its comments and text
+# say the code shows.
+
+
+def _check_distributed(ns):
+    # Kernels are split over "model", everything else replicated; only the mesh's axes.
+    axes = {key: tuple(ns["layout_map"][key].axes) for key in ns["layout_map"]}
+    assert all(set(a) <= {None, "model"} for a in axes.values()), axes
+    assert any("model" in a for a in axes.values()), axes
+
+
+def _check_evaluation(ns):
+    import math
+
+    result, data = ns["result"], pathlib.Path("valid.txt").read_bytes()
+    # Every token after the first is scored once; bits per byte over their bytes.
+    assert result["tokens"] == len(data) - 1
+    assert result["perplexity"] == pytest.approx(math.exp(result["mean_loss"]))
+    expected_bpb = result["mean_loss"] * result["tokens"] / (result["bytes"] * math.log(2))
+    assert result["bits_per_byte"] == pytest.approx(expected_bpb)
+
+
+def _check_export(ns):
+    assert tuple(ns["out"]["token_ids"].shape) == (2, 23)  # prompt + up to 20 new
+    assert ns["out"]["lengths"].numpy().max() <= 23
+    assert tuple(ns["logits"].shape) == (1, 2, 100)
+
+
+def _check_finetuning(ns):
+    # Only the adapters trained and were saved: 2 blocks × 4 targets × (A, B).
+    import numpy as np
+
+    with np.load("adapters.npz") as adapters:
+        assert len([name for name in adapters.files if "lora_kernel" in name]) == 16
+    assert ns["summary"]["format"] == "text" and ns["summary"]["steps"] == 4
+    assert ns["more"].vocabulary_size == ns["tokenizer"].vocabulary_size
+
+
+def _check_pretraining(ns):
+    import math
+
+    assert math.isfinite(ns["summary"]["val_loss"]) and ns["summary"]["steps"] == 4
+    assert pathlib.Path("runs/tiny/best/config.json").is_file()
+
+
+def _check_quantization(ns):
+    assert ns["again"].quantization == "int8"  # loads back quantized
+    assert pathlib.Path("served/tiny_int8/1/saved_model.pb").is_file()
+    assert ns["model"].dtype_policy.name == "bfloat16"
+    assert tuple(ns["ids"].shape) == (1, 20)
+
+
+def _check_index(ns):
+    history = ns["model"].history.history["loss"]
+    assert history[-1] < history[0]  # it learned the line
+    assert tuple(ns["prompt"].shape) == (1, 10)
+
+
+def _check_installation(ns):
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert ns["keras_gpt"].__version__ == pyproject["project"]["version"]
+    assert ns["keras"].backend.backend() in BACKENDS
+
+
+def _check_readme(ns):
+    out = ns["model"].generate(ns["tokens"][:1, :8], max_new_tokens=16)
+    assert tuple(out.shape) == (1, 24)
+
+
+def _check_serving(ns):
+    paths = {route.path for route in ns["app"].routes}
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health"} <= paths
+
+
+PAGE_CHECKS = {
+    "docs/guides/distributed.md": _check_distributed,
+    "docs/guides/evaluation.md": _check_evaluation,
+    "docs/guides/export.md": _check_export,
+    "docs/guides/finetuning.md": _check_finetuning,
+    "docs/guides/pretraining.md": _check_pretraining,
+    "docs/guides/quantization.md": _check_quantization,
+    "docs/index.md": _check_index,
+    "docs/installation.md": _check_installation,
+    "README.md": _check_readme,
+    "docs/guides/serving.md": _check_serving,
+}
+
+
+@pytest.mark.backend_independent
+def test_every_runnable_page_checks_what_it_claims():
+    """A page's code asserts something, or PAGE_CHECKS checks it after it runs."""
+    unchecked = [
+        str(page.relative_to(ROOT))
+        for page in RUNNABLE_PAGES
+        if str(page.relative_to(ROOT)) not in PAGE_CHECKS
+        and not any(re.search(r"\bassert\w*\b", b.code) for b in code_blocks(page) if not b.skipped)
+    ]
+    assert not unchecked, f"these pages run but check nothing: {unchecked}"
+    assert set(PAGE_CHECKS) <= {str(p.relative_to(ROOT)) for p in RUNNABLE_PAGES}
 
 
 def test_parser_finds_quick_start_and_honours_skip(tmp_path):
