@@ -161,11 +161,12 @@ class Batcher:
             `"static"` (a group is admitted only when every slot is free).
 
     Example:
-    >>> batcher = Batcher(model, max_batch=16, max_queue=256)
+    >>> batcher = Batcher(model, max_batch=4, max_queue=16)
     >>> programs, seconds = batcher.warmup()    # compiles every program
-    >>> batcher.start()
-    >>> batcher.submit(request)        # then await request.events
-    >>> batcher.stats["peak_batch"]
+    >>> batcher.start()                          # then `submit(request)`, await request.events
+    >>> batcher.stats["scheduler"], batcher.stats["decoding"]
+    ('continuous', 0)
+    >>> batcher.stop()
     """
 
     def __init__(
