@@ -454,3 +454,18 @@ def test_engine_is_saved_and_checked(tmp_path, bpe):
     assert load_tokenizer(tmp_path / "auto").engine == "tiktoken"
     with pytest.raises(ValueError, match="'fast'"):
         BytePairTokenizer(bpe.vocabulary, bpe.merges, engine="fast")
+
+
+@pytest.mark.backend_independent
+def test_end_of_text_id_is_the_special_tokens_id_or_none():
+    from keras_gpt.tokenizers import END_OF_TEXT, ByteTokenizer, CharTokenizer
+
+    assert END_OF_TEXT == "<|endoftext|>"
+    assert ByteTokenizer().end_of_text_id == 256  # the default special token
+    assert ByteTokenizer(special_tokens=["<|pad|>", END_OF_TEXT]).end_of_text_id == 257
+    assert ByteTokenizer(special_tokens=[]).end_of_text_id is None
+    char = CharTokenizer("ab", special_tokens=[END_OF_TEXT])
+    assert char.end_of_text_id == 2 and char.decode([char.end_of_text_id]) == END_OF_TEXT
+    assert CharTokenizer("ab").end_of_text_id is None
+    bpe = BytePairTokenizer.train(["a b a b " * 20], vocabulary_size=260)
+    assert bpe.end_of_text_id == bpe.vocabulary_size - 1 == bpe.token_to_id(END_OF_TEXT)

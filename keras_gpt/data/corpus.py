@@ -11,7 +11,13 @@ import urllib.request
 
 from keras_gpt.data.prepare import prepare
 from keras_gpt.data.token_stream import TokenStream
-from keras_gpt.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, load_tokenizer
+from keras_gpt.tokenizers import (
+    END_OF_TEXT,
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    load_tokenizer,
+)
 
 
 def stdlib_corpus(max_bytes: int = 8_000_000, code_only: bool = False) -> str:
@@ -145,9 +151,7 @@ def tokenize_corpus(
     Example:
     >>> train, val = tokenize_corpus(["corpus.txt"], "runs/x/data/tokens", ByteTokenizer())
     """
-    end_of_text = (
-        "<|endoftext|>" if "<|endoftext|>" in getattr(tokenizer, "special_tokens", ()) else None
-    )
+    end_of_text = END_OF_TEXT if getattr(tokenizer, "end_of_text_id", None) is not None else None
     prepare(
         inputs,
         directory,

@@ -24,8 +24,10 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+# Defined once, in keras_gpt.tokenizers; importable from here too, where the templates are.
+from keras_gpt.tokenizers.tokenizer import END_OF_TEXT  # noqa: F401
+
 PROMPT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
-END_OF_TEXT = "<|endoftext|>"
 
 
 def read_instructions(path: str | os.PathLike) -> list[dict]:
@@ -114,11 +116,10 @@ def encode_example(tokenizer, record: dict) -> tuple[np.ndarray, np.ndarray]:
         piece = tokenizer.encode(text)
         ids += piece
         trained += [float(learn)] * len(piece)
-    try:
-        ids.append(tokenizer.token_to_id(END_OF_TEXT))
+    end = getattr(tokenizer, "end_of_text_id", None)
+    if end is not None:
+        ids.append(end)
         trained.append(1.0)
-    except (KeyError, ValueError):
-        pass
     return np.asarray(ids, "int32"), np.asarray(trained, "float32")
 
 

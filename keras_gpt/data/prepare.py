@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_gpt.data.documents import Inputs, input_files, stream_pieces
 from keras_gpt.data.token_stream import METADATA_FILENAME, read_metadata
-from keras_gpt.tokenizers.tokenizer import Tokenizer
+from keras_gpt.tokenizers.tokenizer import END_OF_TEXT, Tokenizer
 
 #: Bump when the layout of the output directory changes.
 FORMAT = "keras_gpt.token_shards/1"
@@ -27,7 +27,7 @@ def prepare(
     output_dir: str | os.PathLike,
     tokenizer: Tokenizer,
     validation_fraction: float = 0.1,
-    end_of_text: str | None = "<|endoftext|>",
+    end_of_text: str | None = END_OF_TEXT,
     text_field: str = "text",
     shard_tokens: int = 1 << 27,
     chunk_chars: int = 1 << 18,

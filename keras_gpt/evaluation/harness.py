@@ -34,9 +34,7 @@ from keras_gpt.evaluation.scoring import Row, score_rows
 from keras_gpt.evaluation.tasks import encode_request
 from keras_gpt.model import GPT
 from keras_gpt.presets import load_tokenizer
-from keras_gpt.tokenizers import Tokenizer
-
-END_OF_TEXT = "<|endoftext|>"
+from keras_gpt.tokenizers import END_OF_TEXT, Tokenizer
 
 
 @register_model("keras_gpt")
@@ -79,8 +77,7 @@ class KerasGPTLM(LM):
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         self.max_length = int(self.model.max_sequence_length)
-        has_eot = END_OF_TEXT in self.tokenizer.special_tokens
-        self.eot_token_id = self.tokenizer.token_to_id(END_OF_TEXT) if has_eot else None
+        self.eot_token_id = self.tokenizer.end_of_text_id
 
     @property
     def tokenizer_name(self) -> str:

@@ -73,11 +73,11 @@ def encode_request(tokenizer: Tokenizer, context: str, continuation: str) -> tup
         continuation = context[-spaces:] + continuation
         context = context[:-spaces]
     if not context:
-        if "<|endoftext|>" not in tokenizer.special_tokens:
+        start = tokenizer.end_of_text_id
+        if start is None:
             raise ValueError(
                 "An empty context needs a start token, and the tokenizer has no <|endoftext|>."
             )
-        start = tokenizer.token_to_id("<|endoftext|>")
         ids = tokenizer.encode(continuation)
         return (ids[:1], ids[1:]) if ids[:1] == [start] else ([start], ids)
     context_ids = tokenizer.encode(context)

@@ -151,8 +151,8 @@ def _end_of_text_id(tokenizer: Tokenizer | None) -> int | None:
     specials = list(getattr(tokenizer, "special_tokens", None) or [])
     if not specials:
         return None
-    token = "<|endoftext|>" if "<|endoftext|>" in specials else specials[0]
-    return int(tokenizer.token_to_id(token))
+    end = tokenizer.end_of_text_id
+    return int(tokenizer.token_to_id(specials[0])) if end is None else end
 
 
 def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:

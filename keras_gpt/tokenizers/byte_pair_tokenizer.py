@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from keras_gpt.tokenizers.tokenizer import (
+    END_OF_TEXT,
     Tokenizer,
     _as_id_list,
     _check_texts,
@@ -26,7 +27,6 @@ from keras_gpt.tokenizers.tokenizer import (
 )
 
 #: GPT-2's default special token.
-END_OF_TEXT = "<|endoftext|>"
 
 #: The `engine` values `BytePairTokenizer` accepts.
 ENGINES = ("auto", "tiktoken", "tokenizers")

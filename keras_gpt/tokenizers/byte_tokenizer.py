@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from keras_gpt.tokenizers.tokenizer import (
+    END_OF_TEXT,
     Tokenizer,
     _as_id_list,
     _special_pattern,
@@ -31,7 +32,7 @@ class ByteTokenizer(Tokenizer):
     'hé<|endoftext|>'
     """
 
-    def __init__(self, special_tokens: Sequence[str] = ("<|endoftext|>",)):
+    def __init__(self, special_tokens: Sequence[str] = (END_OF_TEXT,)):
         if isinstance(special_tokens, str):
             raise ValueError(f"special_tokens must be a list of strings, got {special_tokens!r}.")
         if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens:

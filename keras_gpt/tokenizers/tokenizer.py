@@ -11,6 +11,10 @@ from typing import Any
 
 import numpy as np
 
+#: GPT-2's end-of-text token: it separates documents in pretraining, ends each fine-tuning
+#: example, and stops generation. Its id is a tokenizer's `end_of_text_id`.
+END_OF_TEXT = "<|endoftext|>"
+
 #: The file `Tokenizer.save` writes and `load_tokenizer` reads first.
 # Not "tokenizer_config.json": Hugging Face checkpoints use that name for their own file.
 CONFIG_FILENAME = "keras_gpt_tokenizer.json"
@@ -82,6 +86,19 @@ class Tokenizer:
             batch: a sequence of id sequences, or a 2-D array.
         """
         return [self.decode(ids) for ids in batch]
+
+    @property
+    def end_of_text_id(self) -> int | None:
+        """The id of `<|endoftext|>` (`END_OF_TEXT`), or None if it is not a special token.
+
+        Example:
+        >>> from keras_gpt.tokenizers import ByteTokenizer
+        >>> ByteTokenizer().end_of_text_id, ByteTokenizer(special_tokens=[]).end_of_text_id
+        (256, None)
+        """
+        if END_OF_TEXT not in self.special_tokens:
+            return None
+        return int(self.token_to_id(END_OF_TEXT))
 
     def token_to_id(self, token: str) -> int:
         """The id of `token` (a special token, or a vocabulary entry).
