@@ -74,6 +74,7 @@ class SlotRequest:
         finish_reason: `None` while running; then `"length"`, `"stop"` (a stop
             id, which is kept in `tokens`), `"cancelled"` or `"timeout"`.
         slot: the slot it decodes in, or `None` (waiting or ended).
+        cancelled: set by `SlotEngine.cancel`; the request ends at the next step.
     """
 
     prompt_ids: Sequence[int]
@@ -122,6 +123,10 @@ class SlotEngine:
         stop_token_ids: ids that end every request (the stop id is kept).
         scheduler: `"continuous"` (waiting requests join at every step) or
             `"static"` (a group is admitted only when every slot is free).
+
+    One thread drives an engine (Keras models are not thread-safe). The
+    model's weights are read when the engine goes from idle to busy, so a
+    weight update is seen by the next busy period.
 
     Example:
     >>> engine = SlotEngine(model, max_batch=4)
