@@ -19,6 +19,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_gpt"
 #: Part of the package -> floor. A part imports only from lower floors (and itself).
 FLOORS = {
     "backend": 0,
+    "files": 0,
     "random": 1,
     "tokenizers": 1,
     "data": 2,

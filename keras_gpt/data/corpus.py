@@ -11,6 +11,7 @@ import urllib.request
 
 from keras_gpt.data.prepare import prepare
 from keras_gpt.data.token_stream import TokenStream
+from keras_gpt.files import atomic_path, write_text_atomic
 from keras_gpt.tokenizers import (
     END_OF_TEXT,
     ByteTokenizer,
@@ -89,9 +90,7 @@ def resolve_data(data: str | None, cache_dir: pathlib.Path) -> list[str]:
         path = cache_dir / f"{name}.txt"
         if not path.exists():
             cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(stdlib_corpus(code_only=name == "stdlib-code"), encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, stdlib_corpus(code_only=name == "stdlib-code"))
         return [str(path)]
     if data == "shakespeare":
         for candidate in (os.environ.get("KERAS_GPT_SHAKESPEARE"), *SHAKESPEARE_CANDIDATES):
@@ -101,13 +100,13 @@ def resolve_data(data: str | None, cache_dir: pathlib.Path) -> list[str]:
         if not path.exists():
             cache_dir.mkdir(parents=True, exist_ok=True)
             try:
-                urllib.request.urlretrieve(SHAKESPEARE_URL, path.with_suffix(".tmp"))
+                with atomic_path(path) as temporary:
+                    urllib.request.urlretrieve(SHAKESPEARE_URL, temporary)
             except OSError as error:
                 raise FileNotFoundError(
                     "tinyshakespeare not found locally (set KERAS_GPT_SHAKESPEARE or pass "
                     f"--data PATH) and downloading {SHAKESPEARE_URL} failed: {error}"
                 ) from None
-            os.replace(path.with_suffix(".tmp"), path)
         return [str(path)]
     return [data]
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_gpt.data.documents import Inputs, input_files, stream_pieces
 from keras_gpt.data.token_stream import METADATA_FILENAME, read_metadata
+from keras_gpt.files import write_json_atomic
 from keras_gpt.tokenizers.tokenizer import END_OF_TEXT, Tokenizer
 
 #: Bump when the layout of the output directory changes.
@@ -194,9 +195,7 @@ def prepare(
         **arguments,
         "splits": splits,
     }
-    temporary = output_dir / (METADATA_FILENAME + ".tmp")
-    temporary.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
-    os.replace(temporary, output_dir / METADATA_FILENAME)
+    write_json_atomic(output_dir / METADATA_FILENAME, metadata)
     return metadata
 
 

@@ -12,6 +12,7 @@ from keras_gpt.export.saved_model import (
     _input_specs,
     _resolve_model,
 )
+from keras_gpt.files import atomic_path
 
 
 def export_onnx(
@@ -61,16 +62,11 @@ def export_onnx(
     model = _resolve_model(model_or_preset)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{os.path.basename(path)}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as staging:
         model.export(
-            staging, format="onnx", verbose=False, input_signature=_input_specs(LOGITS_INPUTS)
+            str(staging), format="onnx", verbose=False, input_signature=_input_specs(LOGITS_INPUTS)
         )
-        _rename_onnx_output(staging, "logits")
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+        _rename_onnx_output(str(staging), "logits")
     return path
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_gpt.files import write_text_atomic
 from keras_gpt.tokenizers.tokenizer import (
     END_OF_TEXT,
     Tokenizer,
@@ -465,8 +466,8 @@ class BytePairTokenizer(Tokenizer):
             directory: an existing directory.
         """
         directory = pathlib.Path(directory)
-        _write_atomic(directory / "vocab.json", json.dumps(self.vocabulary, ensure_ascii=False))
-        _write_atomic(
+        write_text_atomic(directory / "vocab.json", json.dumps(self.vocabulary, ensure_ascii=False))
+        write_text_atomic(
             directory / "merges.txt", "#version: 0.2\n" + "".join(m + "\n" for m in self.merges)
         )
 
@@ -574,9 +575,3 @@ def _strings(texts: Iterable[str], special_tokens: Sequence[str]) -> Iterable[st
         # Long documents are cut where pre-tokenisation would cut anyway, to
         # bound the trainer's per-item memory without changing word counts.
         yield from split_text(text, _PARALLEL_CHARS, special_tokens)
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_gpt.files import write_json_atomic
+
 #: GPT-2's end-of-text token: it separates documents in pretraining, ends each fine-tuning
 #: example, and stops generation. Its id is a tokenizer's `end_of_text_id`.
 END_OF_TEXT = "<|endoftext|>"
@@ -142,9 +144,7 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         self.save_assets(directory)
         config = {"class_name": type(self).__name__, "config": self.get_config()}
-        temporary = directory / (CONFIG_FILENAME + ".tmp")
-        temporary.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(temporary, directory / CONFIG_FILENAME)
+        write_json_atomic(directory / CONFIG_FILENAME, config, ensure_ascii=False)
 
     def __repr__(self) -> str:
         return (
