@@ -26,13 +26,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed lint
 	set -e; for b in $(BACKENDS); do \
 		echo "=== pytest on $$b"; \
-		KERAS_BACKEND=$$b $(PY) -m pytest -q -m "not cross_backend" tests; \
+		KERAS_BACKEND=$$b $(PY) -m pytest -q -m "not cross_backend and not backend_independent" tests; \
 	done
-	echo "=== cross-backend parity"; $(PY) -m pytest -q -m cross_backend tests
+	echo "=== once: cross-backend parity and backend-independent tests"
+	$(PY) -m pytest -q -m "cross_backend or backend_independent" tests
 	$(MAKE) docs
 
 test-backend: $(VENV)/.installed
-	KERAS_BACKEND=$(BACKEND) $(PY) -m pytest -q -m "not cross_backend" tests
+	KERAS_BACKEND=$(BACKEND) $(PY) -m pytest -q -m "not cross_backend and not backend_independent" tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
