@@ -1,4 +1,20 @@
-"""Text → token shards on disk, with a train/validation split and metadata."""
+"""Text → token shards on disk, with a train/validation split and metadata.
+
+`prepare` runs in phases, each a function below:
+
+- `_check_arguments`: bad arguments are refused before anything is written.
+- `_previous_metadata`: a run whose inputs, tokenizer and arguments hash to the
+  fingerprint in an existing `metadata.json` is skipped.
+- `_remove_outputs`: an earlier run's files go, `metadata.json` (which readers
+  require) first, so an interrupted run leaves nothing that reads as valid.
+- `_tokenize`: files are read in pieces of `chunk_chars` characters, cut where
+  tokenization is unchanged (`keras_gpt.tokenizers.split_text`), and tokens go
+  straight to disk under temporary names (`_ShardWriter`), so memory does not
+  grow with the corpus.
+- `_split`: the parts are renamed into train and val shards; the validation
+  split is the last `validation_fraction` of the token stream (`_train_tokens`,
+  as nanoGPT splits Shakespeare). `metadata.json` is written last.
+"""
 
 from __future__ import annotations
 
@@ -36,35 +52,21 @@ def prepare(
 ) -> dict:
     """Tokenize a corpus into shards of token ids on disk (nanoGPT's `prepare.py`, streamed).
 
-    Writes into `output_dir`: `train_00000.bin …` and `val_00000.bin …` (raw
-    `uint16` ids when the vocabulary fits, else `uint32`, readable with
-    `np.memmap` or `TokenStream.from_directory`), the tokenizer in
-    `tokenizer/` and, last, `metadata.json` (tokenizer, dtype, counts,
-    shards, a fingerprint of the inputs).
-
-    - Streams: files are read in pieces of `chunk_chars` characters, cut
-      where tokenization is unchanged (`keras_gpt.tokenizers.split_text`),
-      and tokens go straight to disk, so memory does not grow with the corpus.
-    - The validation split is the last `validation_fraction` of the token
-      stream (as nanoGPT splits Shakespeare).
-    - A run whose inputs, tokenizer and arguments hash to the fingerprint
-      in an existing `metadata.json` is skipped.
-    - Shards are written under temporary names and renamed when complete,
-      and `metadata.json` (which readers require) is written last, so an
-      interrupted run leaves nothing that reads as valid.
+    Writes into `output_dir`: `train_00000.bin …` and `val_00000.bin …` (raw `uint16` ids
+    when the vocabulary fits, else `uint32`; `TokenStream.from_directory` reads them), the
+    tokenizer in `tokenizer/` and, last, `metadata.json` (tokenizer, dtype, counts, shards,
+    a fingerprint of the inputs). How it streams, splits and skips: see the module.
 
     Args:
-        inputs: files, folders, glob patterns or a list of them; `.jsonl`
-            files hold one document per line (see `read_documents`).
+        inputs: files, folders, globs or a list of them (`.jsonl`: a document a line).
         output_dir: where the shards go (created if needed).
         tokenizer: a keras_gpt tokenizer (`BytePairTokenizer`, `CharTokenizer`, ...).
-        validation_fraction: share of tokens for validation, in `[0, 1)`.
+        validation_fraction: share of tokens for validation (the last ones), in `[0, 1)`.
         end_of_text: special token appended after each document, or `None`.
         text_field: the JSONL field holding the text.
         shard_tokens: tokens per shard file.
         chunk_chars: characters tokenized per piece (memory is a few times this).
-        progress: show progress with MB/s and tokens/s on stderr (a line that
-            redraws itself on a terminal; elsewhere only the final figures).
+        progress: MB/s and tokens/s on stderr (redrawn on a terminal, else the last line).
 
     Returns:
         The metadata dictionary (also in `output_dir/metadata.json`).
@@ -77,6 +79,52 @@ def prepare(
     >>> meta["splits"]["train"]["tokens"], meta["dtype"]
     (1003854, 'uint16')
     """
+    eot = _check_arguments(tokenizer, validation_fraction, end_of_text, shard_tokens, chunk_chars)
+    files = input_files(inputs)
+    output_dir = pathlib.Path(output_dir)
+    arguments = {
+        "validation_fraction": validation_fraction,
+        "end_of_text": end_of_text,
+        "text_field": text_field,
+        "shard_tokens": shard_tokens,
+    }
+    fingerprint = _fingerprint(files, tokenizer, arguments)
+    if (previous := _up_to_date(output_dir, fingerprint, progress)) is not None:
+        return previous
+
+    _start_outputs(output_dir)
+    tokenizer.save(output_dir / TOKENIZER_DIR)
+    dtype = np.dtype("uint16") if tokenizer.vocabulary_size <= 1 << 16 else np.dtype("uint32")
+    total_bytes = sum(f.stat().st_size for f in files)
+    writer = _ShardWriter(output_dir, dtype, shard_tokens)
+    bar = _Progress(total_bytes) if progress else None
+    documents = _tokenize(files, tokenizer, writer, eot, chunk_chars, text_field, bar)
+    if bar is not None:
+        bar.update(total_bytes, writer.tokens, final=True)
+    splits = _split(output_dir, writer.close(), validation_fraction, dtype)
+    metadata = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tokenizer": {
+            "class_name": type(tokenizer).__name__,
+            "directory": TOKENIZER_DIR,
+            "vocabulary_size": tokenizer.vocabulary_size,
+        },
+        "dtype": dtype.name,
+        "end_of_text_id": eot,
+        **dict(files=len(files), documents=documents, bytes=total_bytes, tokens=writer.tokens),
+        **arguments,
+        "splits": splits,
+    }
+    write_json_atomic(output_dir / METADATA_FILENAME, metadata)  # last: readers need it
+    return metadata
+
+
+def _check_arguments(
+    tokenizer, validation_fraction: float, end_of_text, shard_tokens: int, chunk_chars: int
+) -> int | None:
+    """Refuses bad arguments before anything is written; returns the end-of-text id."""
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
     if shard_tokens < 1 or chunk_chars < 2:
@@ -88,37 +136,34 @@ def prepare(
             raise ValueError(
                 f"tokenizer must be a keras_gpt tokenizer, got {type(tokenizer).__name__}."
             )
-    end_of_text_id = None
-    if end_of_text is not None:
-        if end_of_text not in getattr(tokenizer, "special_tokens", []):
-            raise ValueError(
-                f"end_of_text={end_of_text!r} is not a special token of this tokenizer "
-                f"(it has {getattr(tokenizer, 'special_tokens', [])}); pass end_of_text=None "
-                "to join documents without one."
-            )
-        end_of_text_id = tokenizer.token_to_id(end_of_text)
-    files = input_files(inputs)
-    output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    dtype = np.dtype("uint16") if tokenizer.vocabulary_size <= 1 << 16 else np.dtype("uint32")
+    if end_of_text is None:
+        return None
+    if end_of_text not in getattr(tokenizer, "special_tokens", []):
+        raise ValueError(
+            f"end_of_text={end_of_text!r} is not a special token of this tokenizer "
+            f"(it has {getattr(tokenizer, 'special_tokens', [])}); pass end_of_text=None "
+            "to join documents without one."
+        )
+    return tokenizer.token_to_id(end_of_text)
 
-    arguments = {
-        "validation_fraction": validation_fraction,
-        "end_of_text": end_of_text,
-        "text_field": text_field,
-        "shard_tokens": shard_tokens,
-    }
-    fingerprint = _fingerprint(files, tokenizer, arguments)
+
+def _up_to_date(output_dir: pathlib.Path, fingerprint: str, progress: bool) -> dict | None:
+    """The metadata of an earlier complete run in `output_dir` with this fingerprint, or None."""
     try:
-        old = read_metadata(output_dir)
-        if old.get("fingerprint") == fingerprint:
-            if progress:
-                print(f"{output_dir}: up to date ({old['tokens']:,} tokens), skipped.")
-            return old
+        previous = read_metadata(output_dir)
     except (ValueError, KeyError, json.JSONDecodeError):
-        pass
+        return None
+    if previous.get("fingerprint") != fingerprint:
+        return None
+    if progress:
+        print(f"{output_dir}: up to date ({previous['tokens']:,} tokens), skipped.")
+    return previous
 
-    # Readers need metadata.json: remove it first so a crash below leaves none.
+
+def _start_outputs(output_dir: pathlib.Path) -> None:
+    """Creates `output_dir`, or deletes an earlier run's outputs there, metadata.json first
+    (readers need it), so that a crash from here on leaves nothing that reads as valid."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / METADATA_FILENAME).unlink(missing_ok=True)
     for stale in [
         *output_dir.glob("train_*.bin"),
@@ -126,11 +171,20 @@ def prepare(
         *output_dir.glob("*.tmp"),
     ]:
         stale.unlink()
-    tokenizer.save(output_dir / TOKENIZER_DIR)
 
-    total_bytes = sum(f.stat().st_size for f in files)
-    bar = _Progress(total_bytes) if progress else None
-    writer = _ShardWriter(output_dir, dtype, shard_tokens)
+
+def _tokenize(
+    files: list[pathlib.Path],
+    tokenizer,
+    writer: _ShardWriter,
+    end_of_text_id: int | None,
+    chunk_chars: int,
+    text_field: str,
+    bar: _Progress | None,
+) -> int:
+    """Streams `files` through the tokenizer into `writer`'s parts, in batches of about
+    `chunk_chars` characters; returns the number of documents. On any error the parts
+    written so far are deleted."""
     special_tokens = list(getattr(tokenizer, "special_tokens", []))
     done_bytes, pending_bytes, documents = 0, 0, 0
     batch: list[tuple[str, bool]] = []
@@ -167,36 +221,16 @@ def prepare(
         for path, _ in writer.close():
             path.unlink(missing_ok=True)
         raise
-    part_files = writer.close()
-    if bar is not None:
-        bar.update(total_bytes, writer.tokens, final=True)
+    return documents
 
-    total = writer.tokens
-    train = int(total * (1 - validation_fraction))  # nanoGPT's rounding
+
+def _train_tokens(total: int, validation_fraction: float) -> int:
+    """How many of `total` tokens train: nanoGPT's rounding, keeping one token on each
+    side when there is a validation split."""
+    train = int(total * (1 - validation_fraction))
     if validation_fraction > 0 and total >= 2:
         train = min(max(train, 1), total - 1)
-    splits = _split(output_dir, part_files, train, dtype)
-
-    metadata = {
-        "format": FORMAT,
-        "fingerprint": fingerprint,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tokenizer": {
-            "class_name": type(tokenizer).__name__,
-            "directory": TOKENIZER_DIR,
-            "vocabulary_size": tokenizer.vocabulary_size,
-        },
-        "dtype": dtype.name,
-        "end_of_text_id": end_of_text_id,
-        "files": len(files),
-        "documents": documents,
-        "bytes": total_bytes,
-        "tokens": total,
-        **arguments,
-        "splits": splits,
-    }
-    write_json_atomic(output_dir / METADATA_FILENAME, metadata)
-    return metadata
+    return train
 
 
 class _Progress:
@@ -264,10 +298,11 @@ class _ShardWriter:
 def _split(
     directory: pathlib.Path,
     parts: list[tuple[pathlib.Path, int]],
-    train_tokens: int,
+    validation_fraction: float,
     dtype: np.dtype,
 ) -> dict:
     """Rename the temporary parts into train and val shards, cutting the one that straddles."""
+    train_tokens = _train_tokens(sum(tokens for _, tokens in parts), validation_fraction)
     splits = {"train": {"tokens": 0, "shards": []}, "val": {"tokens": 0, "shards": []}}
 
     def add(split: str, source: pathlib.Path, tokens: int) -> None:
