@@ -84,52 +84,18 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     >>> summary = pretrain(load_config("recipes/configs/shakespeare_char.toml"))
     """
     out = pathlib.Path(config.out)
-    set_threads(config.threads)
-    # Before anything is written: refuses to replace a run by accident, and
-    # checks a resume against its checkpoint.
-    start_run(config, resume)
-    checkpoints = out / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    print(f"keras_gpt pretrain · backend {keras.backend.backend()}")
-    for key, value in dataclasses.asdict(config).items():
-        print(f"  {key} = {value!r}")
-    (out / "config.toml").write_text(config.to_toml())
-
-    inputs = resolve_data(config.data, out / "data")
-    tokenizer = make_tokenizer(config.tokenizer, inputs)
-    train_tokens, val_tokens = tokenize_corpus(inputs, out / "data" / "tokens", tokenizer)
-    windows = RandomWindows(
-        train_tokens,
-        config.sequence_length,
-        config.batch_size,
-        steps=config.max_steps,
-        seed=config.seed,
-    )
-    validation = validation_windows(val_tokens, config)
-    final_validation = final_validation_windows(val_tokens, config)
-
+    _start(config, out, resume)
+    tokenizer, windows, validation, final_validation = _prepare_data(config, out)
     if config.data_parallel or config.model_parallel > 1:
         from keras_gpt.distribution.jax import configure
 
         # Before the model exists: variables are placed when they are created.
         configure(data_parallel=config.data_parallel, model_parallel=config.model_parallel)
-    model = build_model(config, tokenizer.vocabulary_size)
-    optimizer = build_optimizer(config)
-    # With a time budget and warmup-stable-decay, the loop moves the run's length
-    # (the schedules' total steps) to where the budget will end it.
-    budget_steps = None
-    if config.max_seconds and config.schedule == "wsd":
-        budget_steps = time_budget_variable(optimizer, config.max_steps)
-    model.compile(optimizer=optimizer, metrics=[Perplexity()], jit_compile=jit_compile(config))
-    # The optimizer's variables exist before the first step: TensorFlow traces a step
-    # that creates variables twice (once to create them, once without), which cost the
-    # speedrun recipe about 2 s of its 10 s of compiling.
-    optimizer.build(model.trainable_variables)
+    model, budget_steps = _compiled_model(config, tokenizer.vocabulary_size)
     print(
         f"model: {model.count_params():,} parameters · "
-        f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens"
+        f"{len(windows.tokens):,} train / {len(validation.tokens):,} validation tokens"
     )
-
     tokens_per_step = config.batch_size * config.sequence_length
     peak, source = peak_flops(config)
     print(f"peak {peak / 1e9:,.0f} GFLOP/s ({source}), for MFU")
@@ -160,6 +126,57 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
         peak_flops=peak,
         settings=dataclasses.asdict(config),
     )
+    return _finish(config, out, state, model, tokenizer)
+
+
+def _start(config: PretrainConfig, out: pathlib.Path, resume: bool) -> None:
+    """Checks the output directory, then writes and prints the run's settings."""
+    set_threads(config.threads)
+    # Before anything is written: refuses to replace a run by accident, and
+    # checks a resume against its checkpoint.
+    start_run(config, resume)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    print(f"keras_gpt pretrain · backend {keras.backend.backend()}")
+    for key, value in dataclasses.asdict(config).items():
+        print(f"  {key} = {value!r}")
+    (out / "config.toml").write_text(config.to_toml())
+
+
+def _prepare_data(config: PretrainConfig, out: pathlib.Path):
+    """The tokenizer, the training batches and the validation windows (tokenised once
+    into `out/data`)."""
+    inputs = resolve_data(config.data, out / "data")
+    tokenizer = make_tokenizer(config.tokenizer, inputs)
+    train_tokens, val_tokens = tokenize_corpus(inputs, out / "data" / "tokens", tokenizer)
+    windows = RandomWindows(
+        train_tokens,
+        config.sequence_length,
+        config.batch_size,
+        steps=config.max_steps,
+        seed=config.seed,
+    )
+    validation = validation_windows(val_tokens, config)
+    return tokenizer, windows, validation, final_validation_windows(val_tokens, config)
+
+
+def _compiled_model(config: PretrainConfig, vocabulary_size: int):
+    """The compiled model, and the run-length variable a time budget moves (or None)."""
+    model = build_model(config, vocabulary_size)
+    optimizer = build_optimizer(config)
+    # With a time budget and warmup-stable-decay, the loop moves the run's length
+    # (the schedules' total steps) to where the budget will end it.
+    budget_steps = None
+    if config.max_seconds and config.schedule == "wsd":
+        budget_steps = time_budget_variable(optimizer, config.max_steps)
+    model.compile(optimizer=optimizer, metrics=[Perplexity()], jit_compile=jit_compile(config))
+    # The optimizer's variables exist before the first step: TensorFlow traces a step
+    # that creates variables twice (once to create them, once without).
+    optimizer.build(model.trainable_variables)
+    return model, budget_steps
+
+
+def _finish(config: PretrainConfig, out: pathlib.Path, state: dict, model, tokenizer) -> dict:
+    """The run's summary, with the sample and the evaluation its config asks for."""
     summary = {
         "steps": state["step"],
         "val_loss": state["val_loss"],
