@@ -115,7 +115,7 @@ def test_prepare_char_shakespeare_matches_nanogpt(tmp_path):
     assert metadata["dtype"] == "uint16" and metadata["tokens"] == len(text)
     train = np.fromfile(tmp_path / "out" / "train_00000.bin", dtype=np.uint16)
     np.testing.assert_array_equal(train, tokenizer.encode(text[:1_003_854]))
-    assert keras_gpt.tokenizers.load_tokenizer(tmp_path / "out" / "tokenizer").encode(
+    assert keras_gpt.tokenizers.Tokenizer.load(tmp_path / "out" / "tokenizer").encode(
         "hi"
     ) == tokenizer.encode("hi")
 

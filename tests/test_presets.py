@@ -300,3 +300,22 @@ def test_hf_handle_loads_from_the_local_hugging_face_cache(tmp_path):
     assert result["ids"] == ids
     expected = to_numpy(model(np.array([ids])))
     np.testing.assert_allclose(result["logits"], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.backend_independent
+def test_load_tokenizer_reads_a_tokenizer_directory_too(tmp_path):
+    """The one load_tokenizer: a preset's tokenizer, a directory `Tokenizer.save` wrote,
+    or GPT-2's vocabulary files alone; a directory with neither is a clear error."""
+    bpe = keras_gpt.tokenizers.BytePairTokenizer.train(["one two three " * 30], 270)
+    bpe.save(tmp_path / "saved")
+    text = "three two one<|endoftext|>"
+    assert keras_gpt.presets.load_tokenizer(tmp_path / "saved").encode(text) == bpe.encode(text)
+    gpt2_files = tmp_path / "gpt2_files"
+    gpt2_files.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        (gpt2_files / name).write_bytes((tmp_path / "saved" / name).read_bytes())
+    loaded = keras_gpt.presets.load_tokenizer(gpt2_files)
+    assert loaded.encode(text) == bpe.encode(text)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No tokenizer in"):
+        keras_gpt.presets.load_tokenizer(tmp_path / "empty")

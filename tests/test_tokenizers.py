@@ -20,8 +20,8 @@ from keras_gpt.tokenizers import (
     BytePairTokenizer,
     ByteTokenizer,
     CharTokenizer,
+    Tokenizer,
     bytes_to_unicode,
-    load_tokenizer,
     split_text,
 )
 
@@ -252,7 +252,7 @@ def test_save_and_load_every_kind(tmp_path, bpe):
     text = "hello world<|endoftext|>hello"
     for name, tokenizer in tokenizers.items():
         tokenizer.save(tmp_path / name)
-        loaded = load_tokenizer(tmp_path / name)
+        loaded = Tokenizer.load(tmp_path / name)
         assert type(loaded) is type(tokenizer)
         assert loaded.vocabulary_size == tokenizer.vocabulary_size
         assert loaded.special_tokens == tokenizer.special_tokens
@@ -271,7 +271,7 @@ def test_loads_openai_and_keras_hub_layouts(tmp_path, bpe_dir, bpe):
         directory.mkdir()
         shutil.copy(bpe_dir / "vocab.json", directory / vocabulary_name)
         shutil.copy(bpe_dir / "merges.txt", directory / merges_name)
-        assert load_tokenizer(directory).encode(text) == bpe.encode(text), name
+        assert Tokenizer.load(directory).encode(text) == bpe.encode(text), name
         assert BytePairTokenizer.from_files(
             directory / vocabulary_name, directory / merges_name
         ).encode(text) == bpe.encode(text)
@@ -279,7 +279,7 @@ def test_loads_openai_and_keras_hub_layouts(tmp_path, bpe_dir, bpe):
 
 def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="No tokenizer"):
-        load_tokenizer(tmp_path)
+        Tokenizer.load(tmp_path)
     with pytest.raises(ValueError, match="No such file"):
         BytePairTokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
 
@@ -448,10 +448,10 @@ def test_engine_is_saved_and_checked(tmp_path, bpe):
     exact = BytePairTokenizer(bpe.vocabulary, bpe.merges, engine="tokenizers")
     assert exact.get_config() == {"special_tokens": ["<|endoftext|>"], "engine": "tokenizers"}
     exact.save(tmp_path / "exact")
-    assert load_tokenizer(tmp_path / "exact").engine == "tokenizers"
+    assert Tokenizer.load(tmp_path / "exact").engine == "tokenizers"
     bpe.save(tmp_path / "auto")
     assert bpe.get_config()["engine"] == "auto"
-    assert load_tokenizer(tmp_path / "auto").engine == "tiktoken"
+    assert Tokenizer.load(tmp_path / "auto").engine == "tiktoken"
     with pytest.raises(ValueError, match="'fast'"):
         BytePairTokenizer(bpe.vocabulary, bpe.merges, engine="fast")
 

@@ -17,7 +17,6 @@ from keras_gpt.tokenizers import (
     ByteTokenizer,
     CharTokenizer,
     Tokenizer,
-    load_tokenizer,
 )
 
 
@@ -125,7 +124,7 @@ def make_tokenizer(name: str, inputs: list[str]) -> Tokenizer:
 
         return CharTokenizer.from_text(read_documents(inputs))
     if os.path.isdir(name):
-        return load_tokenizer(name)
+        return Tokenizer.load(name)
     raise ValueError(f"tokenizer must be 'byte', 'char' or a tokenizer directory, got {name!r}.")
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import keras
 
-from keras_gpt import tokenizers
 from keras_gpt.presets.errors import PresetError
 from keras_gpt.presets.formats import huggingface, keras_hub
 from keras_gpt.presets.formats import keras_gpt as keras_gpt_format
@@ -156,13 +155,15 @@ def _end_of_text_id(tokenizer: Tokenizer | None) -> int | None:
 
 
 def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:
-    """The tokenizer stored in preset `handle`.
+    """The tokenizer of preset `handle`, or the one saved in a tokenizer directory.
 
     keras_gpt presets keep it in `tokenizer/`; Hugging Face GPT-2 checkpoints
-    as `vocab.json` + `merges.txt`; KerasHub presets in `assets/tokenizer/`.
+    as `vocab.json` + `merges.txt`; KerasHub presets in `assets/tokenizer/`. A
+    directory without a model (`config.json`) is read by `Tokenizer.load`: one
+    `Tokenizer.save` wrote, or GPT-2's vocabulary files alone.
 
     Args:
-        handle: any handle `from_preset` accepts.
+        handle: any handle `from_preset` accepts, or a tokenizer directory.
 
     Returns:
         A keras_gpt tokenizer.
@@ -171,8 +172,12 @@ def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:
     >>> tokenizer = load_tokenizer("my_preset")
     >>> tokenizer.encode("Hello")
     [72, 101, 108, 108, 111]
+    >>> load_tokenizer("my_preset/tokenizer").encode("Hello")   # a tokenizer directory
+    [72, 101, 108, 108, 111]
     """
     handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
+    if os.path.isdir(handle) and not os.path.isfile(os.path.join(handle, "config.json")):
+        return Tokenizer.load(handle)  # a tokenizer directory (no model): as saved
     directory = resolve(handle)
     check_preset_tree(directory, handle)
     kind = preset_format(directory, handle)
@@ -185,6 +190,6 @@ def load_tokenizer(handle: str | os.PathLike) -> Tokenizer:
     if not os.path.isdir(path) or not os.listdir(path):
         raise PresetError(f"Preset {handle!r} has no tokenizer files (looked in {path!r}).")
     try:
-        return tokenizers.load_tokenizer(path)
+        return Tokenizer.load(path)
     except ValueError as error:
         raise PresetError(f"Preset {handle!r}: cannot read its tokenizer ({error}).") from None

@@ -2,7 +2,7 @@
 
 All share one small interface (`keras_gpt.tokenizers.Tokenizer`):
 `vocabulary_size`, `encode`, `decode`, `encode_batch`, `decode_batch`,
-`token_to_id`, `end_of_text_id`, `save(directory)`, and `load_tokenizer(directory)` reads back
+`token_to_id`, `end_of_text_id`, `save(directory)`, and `Tokenizer.load(directory)` reads back
 whichever kind was saved.
 """
 
@@ -10,7 +10,7 @@ from keras_gpt.tokenizers.byte_pair_tokenizer import BytePairTokenizer, bytes_to
 from keras_gpt.tokenizers.byte_tokenizer import ByteTokenizer
 from keras_gpt.tokenizers.char_tokenizer import CharTokenizer
 from keras_gpt.tokenizers.streaming import TextStream
-from keras_gpt.tokenizers.tokenizer import END_OF_TEXT, Tokenizer, load_tokenizer, split_text
+from keras_gpt.tokenizers.tokenizer import END_OF_TEXT, Tokenizer, split_text
 
 __all__ = [
     "END_OF_TEXT",
@@ -20,6 +20,5 @@ __all__ = [
     "TextStream",
     "Tokenizer",
     "bytes_to_unicode",
-    "load_tokenizer",
     "split_text",
 ]

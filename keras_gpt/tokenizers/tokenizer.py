@@ -17,7 +17,7 @@ from keras_gpt.files import write_json_atomic
 #: example, and stops generation. Its id is a tokenizer's `end_of_text_id`.
 END_OF_TEXT = "<|endoftext|>"
 
-#: The file `Tokenizer.save` writes and `load_tokenizer` reads first.
+#: The file `Tokenizer.save` writes and `Tokenizer.load` reads first.
 # Not "tokenizer_config.json": Hugging Face checkpoints use that name for their own file.
 CONFIG_FILENAME = "keras_gpt_tokenizer.json"
 
@@ -38,10 +38,10 @@ class Tokenizer:
     and, when they have vocabulary files, `save_assets`/`from_directory`.
 
     Example:
-    >>> from keras_gpt.tokenizers import ByteTokenizer, load_tokenizer
+    >>> from keras_gpt.tokenizers import ByteTokenizer
     >>> tokenizer = ByteTokenizer()
     >>> tokenizer.save("my_tokenizer")
-    >>> load_tokenizer("my_tokenizer").encode("hi")
+    >>> Tokenizer.load("my_tokenizer").encode("hi")
     [104, 105]
     """
 
@@ -131,8 +131,45 @@ class Tokenizer:
         """
         return cls(**config)
 
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Loads whichever tokenizer `save` wrote into `directory` (of any class).
+
+        A directory holding only GPT-2 files (`vocab.json` + `merges.txt` as in
+        Hugging Face checkpoints, OpenAI's `encoder.json` + `vocab.bpe`, or
+        KerasHub's `vocabulary.json` + `merges.txt`) loads as a `BytePairTokenizer`.
+        `keras_gpt.presets.load_tokenizer` reads this and a preset's tokenizer.
+
+        Args:
+            directory: a directory written by `save`, or one with GPT-2 BPE files.
+
+        Example:
+        >>> tokenizer = Tokenizer.load("my_preset/tokenizer")
+        >>> tokenizer.decode(tokenizer.encode("hello"))
+        'hello'
+        """
+        directory = pathlib.Path(directory)
+        config_path = directory / CONFIG_FILENAME
+        if config_path.is_file():
+            saved = json.loads(config_path.read_text(encoding="utf-8"))
+            name = saved.get("class_name")
+            if name not in _REGISTRY:
+                raise ValueError(
+                    f"Unknown tokenizer class {name!r} in {config_path}; "
+                    f"known: {sorted(_REGISTRY)}."
+                )
+            return _REGISTRY[name].from_directory(directory, saved.get("config", {}))
+        bpe = _REGISTRY["BytePairTokenizer"]
+        layouts = bpe.FILE_LAYOUTS  # type: ignore[attr-defined]
+        if any((directory / v).is_file() and (directory / m).is_file() for v, m in layouts):
+            return bpe.from_directory(directory, {"special_tokens": None})
+        raise ValueError(
+            f"No tokenizer in {str(directory)!r}: expected {CONFIG_FILENAME}, vocab.json + "
+            "merges.txt, encoder.json + vocab.bpe or vocabulary.json + merges.txt."
+        )
+
     def save(self, directory: str | os.PathLike) -> None:
-        """Save to `directory` (created if needed) so `load_tokenizer` reads it back.
+        """Save to `directory` (created if needed) so `Tokenizer.load` reads it back.
 
         Writes the vocabulary files, then `keras_gpt_tokenizer.json` naming the
         tokenizer class, so a model preset directory can hold the tokenizer.
@@ -157,40 +194,6 @@ class Tokenizer:
         if not 0 <= i < self.vocabulary_size:
             raise ValueError(f"Token id {i} is outside [0, {self.vocabulary_size}).")
         return i
-
-
-def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """Load whichever tokenizer `Tokenizer.save` wrote into `directory`.
-
-    A directory holding only GPT-2 files (`vocab.json` + `merges.txt` as in
-    Hugging Face checkpoints, OpenAI's `encoder.json` + `vocab.bpe`, or
-    KerasHub's `vocabulary.json` + `merges.txt`) loads as a `BytePairTokenizer`.
-
-    Args:
-        directory: a directory written by `save`, or one with GPT-2 BPE files.
-
-    Example:
-    >>> tokenizer = load_tokenizer("my_preset/tokenizer")
-    >>> tokenizer.decode(tokenizer.encode("hello"))
-    'hello'
-    """
-    directory = pathlib.Path(directory)
-    config_path = directory / CONFIG_FILENAME
-    if config_path.is_file():
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
-        name = saved.get("class_name")
-        if name not in _REGISTRY:
-            raise ValueError(
-                f"Unknown tokenizer class {name!r} in {config_path}; known: {sorted(_REGISTRY)}."
-            )
-        return _REGISTRY[name].from_directory(directory, saved.get("config", {}))
-    bpe = _REGISTRY["BytePairTokenizer"]
-    if any((directory / v).is_file() and (directory / m).is_file() for v, m in bpe.FILE_LAYOUTS):  # type: ignore[attr-defined]
-        return bpe.from_directory(directory, {"special_tokens": None})
-    raise ValueError(
-        f"No tokenizer in {str(directory)!r}: expected {CONFIG_FILENAME}, vocab.json + "
-        "merges.txt, encoder.json + vocab.bpe or vocabulary.json + merges.txt."
-    )
 
 
 def split_text(text: str, max_chars: int, special_tokens: Sequence[str] = ()) -> list[str]:
