@@ -162,8 +162,7 @@ class Batcher:
 
     Example:
     >>> batcher = Batcher(model, max_batch=4, max_queue=16)
-    >>> programs, seconds = batcher.warmup()    # compiles every program
-    >>> batcher.start()                          # then `submit(request)`, await request.events
+    >>> batcher.start()       # (`warmup()` first compiles every program); then submit
     >>> batcher.stats["scheduler"], batcher.stats["decoding"]
     ('continuous', 0)
     >>> batcher.stop()
