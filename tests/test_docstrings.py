@@ -66,7 +66,6 @@ ILLUSTRATIVE: dict[str, str] = {
     "keras_gpt.cli.serve_command": "a server that blocks",
     "keras_gpt.serving": OWNED,
     "keras_gpt.serving.app.create_app": OWNED,
-    "keras_gpt.serving.batcher.Batcher": OWNED,
     "keras_gpt.serving.server.preset_path": OWNED,
     "keras_gpt.serving.server.serve": OWNED,
     "keras_gpt.generation.engine.GenerationEngine": OWNED,
