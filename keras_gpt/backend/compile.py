@@ -36,8 +36,8 @@ def weight_values(variables: Sequence[keras.Variable], column_major: keras.Varia
             multiplied transposed (a tied embedding projecting to logits) is
             passed as the `(rows, columns)` view of a column-major copy, so
             that product runs as a plain row-major matmul: MKL's transposed
-            matrix-vector product was much slower at batch 1 (see
-            docs/benchmarks.md). Lookups still read rows of the same values.
+            matrix-vector product was much slower at batch 1 (see the
+            benchmark history in docs/changelog.md). Lookups still read rows of the same values.
 
     Returns:
         A list of arrays (JAX), a tuple of tensors (PyTorch), or `None`

@@ -14,7 +14,7 @@ def tf_dataset(dataset: keras.utils.PyDataset, parallel_calls: int | None = None
     so a `fit` or `evaluate` over Keras' own adapter (a generator with
     `prefetch(AUTOTUNE)`) returned seconds after its last step: rounds of the
     Shakespeare recipe took 20.5 s where their steps took 11-13 s
-    (TensorFlow 2.21, 2026-12-03).
+    (TensorFlow 2.21).
 
     Args:
         dataset: a `PyDataset` whose items are nests (tuples, dicts) of NumPy

@@ -18,7 +18,7 @@ def call_sublayer(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
     name and autocast scopes around `layer.call`. TensorFlow and JAX pay for it
     once, while tracing; eager PyTorch pays on every step, about 60 µs of Python
     a call, 35 calls a forward pass of the Shakespeare recipe's 4-block model,
-    ~6 % of its training step (measured on a Zen 4, 2026-12-03). So on PyTorch a
+    ~6 % of its training step (measured on a Zen 4). So on PyTorch a
     built layer is called through `call` directly when `__call__` would only
     repeat what the parent's own `__call__` did: its inputs are tensors already,
     the parent passes every argument (keras_gpt's layers pass `training`

@@ -199,7 +199,7 @@ def no_tensorflow_import():
 
     Keras' `serialize_keras_object` asks whether TensorFlow is installed (importing
     it) to test for `tf.TensorShape`; on PyTorch and JAX that first save of a run
-    cost a TensorFlow import, ~5 s of CPU (2026-12-03, Zen 4). Unimported, TensorFlow
+    cost a TensorFlow import, ~5 s of CPU on a 2-core Zen 4. Unimported, TensorFlow
     cannot have made any of the objects, so the test is safely skipped.
     """
     try:

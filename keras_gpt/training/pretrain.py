@@ -332,7 +332,7 @@ def jit_compile(config: PretrainConfig) -> bool | str:
     if value != "auto":
         raise ValueError(f"jit_compile must be auto, true or false, got {config.jit_compile!r}")
     # TensorFlow without XLA runs this model's many small ops one by one (the
-    # Shakespeare recipe: 258 ms a step against 107 ms with XLA, 2026-12-03); XLA's
+    # Shakespeare recipe: 258 ms a step against 107 ms with XLA); XLA's
     # seconds of compiling are repaid within a hundred steps.
     if keras.backend.backend() == "tensorflow" and config.max_steps >= 100:
         return True
