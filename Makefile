@@ -5,8 +5,8 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-# TensorFlow: with XLA (on for recipes since 2026-12-03) the fastest backend for the demo
-# on the 2-core Zen 4 measured, 14.3k tokens/s against PyTorch's 2.8k (docs/benchmarks.md).
+# TensorFlow: with XLA (on for recipes) the fastest backend for the demo on the 2-core
+# CPUs measured (docs/benchmarks.md, "make demo").
 BACKEND ?= tensorflow
 BACKENDS ?= tensorflow jax torch
 PY := $(VENV)/bin/python

@@ -1,4 +1,4 @@
-"""Draws the bar charts of docs/benchmarks.md from the benchmarks' JSON.
+"""Draws the benchmarks' bar charts (docs/benchmarks.md, its history in the changelog).
 
 Each script in `benchmarks/` prints JSON; the latest runs are kept in
 `benchmarks/results/` (see docs/benchmarks.md for the commands). This script
