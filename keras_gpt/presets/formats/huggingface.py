@@ -15,7 +15,6 @@ Loading never runs code from a checkpoint: safetensors are read with the
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_gpt.files import write_json_atomic
 from keras_gpt.presets.errors import PresetError
 from keras_gpt.presets.handles import preset_file, read_json
 from keras_gpt.presets.weight_map import WeightAssigner
@@ -252,10 +252,8 @@ def save_huggingface(
     if special_token_id is not None:
         ids = {"bos_token_id": int(special_token_id), "eos_token_id": int(special_token_id)}
         hf_config.update(ids)
-        with open(os.path.join(directory, "generation_config.json"), "w") as f:
-            json.dump(ids, f, indent=2)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2)
+        write_json_atomic(os.path.join(directory, "generation_config.json"), ids)
+    write_json_atomic(os.path.join(directory, "config.json"), hf_config)
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
 
 

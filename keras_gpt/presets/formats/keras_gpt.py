@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import os
 from typing import Any
 
 import keras
 
+from keras_gpt.files import write_json_atomic
 from keras_gpt.presets.errors import PresetError
 from keras_gpt.presets.handles import preset_file, read_json
 from keras_gpt.tokenizers import Tokenizer
@@ -183,5 +183,4 @@ def _nbytes(variable) -> int:
 
 
 def _write_json(path: str, value: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
+    write_json_atomic(path, value)
