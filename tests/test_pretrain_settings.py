@@ -80,3 +80,21 @@ def test_a_saved_bpe_tokenizer_directory(tmp_path):
     assert GPT.from_preset(str(out / "best")).vocabulary_size == bpe.vocabulary_size > 257
     shipped = load_tokenizer(str(out / "best"))
     assert isinstance(shipped, BytePairTokenizer) and shipped.encode(text) == bpe.encode(text)
+
+
+def test_tensorboard_logs_the_loss(tmp_path):
+    """`tensorboard = true`: Keras' TensorBoard callback writes event files under
+    out/tensorboard whose last training loss is the last round's in metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    out = tmp_path / "run"
+    pretrain(tiny_config(tmp_path, tensorboard=True, max_steps=4, eval_interval=2))
+    events = EventAccumulator(str(out / "tensorboard" / "train"), size_guidance={"tensors": 0})
+    events.Reload()
+    logged = [float(make_ndarray(e.tensor_proto)) for e in events.Tensors("epoch_loss")]
+    assert logged, events.Tags()
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [2, 4]
+    # The second round is one `fit` call: its logged epoch loss is the row's train loss.
+    np.testing.assert_allclose(logged[-1], rows[-1]["train_loss"], rtol=1e-6)
