@@ -53,7 +53,7 @@ _EXPORTS = {
     "start_run": "keras_gpt.training.runs",
     "time_budget_variable": "keras_gpt.training.optimizer",
     "train_loop": "keras_gpt.training.loop",
-    "write_json_atomic": "keras_gpt.training.history",
+    "write_json_atomic": "keras_gpt.files",
 }
 
 __all__ = [
@@ -91,6 +91,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from keras_gpt.files import write_json_atomic
     from keras_gpt.training.checkpoints import (
         CheckpointError,
         latest_checkpoint,
@@ -105,7 +106,6 @@ if TYPE_CHECKING:
         mean_throughput,
         plot_loss_curve,
         read_metrics,
-        write_json_atomic,
     )
     from keras_gpt.training.loop import StepBatches, train_loop
     from keras_gpt.training.optimizer import (

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pathlib
 
 from keras_gpt.evaluation import evaluate
+from keras_gpt.files import write_json_atomic
 from keras_gpt.model import GPT
 from keras_gpt.presets import load_tokenizer
-from keras_gpt.training.history import append_metrics, write_json_atomic
+from keras_gpt.training.history import append_metrics
 
 
 def evaluate_run(out: pathlib.Path, step: int, data: str, task: str = "perplexity") -> dict:

@@ -43,6 +43,7 @@ from keras_gpt.data import (
     tokenize_corpus,
 )
 from keras_gpt.data.instructions import is_instruction_file
+from keras_gpt.files import write_text_atomic
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.presets import load_tokenizer
@@ -86,7 +87,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
     print(f"keras_gpt finetune · backend {keras.backend.backend()} · {data_format} data")
     for key, value in dataclasses.asdict(config).items():
         print(f"  {key} = {value!r}")
-    (out / "config.toml").write_text(config.to_toml())
+    write_text_atomic(out / "config.toml", config.to_toml())
 
     model = GPT.from_preset(config.preset)
     tokenizer = load_tokenizer(config.preset)

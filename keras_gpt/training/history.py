@@ -1,4 +1,4 @@
-"""A run's records: metrics.jsonl, metrics.csv, loss_curve.png and atomically written JSON."""
+"""A run's records: metrics.jsonl, metrics.csv and loss_curve.png."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ import pathlib
 
 import keras
 import numpy as np
-
-
-def write_json_atomic(path: pathlib.Path, obj: object) -> None:
-    """Writes JSON to a temporary name, then renames: readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def append_metrics(out: pathlib.Path, row: dict) -> None:

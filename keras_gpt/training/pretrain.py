@@ -40,6 +40,7 @@ from keras_gpt.data import (
     resolve_data,
     tokenize_corpus,
 )
+from keras_gpt.files import write_text_atomic
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.training.checkpoints import no_tensorflow_import
@@ -139,7 +140,7 @@ def _start(config: PretrainConfig, out: pathlib.Path, resume: bool) -> None:
     print(f"keras_gpt pretrain · backend {keras.backend.backend()}")
     for key, value in dataclasses.asdict(config).items():
         print(f"  {key} = {value!r}")
-    (out / "config.toml").write_text(config.to_toml())
+    write_text_atomic(out / "config.toml", config.to_toml())
 
 
 def _prepare_data(config: PretrainConfig, out: pathlib.Path):
