@@ -177,10 +177,8 @@ def read_terminal(controller: int, proc: subprocess.Popen, timeout: float = 600)
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-@pytest.mark.skipif(
-    BACKEND != "torch",
-    reason="progress does not depend on the backend: the torch pass checks a terminal once",
-)
+# Progress does not depend on the backend: a terminal is checked once.
+@pytest.mark.backend_independent
 def test_progress_on_a_terminal_redraws_itself(tmp_path):
     """On a terminal the live displays stay: Keras' bar and the tokenizing's line
     (written to stderr, which the console script's log filter keeps a terminal)."""

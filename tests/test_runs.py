@@ -14,7 +14,6 @@ import signal
 import textwrap
 
 import helpers
-import keras
 import numpy as np
 import pytest
 from helpers import run_python
@@ -175,11 +174,8 @@ _WORKER = textwrap.dedent("""
 _EVENTS = {"batch": 2, "savez": 4, "fsync": 12, "rename": 2, "metrics": 2}
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "torch",
-    reason="checkpoint files are backend-independent: the torch pass (fastest to start "
-    "a process) runs the subprocess kill test once",
-)
+# Checkpoint files do not depend on the backend: the subprocess kill test runs once.
+@pytest.mark.backend_independent
 def test_a_run_killed_at_seeded_moments_resumes_to_the_same_metrics(tmp_path):
     reference = tiny_config(tmp_path, "reference", max_steps=8)
     pretrain(reference)

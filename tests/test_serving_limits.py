@@ -1,13 +1,13 @@
 """`keras-gpt serve`'s limits and access, each against a real server on 127.0.0.1.
 
-Four servers of a tiny random model start once for the module (subprocesses on
-this pass's backend): `guarded` (an API key from the environment, a small body
-limit, short header and body timeouts, a connection cap), `hurried` (a request
-time limit no request can meet), `drained` (stopped with SIGTERM) and
-`impatient` (a grace period too short for its queue, also stopped). Raw
-sockets send what the `openai` client never would: half-sent headers and
-bodies, lying or chunked lengths. Every wait is bounded; nothing asserts on
-timing.
+Four servers of a tiny random model start once for the module: `guarded` (an API
+key from the environment, a small body limit, short header and body timeouts, a
+connection cap), `hurried` (a request time limit no request can meet), `drained`
+(stopped with SIGTERM) and `impatient` (a grace period too short for its queue,
+also stopped). Raw sockets send what the `openai` client never would: half-sent
+headers and bodies, lying or chunked lengths. Every wait is bounded; nothing
+asserts on timing. HTTP limits and access do not depend on the Keras backend, so
+the module runs once (`backend_independent`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ pytest.importorskip("uvicorn")
 
 from keras_gpt.model import GPT  # noqa: E402
 from keras_gpt.tokenizers import ByteTokenizer  # noqa: E402
+
+pytestmark = pytest.mark.backend_independent
 
 KEY = "test-key-123"
 MAX_BODY = 300_000  # room for JSON nested 100,000 deep (200 kB), not for 300 kB more

@@ -329,11 +329,6 @@ def both_engines(vocabulary, merges, special_tokens=None):
 @pytest.fixture(scope="session")
 def corpus_bpe() -> BytePairTokenizer:
     """A larger BPE (vocabulary 4096) trained on a whole corpus (`corpus_text`)."""
-    if keras.backend.backend() != "jax":
-        pytest.skip(
-            "tokenizers do not depend on the backend, and encoding whole corpora with "
-            "both engines takes seconds: these tests run in the JAX pass"
-        )
     return BytePairTokenizer.train([corpus_text()], vocabulary_size=4096)
 
 
@@ -344,6 +339,8 @@ def assert_engines_agree(fast, exact, texts):
     assert fast.encode_batch(texts) == exact.encode_batch(texts)
 
 
+# Tokenizers do not depend on the backend; whole corpora take seconds: run once.
+@pytest.mark.backend_independent
 def test_engines_agree_on_a_whole_corpus(corpus_bpe):
     text = corpus_text()
     fast, exact = both_engines(corpus_bpe.vocabulary, corpus_bpe.merges)
@@ -376,6 +373,8 @@ def gpt2_layout(
     return directory / "encoder.json", directory / "vocab.bpe"
 
 
+# Tokenizers do not depend on the backend; whole corpora take seconds: run once.
+@pytest.mark.backend_independent
 def test_engines_agree_on_gpt2_layout_files(tmp_path, corpus_bpe):
     paths = gpt2_layout(corpus_bpe, tmp_path / "openai")
     fast, exact = [
@@ -388,6 +387,8 @@ def test_engines_agree_on_gpt2_layout_files(tmp_path, corpus_bpe):
     assert fast.encode(texts[0][:200_000]) == reference.encode(texts[0][:200_000]).ids
 
 
+# Tokenizers do not depend on the backend; whole corpora take seconds: run once.
+@pytest.mark.backend_independent
 def test_engines_agree_when_ids_are_not_in_merge_order(corpus_bpe):
     # tiktoken ranks must follow the merge order; here the ids do not, so a table maps ranks to ids.
     vocabulary = dict(corpus_bpe.vocabulary)
