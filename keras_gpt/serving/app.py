@@ -75,8 +75,12 @@ def end_of_text_id(tokenizer: Tokenizer) -> int | None:
 
 def error_response(error: ApiError) -> JSONResponse:
     """The HTTP answer to `error`."""
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status in (429, 503) else None
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status in (429, 503) else {}
+    if error.status in (408, 413):
+        # The body was not read to its end: the connection cannot carry another request,
+        # so say it closes (else a client that sent the whole body waits on keep-alive).
+        headers["Connection"] = "close"
+    return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
 def timeout_error(limits: Limits) -> ApiError:
