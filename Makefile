@@ -9,6 +9,11 @@ VENV ?= .venv
 # CPUs measured (docs/benchmarks.md, "make demo").
 BACKEND ?= tensorflow
 BACKENDS ?= tensorflow jax torch
+# pytest-xdist workers per pass: a pass is mostly one busy Python thread (tracing,
+# compiling, subprocess start-up), so two workers keep a 2-core machine busy. Each
+# worker takes whole files (--dist loadfile): a module's server fixture starts once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 PY := $(VENV)/bin/python
 
 .PHONY: demo test test-backend lint format docs bench clean
@@ -26,14 +31,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed lint
 	set -e; for b in $(BACKENDS); do \
 		echo "=== pytest on $$b"; \
-		KERAS_BACKEND=$$b $(PY) -m pytest -q -m "not cross_backend and not backend_independent" tests; \
+		KERAS_BACKEND=$$b $(PYTEST) -m "not cross_backend and not backend_independent" tests; \
 	done
 	echo "=== once (on PyTorch, the fastest to start): cross-backend parity, backend-independent tests"
-	KERAS_BACKEND=torch $(PY) -m pytest -q -m "cross_backend or backend_independent" tests
+	KERAS_BACKEND=torch $(PYTEST) -m "cross_backend or backend_independent" tests
 	$(MAKE) docs
 
 test-backend: $(VENV)/.installed
-	KERAS_BACKEND=$(BACKEND) $(PY) -m pytest -q -m "not cross_backend and not backend_independent" tests
+	KERAS_BACKEND=$(BACKEND) $(PYTEST) -m "not cross_backend and not backend_independent" tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
