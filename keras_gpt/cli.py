@@ -90,28 +90,47 @@ def _run_recipe(recipe, config, resume: bool) -> dict:
 
 
 def generate_command(argv: list[str]) -> None:
+    """`keras-gpt generate PRESET [--prompt TEXT] ...`: sample text from a preset or a run.
+
+    Args:
+        argv: the command-line arguments after `generate`.
+
+    Example:
+    >>> generate_command(["runs/shakespeare_char", "--prompt", "ROMEO:", "--top-k", "20"])
+    """
+    parser = argparse.ArgumentParser(
+        prog="keras-gpt generate",
+        description="Generate text from a preset (or a recipe's run directory, through its "
+        "best/ preset).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "preset", nargs="?", default=None, help="preset handle or directory, or a run directory"
+    )
+    parser.add_argument(
+        "--preset", dest="preset_option", default=None, help="the same, as an option"
+    )
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: %(default)r)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed")
+    parser.add_argument(
+        "--num-samples", type=int, default=1, help="continuations of the prompt (one batch)"
+    )
+    parser.add_argument("--interactive", action="store_true", help="prompt loop")
+    args = parser.parse_args(argv)
+    handle = _generate_settings(parser, args)
+
     import numpy as np
 
     from keras_gpt.model import GPT
     from keras_gpt.presets import load_tokenizer
     from keras_gpt.tokenizers import TextStream
 
-    parser = argparse.ArgumentParser(prog="keras-gpt generate", description="Generate text.")
-    parser.add_argument("--preset", required=True, help="preset handle or directory")
-    parser.add_argument("--prompt", default="\n")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument(
-        "--num-samples", type=int, default=1, help="continuations of the prompt (one batch)"
-    )
-    parser.add_argument("--interactive", action="store_true", help="prompt loop")
-    args = parser.parse_args(argv)
-
-    model = GPT.from_preset(args.preset)
-    tokenizer = load_tokenizer(args.preset)
+    model = GPT.from_preset(handle)
+    tokenizer = load_tokenizer(handle)
     sampler = "top_p" if args.top_p else "top_k" if args.top_k else "temperature"
     if args.temperature == 0:
         sampler = "greedy"
@@ -164,6 +183,36 @@ def generate_command(argv: list[str]) -> None:
             run(prompt)
     else:
         run(args.prompt)
+
+
+def _generate_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The preset handle `generate` loads, once its settings are checked (before any model
+    is loaded: a mistake costs no start-up)."""
+    if args.preset and args.preset_option and args.preset != args.preset_option:
+        parser.error("give the preset once (as PRESET or --preset)")
+    handle = args.preset or args.preset_option
+    if handle is None:
+        parser.error("the preset is missing: keras-gpt generate PRESET [--prompt TEXT]")
+    checks = [
+        (
+            args.max_new_tokens >= 1,
+            f"--max-new-tokens must be at least 1, got {args.max_new_tokens}",
+        ),
+        (args.temperature >= 0, f"--temperature must be 0 or more, got {args.temperature}"),
+        (args.top_k is None or args.top_k >= 1, f"--top-k must be at least 1, got {args.top_k}"),
+        (
+            args.top_p is None or 0 < args.top_p <= 1,
+            f"--top-p must be in (0, 1], got {args.top_p}",
+        ),
+        (args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    # A recipe's run directory keeps its best model as the preset best/.
+    if os.path.isfile(os.path.join(handle, "best", "config.json")):
+        handle = os.path.join(handle, "best")
+    return handle
 
 
 def export_command(argv: list[str]) -> None:
@@ -280,28 +329,25 @@ def evaluate_command(argv: list[str]) -> dict:
 
     from keras_gpt.evaluation import evaluate
     from keras_gpt.model import GPT
-    from keras_gpt.presets import PresetError, load_tokenizer
+    from keras_gpt.presets import load_tokenizer
 
     handle = args.preset
     # A recipe's run directory keeps its best model as the preset best/.
     if os.path.isfile(os.path.join(handle, "best", "config.json")):
         handle = os.path.join(handle, "best")
-    try:
-        model = GPT.from_preset(handle)
-        tokenizer = load_tokenizer(handle)
-        results = evaluate(
-            model,
-            tokenizer,
-            args.data,
-            task=args.task,
-            batch_size=args.batch_size,
-            context=args.context,
-            stride=args.stride,
-            # The figures are JSON on stdout: a bar there would corrupt a redirected file.
-            progress=not args.no_progress and sys.stdout.isatty(),
-        )
-    except (ValueError, PresetError, OSError) as error:
-        raise SystemExit(f"keras-gpt evaluate: {error}") from None
+    model = GPT.from_preset(handle)
+    tokenizer = load_tokenizer(handle)
+    results = evaluate(
+        model,
+        tokenizer,
+        args.data,
+        task=args.task,
+        batch_size=args.batch_size,
+        context=args.context,
+        stride=args.stride,
+        # The figures are JSON on stdout: a bar there would corrupt a redirected file.
+        progress=not args.no_progress and sys.stdout.isatty(),
+    )
     results = {"preset": handle, "data": args.data, **results}
     text = json.dumps(results, indent=2)
     if args.json:
@@ -398,40 +444,36 @@ def serve_command(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        from keras_gpt.presets import PresetError
         from keras_gpt.serving import Limits, serve
     except ImportError as error:
         raise SystemExit(
             f"keras-gpt serve: {error}; install the serve extra: pip install 'keras-gpt[serve]'"
         ) from None
-    try:
-        serve(
-            args.preset,
-            host=args.host,
-            port=args.port,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-            max_n=args.max_n,
-            chat=args.chat,
-            model_name=args.model_name,
-            log_level=args.log_level,
-            batch_wait=args.batch_wait_ms / 1000,
-            scheduler=args.scheduler,
-            warmup=args.warmup,
-            limits=Limits(
-                api_key=args.api_key,
-                max_body_bytes=args.max_body_bytes,
-                max_json_depth=args.max_json_depth,
-                body_timeout=args.body_timeout,
-                request_timeout=args.request_timeout or None,
-            ),
-            header_timeout=args.header_timeout,
-            keep_alive_timeout=args.keep_alive_timeout,
-            max_connections=args.max_connections,
-            shutdown_timeout=args.shutdown_timeout,
-        )
-    except (ValueError, PresetError, OSError) as error:
-        raise SystemExit(f"keras-gpt serve: {error}") from None
+    serve(
+        args.preset,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_n=args.max_n,
+        chat=args.chat,
+        model_name=args.model_name,
+        log_level=args.log_level,
+        batch_wait=args.batch_wait_ms / 1000,
+        scheduler=args.scheduler,
+        warmup=args.warmup,
+        limits=Limits(
+            api_key=args.api_key,
+            max_body_bytes=args.max_body_bytes,
+            max_json_depth=args.max_json_depth,
+            body_timeout=args.body_timeout,
+            request_timeout=args.request_timeout or None,
+        ),
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        shutdown_timeout=args.shutdown_timeout,
+    )
 
 
 COMMANDS = {
@@ -454,7 +496,7 @@ commands:
   evaluate   perplexity, bits per byte, multiple-choice and last-word accuracy
   serve      an OpenAI-compatible HTTP server for a preset
 
---debug (anywhere) shows the Python traceback of an error."""
+--debug (anywhere) shows the Python traceback of an error; --version prints the version."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -469,6 +511,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        import importlib.metadata  # the installed distribution's version, as keras_gpt's
+
+        print(f"keras-gpt {importlib.metadata.version('keras-gpt')}")
+        raise SystemExit(0)
     if argv[0] not in COMMANDS:
         _fail(f"unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
     try:

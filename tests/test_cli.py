@@ -292,3 +292,71 @@ def test_export_flags_through_the_command_line(tmp_path, capsys):
     (logits,) = session.run(None, {"token_ids": ids, "padding_mask": mask})
     expected = keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": mask}))
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.backend_independent
+def test_missing_preset_is_one_message_from_every_command(tmp_path, capsys):
+    """generate, evaluate, export and serve exit 2 with the same one line for a preset
+    that does not exist (main's handler, not one wording per command)."""
+    missing = str(tmp_path / "no_such_preset")
+    data = tmp_path / "valid.txt"
+    data.write_text("hello")
+    commands = [
+        ["generate", missing],
+        ["generate", "--preset", missing],
+        ["evaluate", missing, "--data", str(data)],
+        ["export", missing, str(tmp_path / "out")],
+        ["serve", missing, "--no-warmup"],
+    ]
+    messages = set()
+    for argv in commands:
+        with pytest.raises(SystemExit) as error:
+            main(argv)
+        assert error.value.code == 2, argv
+        messages.add(capsys.readouterr().err)
+    assert messages == {f"keras-gpt: error: Preset directory {missing!r} does not exist.\n"}
+
+
+@pytest.mark.backend_independent
+def test_generate_checks_its_settings_before_loading(tmp_path, capsys):
+    """Bad sampling settings are refused by argparse (exit 2, one line) before any model
+    loads: the preset here does not even exist."""
+    missing = str(tmp_path / "no_such_preset")
+    for flags, expected in [
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+        (["--temperature", "-1"], "--temperature must be 0 or more"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--num-samples", "0"], "--num-samples must be at least 1"),
+    ]:
+        with pytest.raises(SystemExit) as error:
+            main(["generate", missing, *flags])
+        assert error.value.code == 2
+        assert expected in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        main(["generate", "--prompt", "hi"])
+    assert error.value.code == 2 and "the preset is missing" in capsys.readouterr().err
+
+
+@pytest.mark.backend_independent
+def test_version_and_generate_help_import_no_backend():
+    import keras_gpt
+
+    script = (
+        "import sys, contextlib, io\n"
+        "from keras_gpt.cli import main\n"
+        "out = io.StringIO()\n"
+        "for argv in (['--version'], ['generate', '--help']):\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try: main(argv)\n"
+        "        except SystemExit as e: assert e.code == 0, e.code\n"
+        "print(out.getvalue())\n"
+        "print(sorted(m for m in ('tensorflow', 'jax', 'torch') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"keras-gpt {keras_gpt.__version__}" in proc.stdout
+    assert "(default: 200)" in proc.stdout  # --max-new-tokens' default is listed
+    assert proc.stdout.rstrip().endswith("[]")  # no backend imported

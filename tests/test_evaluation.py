@@ -550,19 +550,21 @@ def test_cli_last_word_and_context(tiny, preset, tmp_path, capsys):
     expected = perplexity(tiny, TOKENIZER, text, context=12, stride=5)
     assert written["tokens"] == expected["tokens"] == len(DOCUMENTS[1].encode()) - 1
     assert written["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
-    with pytest.raises(SystemExit, match="apply to perplexity only"):
+    with pytest.raises(SystemExit) as error:
         main(
             ["evaluate", str(preset), "--data", str(passages), "--task", "last_word"]
             + ["--context", "12"]
         )
+    assert error.value.code == 2 and "apply to perplexity only" in capsys.readouterr().err
 
 
-def test_cli_error_is_one_line(preset, tmp_path):
+def test_cli_error_is_one_line(preset, tmp_path, capsys):
     mc = write_jsonl(tmp_path / "mc.jsonl", [GOOD, {**GOOD, "label": 5}])
     with pytest.raises(SystemExit) as error:
         main(["evaluate", str(preset), "--data", str(mc), "--task", "multiple_choice"])
-    message = str(error.value)
-    assert message.startswith("keras-gpt evaluate: ") and "\n" not in message
+    message = capsys.readouterr().err
+    assert error.value.code == 2
+    assert message.startswith("keras-gpt: error: ") and message.count("\n") == 1
     assert "mc.jsonl' line 2: label 5 is out of range" in message
 
 

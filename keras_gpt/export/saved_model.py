@@ -57,6 +57,7 @@ from keras_gpt.backend import Tensor
 from keras_gpt.generation import check_stop_ids, decode_loop
 from keras_gpt.generation.samplers import DynamicSampler
 from keras_gpt.model import GPT
+from keras_gpt.presets.handles import resolve
 from keras_gpt.random import HASH_RANGE
 
 #: The signature names, in the order they are registered (`logits` is also
@@ -490,6 +491,9 @@ def _export_in_child(model_or_preset, path, arguments: list[str], overwrite: boo
     with tempfile.TemporaryDirectory(prefix="keras_gpt_export_") as scratch:
         if isinstance(model_or_preset, (str, os.PathLike)):
             preset = os.fspath(model_or_preset)
+            # A handle that names no preset is refused here, as on the other commands
+            # (a PresetError), not as a failed child process.
+            resolve(preset)
         else:
             preset = os.path.join(scratch, "preset")
             _resolve_model(model_or_preset).save_to_preset(preset)
