@@ -13,7 +13,7 @@ BACKENDS ?= tensorflow jax torch
 # compiling, subprocess start-up), so two workers keep a 2-core machine busy. Each
 # worker takes whole files (--dist loadfile): a module's server fixture starts once.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 PY := $(VENV)/bin/python
 
 .PHONY: demo test test-backend lint format docs bench clean
