@@ -93,10 +93,8 @@ def generate_command(argv: list[str]) -> None:
     """`keras-gpt generate PRESET [--prompt TEXT] ...`: sample text from a preset or a run.
 
     Args:
-        argv: the command-line arguments after `generate`.
-
-    Example:
-    >>> generate_command(["runs/shakespeare_char", "--prompt", "ROMEO:", "--top-k", "20"])
+        argv: the command-line arguments after `generate`, as in
+            `keras-gpt generate runs/shakespeare_char --prompt "ROMEO:" --top-k 20`.
     """
     parser = argparse.ArgumentParser(
         prog="keras-gpt generate",
