@@ -207,10 +207,9 @@ def _generate_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
     for ok, message in checks:
         if not ok:
             parser.error(message)
-    # A recipe's run directory keeps its best model as the preset best/.
-    if os.path.isfile(os.path.join(handle, "best", "config.json")):
-        handle = os.path.join(handle, "best")
-    return handle
+    from keras_gpt.presets import preset_path  # no backend: keras_gpt.presets is light
+
+    return preset_path(handle)  # a recipe's run directory: its best/ preset
 
 
 def export_command(argv: list[str]) -> None:
@@ -301,7 +300,6 @@ def evaluate_command(argv: list[str]) -> dict:
     >>> evaluate_command(["runs/pretrain", "--data", "valid.txt", "--stride", "512"])
     """
     import json
-    import os
 
     parser = argparse.ArgumentParser(
         prog="keras-gpt evaluate",
@@ -327,12 +325,9 @@ def evaluate_command(argv: list[str]) -> dict:
 
     from keras_gpt.evaluation import evaluate
     from keras_gpt.model import GPT
-    from keras_gpt.presets import load_tokenizer
+    from keras_gpt.presets import load_tokenizer, preset_path
 
-    handle = args.preset
-    # A recipe's run directory keeps its best model as the preset best/.
-    if os.path.isfile(os.path.join(handle, "best", "config.json")):
-        handle = os.path.join(handle, "best")
+    handle = preset_path(args.preset)  # a recipe's run directory: its best/ preset
     model = GPT.from_preset(handle)
     tokenizer = load_tokenizer(handle)
     results = evaluate(

@@ -66,7 +66,7 @@ ILLUSTRATIVE: dict[str, str] = {
     "keras_gpt.cli.serve_command": "a server that blocks",
     "keras_gpt.serving": OWNED,
     "keras_gpt.serving.app.create_app": OWNED,
-    "keras_gpt.serving.server.preset_path": OWNED,
+    "keras_gpt.presets.handles.preset_path": OWNED,
     "keras_gpt.serving.server.serve": OWNED,
     "keras_gpt.generation.engine.GenerationEngine": OWNED,
     "keras_gpt.generation.engine.compiled_programs": OWNED,

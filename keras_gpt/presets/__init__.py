@@ -11,7 +11,7 @@ gpt_mini     6L 6H 192d     no weights (architecture only)
 """
 
 from keras_gpt.presets.errors import PresetError
-from keras_gpt.presets.handles import resolve
+from keras_gpt.presets.handles import preset_path, resolve
 from keras_gpt.presets.loading import (
     from_preset,
     load_tokenizer,
@@ -34,6 +34,7 @@ __all__ = [
     "load_tokenizer",
     "preset_format",
     "register",
+    "preset_path",
     "resolve",
     "save_to_preset",
 ]

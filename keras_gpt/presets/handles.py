@@ -77,6 +77,27 @@ def resolve(handle: str) -> str:
     raise AssertionError("unreachable")
 
 
+def preset_path(handle: str) -> str:
+    """`handle`, or `handle/best` for a training run directory (which keeps its best model there).
+
+    Args:
+        handle: a preset handle or directory, or a `keras-gpt pretrain`/`finetune` output folder.
+
+    Example:
+    >>> preset_path("runs/shakespeare")
+    'runs/shakespeare/best'
+    """
+    handle = os.fspath(handle)
+    best = os.path.join(handle, "best")
+    if (
+        os.path.isdir(handle)
+        and not os.path.exists(os.path.join(handle, "config.json"))
+        and os.path.isdir(best)
+    ):
+        return best
+    return handle
+
+
 def _download_huggingface(handle: str) -> str:
     repo_id, _, revision = handle[len(HF_PREFIX) :].partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):

@@ -29,7 +29,7 @@ import threading
 import keras
 
 from keras_gpt.model import GPT
-from keras_gpt.presets import load_tokenizer, resolve
+from keras_gpt.presets import load_tokenizer, preset_path, resolve
 from keras_gpt.serving.app import create_app
 from keras_gpt.serving.batcher import Batcher
 from keras_gpt.serving.chat import chat_template_of
@@ -39,27 +39,6 @@ logger = logging.getLogger("keras_gpt.serving")
 
 #: The environment variable read for the API key when none is given.
 API_KEY_VARIABLE = "KERAS_GPT_API_KEY"
-
-
-def preset_path(handle: str) -> str:
-    """`handle`, or `handle/best` for a training run directory (which keeps its best model there).
-
-    Args:
-        handle: a preset handle or directory, or a `keras-gpt pretrain`/`finetune` output folder.
-
-    Example:
-    >>> preset_path("runs/shakespeare")
-    'runs/shakespeare/best'
-    """
-    handle = os.fspath(handle)
-    best = os.path.join(handle, "best")
-    if (
-        os.path.isdir(handle)
-        and not os.path.exists(os.path.join(handle, "config.json"))
-        and os.path.isdir(best)
-    ):
-        return best
-    return handle
 
 
 def is_loopback(host: str) -> bool:
