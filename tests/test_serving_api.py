@@ -143,11 +143,15 @@ def test_more_rows_than_the_server_decodes_are_a_400(server):
 
 
 def test_unknown_paths_and_methods_are_json_errors(server):
-    status, _, text = request(server.url + "/v1/nothing")
+    status, headers, text = request(server.url + "/v1/nothing")
     error = json.loads(text)["error"]
     assert status == 404 and error["message"].startswith("GET /v1/nothing")
-    status, _, text = request(server.url + "/v1/completions")  # GET, not POST
+    assert "Allow" not in headers
+    status, headers, text = request(server.url + "/v1/completions")  # GET, not POST
     error = json.loads(text)["error"]
     assert status == 405 and error["message"].startswith("GET /v1/completions")
-    status, _, text = request(server.url + "/health", {"x": 1}, method="POST")
+    # RFC 9110: a 405 must list the methods the resource supports.
+    assert headers["Allow"] == "POST"
+    status, headers, text = request(server.url + "/health", {"x": 1}, method="POST")
     assert status == 405 and "error" in json.loads(text)
+    assert sorted(m.strip() for m in headers["Allow"].split(",")) == ["GET", "HEAD"]

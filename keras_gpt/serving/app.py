@@ -73,9 +73,11 @@ def end_of_text_id(tokenizer: Tokenizer) -> int | None:
     return int(tokenizer.token_to_id(END_OF_TEXT))
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    """The HTTP answer to `error`."""
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status in (429, 503) else {}
+def error_response(error: ApiError, headers: dict | None = None) -> JSONResponse:
+    """The HTTP answer to `error`, with `headers` added (e.g. a 405's `Allow`)."""
+    headers = dict(headers or {})
+    if error.status in (429, 503):
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if error.status in (408, 413):
         # The body was not read to its end: the connection cannot carry another request,
         # so say it closes (else a client that sent the whole body waits on keep-alive).
@@ -163,8 +165,10 @@ def build_app(service: Service) -> Starlette:
     """The Starlette app around `service`: routes, error handlers, the API key, the lifespan."""
 
     async def http_error(http: HttpRequest, error: HTTPException) -> Response:
+        # Starlette's 405 carries `Allow` (the route's methods), which HTTP requires.
         return error_response(
-            ApiError(f"{http.method} {http.url.path}: {error.detail}", status=error.status_code)
+            ApiError(f"{http.method} {http.url.path}: {error.detail}", status=error.status_code),
+            error.headers,
         )
 
     async def server_error(http: HttpRequest, error: Exception) -> Response:
