@@ -10,7 +10,11 @@ order alternates from one backend to the next):
   as a user runs it: start-up, data, training, its whole-split evaluation, checkpoint,
   best model and sample all inside the wall time;
 - with `--long`, also `shakespeare_char_speedrun_long.toml`: the same recipe run
-  about as long as nanoGPT's (the loss at equal wall time).
+  as long as nanoGPT's (the loss at equal wall time). It runs last, and its training
+  budget (`max_seconds`, 125 s in the config) is set from this run's own figures:
+  nanoGPT's wall time less the speedrun's time outside training (start-up, data,
+  compile, evaluation, saving), so that its wall time matches nanoGPT's on whatever
+  machine this runs (`--long-budget S` fixes it instead).
 
 Prints one JSON object: per backend each side's wall time (the parent's clock from
 spawning the process to its exit), time in training steps, whole-split validation
@@ -47,6 +51,17 @@ def side(kind: str, backend: str, config: pathlib.Path, args, log: pathlib.Path)
     return result
 
 
+def long_budget(nanogpt: dict, speedrun: dict) -> int:
+    """Seconds of training that make the long config's wall time equal nanoGPT's.
+
+    Everything but the training steps (start-up, data, compile, evaluations, saving)
+    is taken from the short speedrun run of the same backend; the long config's
+    periodic evaluations of 20 batches add ~1 %.
+    """
+    overhead = speedrun["wall_seconds"] - speedrun["seconds"]["train_steps"]
+    return max(1, int(nanogpt["wall_seconds"] - overhead))
+
+
 def train_seconds(result: dict) -> float:
     seconds = result["seconds"]
     return seconds["train_steps"] + seconds.get("compile_step", 0.0)
@@ -56,6 +71,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backends", nargs="+", default=["torch", "jax", "tensorflow"])
     p.add_argument("--long", action="store_true", help="also the equal-time config")
+    p.add_argument(
+        "--long-budget",
+        type=int,
+        default=0,
+        help="the long config's max_seconds (0: nanoGPT's wall less the speedrun's overhead)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads, both sides (0: default)")
     p.add_argument("--seed", type=int, default=0, help="both sides' seed")
     p.add_argument("--set", action="append", default=[], help="speedrun setting key=value")
@@ -76,13 +97,25 @@ def main() -> None:
     log = pathlib.Path(args.log)
     ours = [("speedrun", SPEEDRUN)] + ([("speedrun_long", LONG)] if args.long else [])
     for i, backend in enumerate(args.backends):
-        runs = [("nanogpt", recipe.CONFIG)] + ours
+        # nanoGPT and the speedrun alternate in order; the long run goes last (it needs both).
+        runs = [("nanogpt", recipe.CONFIG), ("speedrun", SPEEDRUN)]
         if (i + args.swap) % 2:
-            runs = ours + [("nanogpt", recipe.CONFIG)]
+            runs.reverse()
+        runs += ours[1:]
         results = {"order": [name for name, _ in runs]}
         for name, config in runs:
             kind = "nanogpt" if name == "nanogpt" else "keras_gpt"
-            results[name] = side(kind, backend, config, args, log)
+            child = args
+            if name == "speedrun_long":
+                budget = args.long_budget
+                if not budget and "error" not in results["nanogpt"] | results["speedrun"]:
+                    budget = long_budget(results["nanogpt"], results["speedrun"])
+                if budget:
+                    results["long_budget_seconds"] = budget
+                    child = argparse.Namespace(
+                        **{**vars(args), "set": [*args.set, f"max_seconds={budget}"]}
+                    )
+            results[name] = side(kind, backend, config, child, log)
         ref = results["nanogpt"]
         for name, _ in ours:
             run = results[name]

@@ -148,6 +148,40 @@ def test_relu2_is_relu_squared():
     np.testing.assert_allclose(to_numpy(ACTIVATIONS[block.activation](x)), [0, 0, 0, 0.25, 9])
 
 
+def gradient_of_sum_times(fn, x, weights):
+    """d/dx sum(fn(x) * weights) with the backend's own autodiff."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        t = torch.tensor(x, requires_grad=True)
+        (fn(t) * torch.tensor(weights)).sum().backward()
+        return t.grad.numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda t: (fn(t) * weights).sum())(x))
+    import tensorflow as tf
+
+    t = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(fn(t) * weights)
+    return tape.gradient(total, t).numpy()
+
+
+def test_relu_squared_gradient_is_twice_the_relu():
+    """d/dx max(x, 0)² = 2·max(x, 0), 0 at x = 0 (PyTorch's hand-written backward included;
+    exact: doubling and one product round the same way as autograd's)."""
+    from keras_gpt.backend.ops import relu_squared
+
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 3.0, 1e-3], "float32")
+    g = np.array([1.0, 2.0, 3.0, -4.0, 0.5, 7.0], "float32")
+    np.testing.assert_array_equal(
+        gradient_of_sum_times(relu_squared, x, g), 2 * np.maximum(x, 0) * g
+    )
+    np.testing.assert_array_equal(to_numpy(relu_squared(x)), np.maximum(x, 0) ** 2)
+
+
 # -- layers through the shared harness ---------------------------------------------------
 
 

@@ -6,7 +6,8 @@ named functions:
 
 - `ops.py`: is a tensor concrete, is there an accelerator (and its name), a dense embedding
   gradient on TensorFlow, in-place buffer writes on PyTorch (`write_at`), int8
-  weight products (`int8_matmul`).
+  weight products (`int8_matmul`), ReLU² with a one-pass backward on PyTorch
+  (`relu_squared`).
 - `replicas.py`: this data-parallel replica's index, and a loss scaled for
   `tf.distribute`.
 - `compile.py`: compiling a function of a model's weights (the decode
@@ -29,6 +30,7 @@ from keras_gpt.backend.ops import (
     in_distribution_strategy,
     int8_matmul,
     is_concrete,
+    relu_squared,
     write_at,
     write_rows,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "has_accelerator",
     "in_distribution_strategy",
     "int8_matmul",
+    "relu_squared",
     "is_concrete",
     "replica_index",
     "replica_scaled",
