@@ -10,6 +10,8 @@ import pathlib
 import keras
 import numpy as np
 
+from keras_gpt.files import atomic_path
+
 
 def torch_init_process_group(backend: str | None = None) -> tuple[int, int]:
     """Joins the `torchrun` process group; returns `(rank, world_size)`.
@@ -208,7 +210,6 @@ def _save_on_rank_zero(model, path, rank: int) -> None:
     if rank == 0:
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        model.save(tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves half a checkpoint
+        with atomic_path(path, suffix=path.suffix) as temporary:  # Keras reads the suffix
+            model.save(temporary)
     dist.barrier()

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ import numpy as np
 from keras import ops
 
 from keras_gpt.backend import Tensor
+from keras_gpt.files import atomic_directory
 from keras_gpt.generation import check_stop_ids, decode_loop
 from keras_gpt.generation.samplers import DynamicSampler
 from keras_gpt.model import GPT
@@ -168,10 +168,9 @@ def export(
     stops = _check_stop_ids(model, stop_token_ids)
     _check_pad_id(model, pad_token_id)
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.partial-")
-    try:
+    # Overwrite was checked above: an existing `path` here is to be replaced.
+    with atomic_directory(path, overwrite=True) as staging:
+        staging = str(staging)
         archive = keras.export.ExportArchive()
         _add_endpoints(archive, model, max_new_tokens, stops, int(pad_token_id))
         archive.write_out(staging, options=_save_options(), verbose=verbose)
@@ -188,15 +187,6 @@ def export(
         os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=2, default=str)
-        # mkdtemp makes the staging folder private (0o700); the export gets the
-        # usual mode instead, so that another account (a server) can read it.
-        os.chmod(staging, 0o777 & ~_umask())
-        if os.path.exists(path):  # only with overwrite (checked above)
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
@@ -299,13 +289,6 @@ def generate_function(
 def _padded_stops(stops: np.ndarray) -> np.ndarray:
     # decode_loop compares with a non-empty list; -1 never matches a sampled id.
     return stops if stops.size else np.array([-1], "int32")
-
-
-def _umask() -> int:
-    """The process's file-creation mask (read by setting it, then restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _add_endpoints(archive, model, max_new_tokens, stops, pad_token_id) -> None:

@@ -33,6 +33,8 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_gpt.files import atomic_directory
+
 MANIFEST = "manifest.json"
 _FILES = ("weights.npz", "optimizer.npz", "state.json")
 _NAME = re.compile(r"^step_(\d{8,})$")
@@ -88,25 +90,17 @@ def save_checkpoint(
     }
     step = int(state["step"])
     final = checkpoints / f"step_{step:08d}"
-    tmp = checkpoints / f".step_{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    np.savez(tmp / "weights.npz", **weights)
-    np.savez(tmp / "optimizer.npz", **optimizer)
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    manifest = {
-        "step": step,
-        "settings": settings,
-        "files": {name: _describe(tmp / name) for name in _FILES},
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    for name in (*_FILES, MANIFEST):
-        _fsync(tmp / name)
-    _fsync(tmp)
-    if final.exists():  # the same step written again (a resumed round): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)  # the one step that makes the new checkpoint current
-    _fsync(checkpoints)
+    # Overwrite: the same step written again (a resumed round) replaces it.
+    with atomic_directory(final, overwrite=True, durable=True) as staging:
+        np.savez(staging / "weights.npz", **weights)
+        np.savez(staging / "optimizer.npz", **optimizer)
+        (staging / "state.json").write_text(json.dumps(state, indent=2))
+        manifest = {
+            "step": step,
+            "settings": settings,
+            "files": {name: _describe(staging / name) for name in _FILES},
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     for old in checkpoints.iterdir():
         if old != final and (_NAME.match(old.name) or old.name.endswith(".tmp")):
             shutil.rmtree(old, ignore_errors=True)
@@ -223,15 +217,6 @@ def _describe(path: pathlib.Path) -> dict:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def _fsync(path: pathlib.Path) -> None:
-    """Flushes a file's or folder's contents (a folder: its entries) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _damaged(path: pathlib.Path, reason: str) -> CheckpointError:
