@@ -323,16 +323,12 @@ def evaluate_command(argv: list[str]) -> dict:
     )
     args = parser.parse_args(argv)
 
-    from keras_gpt.evaluation import evaluate
-    from keras_gpt.model import GPT
-    from keras_gpt.presets import load_tokenizer, preset_path
+    from keras_gpt.evaluation import evaluate_preset
+    from keras_gpt.presets import preset_path
 
     handle = preset_path(args.preset)  # a recipe's run directory: its best/ preset
-    model = GPT.from_preset(handle)
-    tokenizer = load_tokenizer(handle)
-    results = evaluate(
-        model,
-        tokenizer,
+    results = evaluate_preset(
+        handle,
         args.data,
         task=args.task,
         batch_size=args.batch_size,
@@ -359,6 +355,42 @@ def serve_command(argv: list[str]) -> None:
     Example:
     >>> serve_command(["runs/shakespeare", "--port", "8000", "--max-batch", "16"])
     """
+    args = _serve_parser().parse_args(argv)
+    try:
+        from keras_gpt.serving import Limits, serve
+    except ImportError as error:
+        raise SystemExit(
+            f"keras-gpt serve: {error}; install the serve extra: pip install 'keras-gpt[serve]'"
+        ) from None
+    serve(
+        args.preset,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_n=args.max_n,
+        chat=args.chat,
+        model_name=args.model_name,
+        log_level=args.log_level,
+        batch_wait=args.batch_wait_ms / 1000,
+        scheduler=args.scheduler,
+        warmup=args.warmup,
+        limits=Limits(
+            api_key=args.api_key,
+            max_body_bytes=args.max_body_bytes,
+            max_json_depth=args.max_json_depth,
+            body_timeout=args.body_timeout,
+            request_timeout=args.request_timeout or None,
+        ),
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    """`keras-gpt serve`'s options: the model, batching, then the limits and access group."""
     parser = argparse.ArgumentParser(
         prog="keras-gpt serve",
         description="Serve a preset (or a run directory, through its best/ preset) over an "
@@ -435,38 +467,7 @@ def serve_command(argv: list[str]) -> None:
         default=20.0,
         help="seconds requests in flight get to finish after SIGTERM",
     )
-    args = parser.parse_args(argv)
-    try:
-        from keras_gpt.serving import Limits, serve
-    except ImportError as error:
-        raise SystemExit(
-            f"keras-gpt serve: {error}; install the serve extra: pip install 'keras-gpt[serve]'"
-        ) from None
-    serve(
-        args.preset,
-        host=args.host,
-        port=args.port,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        max_n=args.max_n,
-        chat=args.chat,
-        model_name=args.model_name,
-        log_level=args.log_level,
-        batch_wait=args.batch_wait_ms / 1000,
-        scheduler=args.scheduler,
-        warmup=args.warmup,
-        limits=Limits(
-            api_key=args.api_key,
-            max_body_bytes=args.max_body_bytes,
-            max_json_depth=args.max_json_depth,
-            body_timeout=args.body_timeout,
-            request_timeout=args.request_timeout or None,
-        ),
-        header_timeout=args.header_timeout,
-        keep_alive_timeout=args.keep_alive_timeout,
-        max_connections=args.max_connections,
-        shutdown_timeout=args.shutdown_timeout,
-    )
+    return parser
 
 
 COMMANDS = {

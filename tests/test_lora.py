@@ -106,3 +106,31 @@ def test_lora_errors(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="Could not read LoRA"):
         GPT(**TINY).load_lora(tmp_path / "bad.npz")
+
+
+def test_attention_output_target_is_named_as_its_layer_and_keeps_its_earlier_name(tmp_path):
+    new, old = GPT(**TINY), GPT(**TINY)
+    new.enable_lora(rank=2, target=("qkv", "output"))
+    old.enable_lora(rank=2, target=("qkv", "attn_out"))  # the name before the rename
+    assert new.lora_config["target"] == old.lora_config["target"] == ["qkv", "output"]
+    adapters = {k: v for k, v in snapshot(new).items() if "lora_kernel" in k}
+    assert "block_0/attention/output/lora_kernel_a" in adapters
+    for key, value in snapshot(old).items():  # same layers, same seeded start
+        if "lora_kernel" in key:
+            np.testing.assert_array_equal(value, adapters[key])
+    # An adapter file saved before the rename names the target "attn_out".
+    for variable in new.weights:  # non-zero B: the loaded adapters change the logits
+        if "lora_kernel_b" in variable.path:
+            variable.assign(np.full(variable.shape, 0.5, "float32"))
+    new.save_lora(tmp_path / "adapters.npz")
+    with np.load(tmp_path / "adapters.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["__lora_config__"] = np.array('{"rank": 2, "alpha": 2.0, "target": ["qkv", "attn_out"]}')
+    np.savez(tmp_path / "earlier.npz", **arrays)
+    x = data()[:, :-1]
+    for model in (GPT(**TINY), old):  # a fresh model, and one with the same LoRA enabled
+        model.load_lora(tmp_path / "earlier.npz")
+        assert model.lora_config["target"] == ["qkv", "output"]
+        np.testing.assert_allclose(to_numpy(model(x)), to_numpy(new(x)), atol=1e-6)
+    with pytest.raises(ValueError, match="attn_out"):  # one layer named twice
+        GPT(**TINY).enable_lora(rank=2, target=("output", "attn_out"))

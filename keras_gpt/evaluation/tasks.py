@@ -26,6 +26,8 @@ import numpy as np
 from keras_gpt.data import input_files, read_documents
 from keras_gpt.data.documents import JSONL_SUFFIXES
 from keras_gpt.evaluation.scoring import Row, RowScore, score_rows
+from keras_gpt.model import GPT
+from keras_gpt.presets import load_tokenizer
 from keras_gpt.tokenizers import BytePairTokenizer, ByteTokenizer, Tokenizer, bytes_to_unicode
 
 TASKS = ("perplexity", "multiple_choice", "last_word")
@@ -520,3 +522,24 @@ def evaluate(
     if task == "multiple_choice":
         return multiple_choice(model, tokenizer, data, batch_size, progress=progress)
     return last_word(model, tokenizer, data, batch_size, progress=progress)
+
+
+def evaluate_preset(handle: str, data: Inputs, **options: Any) -> dict[str, Any]:
+    """Loads the model and tokenizer of preset `handle` and runs `evaluate` on `data`.
+
+    What `keras-gpt evaluate` and a run's end-of-run evaluation
+    (`keras_gpt.training.evaluate_run`) both do.
+
+    Args:
+        handle: a preset handle or directory (a run's `best/`).
+        data: the task's files.
+        **options: `evaluate`'s `task`, `batch_size`, `context`, `stride`, `progress`.
+
+    Returns:
+        The task's figures (see each task).
+
+    Example:
+    >>> evaluate_preset("my_preset", "corpus.txt", context=16)["task"]
+    'perplexity'
+    """
+    return evaluate(GPT.from_preset(handle), load_tokenizer(handle), data, **options)

@@ -268,7 +268,71 @@ class GenerationEngine:
         callback: Callable[[np.ndarray, np.ndarray], None] | None = None,
         num_samples: int = 1,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Continues each prompt by up to `max_new_tokens` tokens; see `GPT.generate`."""
+        """Continues each prompt by up to `max_new_tokens` tokens.
+
+        The prompt is run once (prefill), then one token per step is decoded
+        from a fixed-size key/value cache inside a loop compiled for the
+        backend (see `keras_gpt.generation`). Compiled programs are cached per
+        batch size and bucketed cache length: repeated calls with similar
+        shapes do not recompile. `GPT.generate` is this method on the engine
+        the model owns.
+
+        Args:
+            prompt_ids: the prompts: an int array `(batch, length)` or
+                `(length,)`, or a list of lists of ids whose lengths may differ
+                (ragged). A padded array may come with `padding_mask`.
+            max_new_tokens: tokens to add to each row; the longest prompt +
+                `max_new_tokens` must fit in `max_sequence_length`.
+            sampler: `"greedy"` (most likely token), `"temperature"` (sample
+                from all tokens), `"top_k"`, `"top_p"`, or a
+                `keras_gpt.generation.samplers.Sampler` instance.
+            temperature: divides the logits before sampling (0 = greedy).
+            top_k: with `"top_k"` (or `"top_p"`): sample among the k most likely
+                tokens.
+            top_p: with `"top_p"`: sample among the smallest set of most likely
+                tokens whose probability mass reaches p.
+            stop_token_ids: a row stops right after generating one of these ids
+                (the stop token is kept); its later positions hold `pad_token_id`.
+            seed: sampling seed: the same seed gives the same tokens on a
+                backend (and, with the hash-based sampler noise, usually the
+                same tokens on every backend). `None` draws one.
+            padding_mask: with a `(batch, length)` array: 1/True marks each
+                row's real prompt tokens (left or right padding).
+            pad_token_id: id written after a row's last token.
+            return_lengths: also return each row's length (prompt + generated
+                tokens, through the stop token); row r's new tokens are
+                `ids[r, prompt_length_r:lengths[r]]`
+                (`keras_gpt.generation.new_tokens` slices them all).
+            callback: streaming: called after every decoding step as
+                `callback(token_ids, is_new)` with two `(batch,)` NumPy arrays,
+                the ids written at this step's position and which rows
+                generated a new token there (rows still inside a longer
+                prompt, or already stopped, did not). Runs a Python loop over
+                the compiled step, so it is a little slower.
+            num_samples: continuations per prompt (Hugging Face's
+                `num_return_sequences`): the output has `batch * num_samples`
+                rows in prompt order, prompt 0's samples first. Each sample
+                draws its own noise, so sampled continuations are independent
+                (greedy ones are equal); the same as passing each prompt
+                `num_samples` times.
+
+        Returns:
+            int32 NumPy array `(batch * num_samples, longest_prompt +
+            max_new_tokens)`: each row's prompt followed by its continuation,
+            then `pad_token_id`. With `return_lengths`, a tuple
+            `(token_ids, lengths)`.
+
+        Example:
+        >>> engine = GenerationEngine(model)
+        >>> engine.generate(np.array([[1, 2, 3]]), max_new_tokens=5).shape
+        (1, 8)
+        >>> ids, lengths = engine.generate([[1, 2, 3], [4]], 5, sampler="top_k",
+        ...                                top_k=10, seed=0, stop_token_ids=[0],
+        ...                                return_lengths=True)
+        >>> engine.generate([[1, 2, 3]], 5, sampler="temperature", seed=0,
+        ...                 num_samples=4).shape
+        (4, 8)
+        """
         model = self.model
         prompts = prompt_rows(prompt_ids, padding_mask)
         if (

@@ -19,7 +19,7 @@ from keras_gpt.backend import (
     is_concrete,
     replica_scaled,
 )
-from keras_gpt.generation import GenerationEngine, Sampler
+from keras_gpt.generation import GenerationEngine
 from keras_gpt.model import lora
 from keras_gpt.model.layers import (
     PortableDropout,
@@ -31,7 +31,6 @@ from keras_gpt.model.layers.normalization import make_normalization
 from keras_gpt.model.layout import layout_map
 from keras_gpt.model.losses import causal_lm_loss
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
-from keras_gpt.tokenizers import Tokenizer
 
 #: The options beyond GPT-2 (the speedrun recipe's modern block) and their
 #: defaults, which leave the model GPT-2's. `get_config` records an option only
@@ -50,6 +49,39 @@ MODERN_DEFAULTS = {
 #: Models with at least this many parameters compile with XLA on TensorFlow's
 #: CPU under `jit_compile="auto"` (see `GPT.compile`).
 XLA_MIN_PARAMETERS = 2**20
+
+
+_INIT_STDDEV = 0.02  # GPT-2's initializer scale for every weight matrix
+
+
+def _check_architecture(
+    *,
+    vocabulary_size: int,
+    num_layers: int,
+    num_heads: int,
+    hidden_dim: int,
+    max_sequence_length: int,
+    position_embedding: str,
+) -> None:
+    """Raises a `ValueError` naming the first argument of `GPT` that cannot build a model."""
+    for name, value in (
+        ("vocabulary_size", vocabulary_size),
+        ("num_layers", num_layers),
+        ("num_heads", num_heads),
+        ("hidden_dim", hidden_dim),
+        ("max_sequence_length", max_sequence_length),
+    ):
+        if int(value) != value or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if hidden_dim % num_heads:
+        raise ValueError(
+            f"`hidden_dim` ({hidden_dim}) must be divisible by `num_heads` ({num_heads})."
+        )
+    if position_embedding not in ("learned", "sinusoidal", "rope"):
+        raise ValueError(
+            "`position_embedding` must be 'learned', 'sinusoidal' or 'rope', "
+            f"got {position_embedding!r}."
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt")
@@ -164,19 +196,14 @@ class GPT(keras.Model):
         super().__init__(dtype=dtype, **kwargs)
         if quantization is not None:
             check_quantization_mode(quantization)
-        for name, value in (
-            ("vocabulary_size", vocabulary_size),
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("hidden_dim", hidden_dim),
-            ("max_sequence_length", max_sequence_length),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if hidden_dim % num_heads:
-            raise ValueError(
-                f"`hidden_dim` ({hidden_dim}) must be divisible by `num_heads` ({num_heads})."
-            )
+        _check_architecture(
+            vocabulary_size=vocabulary_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim,
+            max_sequence_length=max_sequence_length,
+            position_embedding=position_embedding,
+        )
         self.vocabulary_size = int(vocabulary_size)
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)
@@ -201,21 +228,24 @@ class GPT(keras.Model):
         )
         self.logit_soft_cap = float(logit_soft_cap) if logit_soft_cap else None
         self.seed = fresh_seed() if seed is None else int(seed)
+        self._create_layers()
+        self.build()
+        self.lora_config = None
+        self.quantization = None
+        if quantization is not None:
+            self.quantize(quantization)
 
+    def _create_layers(self) -> None:
+        """Creates the layers from the config attributes, in the order that fixes the
+        order of `model.weights` (and so of the optimizer's variables in a checkpoint)."""
         policy = self.dtype_policy
-        init_stddev = 0.02
-        if position_embedding not in ("learned", "sinusoidal", "rope"):
-            raise ValueError(
-                "`position_embedding` must be 'learned', 'sinusoidal' or 'rope', "
-                f"got {position_embedding!r}."
-            )
-        rope = position_embedding == "rope"
+        rope = self.position_embedding == "rope"
         self.embeddings = TokenAndPositionEmbedding(
             self.vocabulary_size,
             self.max_sequence_length,
             self.hidden_dim,
-            position_embedding="none" if rope else position_embedding,
-            init_stddev=init_stddev,
+            position_embedding="none" if rope else self.position_embedding,
+            init_stddev=_INIT_STDDEV,
             seed=derive_seed(self.seed, 0),
             dtype=policy,
             name="embeddings",
@@ -228,51 +258,14 @@ class GPT(keras.Model):
         )
         self.embeddings_norm = None
         if self.embedding_norm:
-            self.embeddings_norm = make_normalization(
-                normalization,
-                self.layer_norm_epsilon,
-                self.use_bias,
-                self.norm_scale,
-                policy,
-                "embeddings_norm",
-            )
-        residual_stddev = self.residual_init_stddev
-        if residual_stddev is None:
-            residual_stddev = init_stddev / math.sqrt(2 * self.num_layers)
-        self.blocks = [
-            TransformerBlock(
-                self.num_heads,
-                self.hidden_dim,
-                intermediate_dim=self.intermediate_dim,
-                dropout=self.dropout,
-                activation=activation,
-                layer_norm_epsilon=self.layer_norm_epsilon,
-                attention_implementation=attention_implementation,
-                init_stddev=init_stddev,
-                residual_init_stddev=residual_stddev,
-                use_bias=self.use_bias,
-                normalization=normalization,
-                norm_scale=self.norm_scale,
-                rope=rope,
-                rope_base=self.rope_base,
-                qk_norm=self.qk_norm,
-                seed=derive_seed(self.seed, 2, i),
-                dtype=policy,
-                name=f"block_{i}",
-            )
-            for i in range(self.num_layers)
-        ]
-        self.final_norm = make_normalization(
-            normalization,
-            self.layer_norm_epsilon,
-            self.use_bias,
-            self.norm_scale,
-            policy,
-            "final_norm",
-        )
+            self.embeddings_norm = self._normalization("embeddings_norm")
+        self.blocks = [self._transformer_block(i) for i in range(self.num_layers)]
+        self.final_norm = self._normalization("final_norm")
         self.lm_head = None
         if not self.tie_embeddings:
-            head_stddev = init_stddev if self.head_init_stddev is None else self.head_init_stddev
+            head_stddev = self.head_init_stddev
+            if head_stddev is None:
+                head_stddev = _INIT_STDDEV
             self.lm_head = Dense(
                 self.vocabulary_size,
                 use_bias=False,
@@ -280,11 +273,43 @@ class GPT(keras.Model):
                 dtype=policy,
                 name="lm_head",
             )
-        self.build()
-        self.lora_config = None
-        self.quantization = None
-        if quantization is not None:
-            self.quantize(quantization)
+
+    def _normalization(self, name: str) -> keras.layers.Layer:
+        return make_normalization(
+            self.normalization,
+            self.layer_norm_epsilon,
+            self.use_bias,
+            self.norm_scale,
+            self.dtype_policy,
+            name,
+        )
+
+    def _transformer_block(self, index: int) -> TransformerBlock:
+        """Block `index`, its residual projections scaled by 1/sqrt(2 * num_layers) as
+        GPT-2 does unless `residual_init_stddev` says otherwise."""
+        residual_stddev = self.residual_init_stddev
+        if residual_stddev is None:
+            residual_stddev = _INIT_STDDEV / math.sqrt(2 * self.num_layers)
+        return TransformerBlock(
+            self.num_heads,
+            self.hidden_dim,
+            intermediate_dim=self.intermediate_dim,
+            dropout=self.dropout,
+            activation=self.activation,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            attention_implementation=self.attention_implementation,
+            init_stddev=_INIT_STDDEV,
+            residual_init_stddev=residual_stddev,
+            use_bias=self.use_bias,
+            normalization=self.normalization,
+            norm_scale=self.norm_scale,
+            rope=self.position_embedding == "rope",
+            rope_base=self.rope_base,
+            qk_norm=self.qk_norm,
+            seed=derive_seed(self.seed, 2, index),
+            dtype=self.dtype_policy,
+            name=f"block_{index}",
+        )
 
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.hidden_dim)
@@ -386,67 +411,23 @@ class GPT(keras.Model):
         return [ops.zeros(shape, dtype=dtype) for _ in range(self.num_layers)]
 
     def generate(
-        self,
-        prompt_ids: Tensor | list[list[int]],
-        max_new_tokens: int,
-        sampler: str | Sampler = "greedy",
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop_token_ids: list[int] | None = None,
-        seed: int | None = None,
-        padding_mask: Tensor | None = None,
-        pad_token_id: int = 0,
-        return_lengths: bool = False,
-        callback: Callable[[np.ndarray, np.ndarray], None] | None = None,
-        num_samples: int = 1,
+        self, prompt_ids: Tensor | list[list[int]], max_new_tokens: int, **options: Any
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Continues each prompt by up to `max_new_tokens` tokens.
 
         The prompt is run once (prefill), then one token per step is decoded
         from a fixed-size key/value cache inside a loop compiled for the
-        backend (see `keras_gpt.generation`). Compiled programs are cached per
-        batch size and bucketed cache length: repeated calls with similar
-        shapes do not recompile.
+        backend. This is `GenerationEngine.generate` on the engine the model
+        owns (`generation_engine`), where every argument is described.
 
         Args:
             prompt_ids: the prompts: an int array `(batch, length)` or
-                `(length,)`, or a list of lists of ids whose lengths may differ
-                (ragged). A padded array may come with `padding_mask`.
-            max_new_tokens: tokens to add to each row; the longest prompt +
-                `max_new_tokens` must fit in `max_sequence_length`.
-            sampler: `"greedy"` (most likely token), `"temperature"` (sample
-                from all tokens), `"top_k"`, `"top_p"`, or a
-                `keras_gpt.generation.samplers.Sampler` instance.
-            temperature: divides the logits before sampling (0 = greedy).
-            top_k: with `"top_k"` (or `"top_p"`): sample among the k most likely
-                tokens.
-            top_p: with `"top_p"`: sample among the smallest set of most likely
-                tokens whose probability mass reaches p.
-            stop_token_ids: a row stops right after generating one of these ids
-                (the stop token is kept); its later positions hold `pad_token_id`.
-            seed: sampling seed: the same seed gives the same tokens on a
-                backend (and, with the hash-based sampler noise, usually the
-                same tokens on every backend). `None` draws one.
-            padding_mask: with a `(batch, length)` array: 1/True marks each
-                row's real prompt tokens (left or right padding).
-            pad_token_id: id written after a row's last token.
-            return_lengths: also return each row's length (prompt + generated
-                tokens, through the stop token); row r's new tokens are
-                `ids[r, prompt_length_r:lengths[r]]`
-                (`keras_gpt.generation.new_tokens` slices them all).
-            callback: streaming: called after every decoding step as
-                `callback(token_ids, is_new)` with two `(batch,)` NumPy arrays,
-                the ids written at this step's position and which rows
-                generated a new token there (rows still inside a longer
-                prompt, or already stopped, did not). Runs a Python loop over
-                the compiled step, so it is a little slower.
-            num_samples: continuations per prompt (Hugging Face's
-                `num_return_sequences`): the output has `batch * num_samples`
-                rows in prompt order, prompt 0's samples first. Each sample
-                draws its own noise, so sampled continuations are independent
-                (greedy ones are equal); the same as passing each prompt
-                `num_samples` times.
+                `(length,)`, or a list of lists of ids whose lengths may differ.
+            max_new_tokens: tokens to add to each row.
+            **options: `sampler`, `temperature`, `top_k`, `top_p`,
+                `stop_token_ids`, `seed`, `padding_mask`, `pad_token_id`,
+                `return_lengths`, `callback`, `num_samples`: see
+                `keras_gpt.generation.GenerationEngine.generate`.
 
         Returns:
             int32 NumPy array `(batch * num_samples, longest_prompt +
@@ -464,21 +445,7 @@ class GPT(keras.Model):
         >>> samples = model.generate([[1, 2, 3]], 5, sampler="temperature",
         ...                          seed=0, num_samples=4)             # (4, 8)
         """
-        return self.generation_engine.generate(
-            prompt_ids,
-            max_new_tokens,
-            sampler=sampler,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            stop_token_ids=stop_token_ids,
-            seed=seed,
-            padding_mask=padding_mask,
-            pad_token_id=pad_token_id,
-            return_lengths=return_lengths,
-            callback=callback,
-            num_samples=num_samples,
-        )
+        return self.generation_engine.generate(prompt_ids, max_new_tokens, **options)
 
     @property
     def generation_engine(self) -> GenerationEngine:
@@ -558,7 +525,7 @@ class GPT(keras.Model):
         self,
         rank: int,
         alpha: float | None = None,
-        target: tuple[str, ...] = ("qkv", "attn_out", "mlp_in", "mlp_out"),
+        target: tuple[str, ...] = lora.DEFAULT_TARGETS,
         train_biases: bool = False,
         train_norms: bool = False,
     ) -> None:
@@ -571,13 +538,15 @@ class GPT(keras.Model):
         Args:
             rank: adapter rank r.
             alpha: scale numerator (updates are scaled by alpha/r); default r.
-            target: projections to adapt, from `"qkv"`, `"attn_out"`,
-                `"mlp_in"`, `"mlp_out"`.
+            target: projections to adapt, named after their layers (as in the
+                variable paths, `block_0/attention/output/kernel`): `"qkv"`,
+                `"output"` (attention's output projection; `"attn_out"`, its
+                earlier name, is accepted), `"mlp_in"`, `"mlp_out"`.
             train_biases: keep biases trainable.
             train_norms: keep LayerNorm scales and offsets trainable.
 
         Example:
-        >>> model.enable_lora(rank=8, target=("qkv", "attn_out"))
+        >>> model.enable_lora(rank=8, target=("qkv", "output"))
         >>> model.compile(optimizer="adamw")
         """
         if self.quantization:
@@ -817,46 +786,20 @@ class GPT(keras.Model):
         """
         return presets.from_preset(handle, model_class=cls, **overrides)
 
-    def save_to_preset(
-        self,
-        directory: str,
-        format: str = "keras_gpt",
-        tokenizer: Tokenizer | None = None,
-        data_description: str | None = None,
-        max_shard_size: float | None = 5.0,
-    ) -> None:
+    def save_to_preset(self, directory: str, **options: Any) -> None:
         """Writes the model as a directory `GPT.from_preset` reads back.
+
+        LoRA adapters, if enabled, are folded into a copy's kernels first, so the
+        preset is a plain `GPT` (keep the adapters themselves with `save_lora`).
 
         Args:
             directory: output directory, created if needed.
-            format: `"keras_gpt"` (config.json, model.weights.h5, tokenizer/,
-                metadata.json) or `"huggingface"` (config.json and
-                model.safetensors for `transformers.GPT2LMHeadModel`).
-            tokenizer: optional tokenizer with a `save(directory)` method.
-            data_description: training data description kept in metadata.json.
-            max_shard_size: shard the weights above this many GB.
+            **options: `format` (`"keras_gpt"` or `"huggingface"`), `tokenizer`,
+                `data_description`, `max_shard_size`: see
+                `keras_gpt.presets.save_to_preset`.
 
         Example:
         >>> model.save_to_preset("my_preset", data_description="tinyshakespeare")
         """
-        modern = self.modern_options()
-        if modern and format != "keras_gpt":
-            raise ValueError(
-                f"GPT-2 ({format!r} format) has no place for this model's "
-                f"{', '.join(f'{k}={v!r}' for k, v in modern.items())}: "
-                "save it in the 'keras_gpt' format."
-            )
-        if self.quantization and format != "keras_gpt":
-            raise ValueError(
-                f"A {self.quantization} model saves only in the 'keras_gpt' format, "
-                f"not {format!r} (Hugging Face and KerasHub GPT-2 store float weights)."
-            )
         model = lora.merged_copy(self) if self.lora_config else self
-        presets.save_to_preset(
-            model,
-            directory,
-            format=format,
-            tokenizer=tokenizer,
-            data_description=data_description,
-            max_shard_size=max_shard_size,
-        )
+        presets.save_to_preset(model, directory, **options)

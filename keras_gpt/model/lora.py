@@ -17,15 +17,22 @@ from collections.abc import Iterator, Sequence
 import keras
 import numpy as np
 
+from keras_gpt.files import atomic_path
 from keras_gpt.random import SeededNormal, derive_seed
 
-#: LoRA targets: name → attribute path inside a `TransformerBlock`.
+#: LoRA targets: name → attribute path inside a `TransformerBlock`. Each is named
+#: after its layer, as its variables' paths are (`block_0/attention/output/kernel`);
+#: the order fixes each adapter's seed.
 TARGETS = {
     "qkv": ("attention", "qkv"),
-    "attn_out": ("attention", "output_dense"),
+    "output": ("attention", "output_dense"),
     "mlp_in": ("mlp_in",),
     "mlp_out": ("mlp_out",),
 }
+#: Earlier names still accepted: adapter files and fine-tuned presets saved before
+#: the rename carry them in their LoRA settings.
+TARGET_ALIASES = {"attn_out": "output"}
+DEFAULT_TARGETS = tuple(TARGETS)
 _ADAPTER_NAMES = ("lora_kernel_a", "lora_kernel_b")
 
 
@@ -34,13 +41,28 @@ def _relative_path(variable) -> str:
     return variable.path.split("/", 1)[1]
 
 
-def target_layers(model, target: Sequence[str]) -> Iterator[tuple[int, str, keras.layers.Dense]]:
-    """Yields (block index, target name, Dense layer) for each LoRA target."""
-    unknown = set(target) - set(TARGETS)
-    if unknown or not target:
+def canonical_targets(target: Sequence[str]) -> list[str]:
+    """`target` with earlier names replaced by today's (`"attn_out"` → `"output"`).
+
+    Raises:
+        ValueError: naming `target` when it is empty, names an unknown projection
+            or names one twice.
+
+    Example:
+    >>> canonical_targets(["qkv", "attn_out"])
+    ['qkv', 'output']
+    """
+    names = [TARGET_ALIASES.get(name, name) for name in target]
+    if not names or set(names) - set(TARGETS) or len(set(names)) != len(names):
         raise ValueError(
             f"LoRA `target` must be a non-empty subset of {sorted(TARGETS)}, got {list(target)}."
         )
+    return names
+
+
+def target_layers(model, target: Sequence[str]) -> Iterator[tuple[int, str, keras.layers.Dense]]:
+    """Yields (block index, target name, Dense layer) for each LoRA target."""
+    target = canonical_targets(target)
     for i, block in enumerate(model.blocks):
         for name in target:
             layer = block
@@ -53,7 +75,7 @@ def enable_lora(
     model,
     rank: int,
     alpha: float | None = None,
-    target: Sequence[str] = ("qkv", "attn_out", "mlp_in", "mlp_out"),
+    target: Sequence[str] = DEFAULT_TARGETS,
     train_biases: bool = False,
     train_norms: bool = False,
 ) -> None:
@@ -62,6 +84,7 @@ def enable_lora(
         raise ValueError(f"LoRA `rank` must be a positive integer, got {rank!r}.")
     if getattr(model, "lora_config", None):
         raise ValueError("LoRA is already enabled on this model.")
+    target = canonical_targets(target)
     for i, name, layer in target_layers(model, target):
         fan_in = layer.kernel.shape[0]
         layer.enable_lora(
@@ -142,9 +165,8 @@ def save_lora(model, path: str | os.PathLike) -> None:
         raise ValueError(f"LoRA adapter files end in .npz, got {path!r}.")
     arrays = adapter_weights(model)
     arrays["__lora_config__"] = np.array(json.dumps(model.lora_config))
-    tmp = path[: -len(".npz")] + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as temporary:
+        np.savez(temporary, **arrays)
 
 
 def load_lora(model, path: str | os.PathLike) -> None:
@@ -159,6 +181,7 @@ def load_lora(model, path: str | os.PathLike) -> None:
     if "__lora_config__" not in arrays:
         raise ValueError(f"{os.fspath(path)!r} is not a keras_gpt LoRA adapter file.")
     config = json.loads(str(arrays.pop("__lora_config__")))
+    config["target"] = canonical_targets(config["target"])  # files saved before a rename
     current = getattr(model, "lora_config", None)
     if current is None:
         enable_lora(model, config["rank"], config["alpha"], config["target"])

@@ -93,7 +93,8 @@ def save_to_preset(
     data_description: str | None = None,
     max_shard_size: float | None = 5.0,
 ) -> None:
-    """Writes `model` as a preset directory; see `GPT.save_to_preset`.
+    """Writes `model` as a directory `GPT.from_preset` reads back (what
+    `GPT.save_to_preset` does, after folding any LoRA adapters into a copy).
 
     Args:
         model: a `keras_gpt.GPT`.
@@ -120,6 +121,18 @@ def save_to_preset(
         raise ValueError(
             "The model has LoRA adapters: save it with `model.save_to_preset(...)`, which "
             "folds them into a copy, or call `model.merge_lora()` first."
+        )
+    modern = model.modern_options()
+    if modern and format != "keras_gpt":
+        raise ValueError(
+            f"GPT-2 ({format!r} format) has no place for this model's "
+            f"{', '.join(f'{k}={v!r}' for k, v in modern.items())}: "
+            "save it in the 'keras_gpt' format."
+        )
+    if model.quantization and format != "keras_gpt":
+        raise ValueError(
+            f"A {model.quantization} model saves only in the 'keras_gpt' format, "
+            f"not {format!r} (Hugging Face and KerasHub GPT-2 store float weights)."
         )
     if format == "keras_gpt":
         keras_gpt_format.save_keras_gpt(

@@ -1,18 +1,22 @@
-"""The end of a run: evaluating its best model on the user's data (`evaluate_data`)."""
+"""The end of a run: its best model scored on the user's data (`evaluate_data`), the
+figures recorded with the run's metrics.
+
+The scoring is `keras_gpt.evaluation.evaluate_preset`'s; what is here is the run's
+bookkeeping around it (`evaluation.json`, a row of `metrics.jsonl`).
+"""
 
 from __future__ import annotations
 
 import pathlib
 
-from keras_gpt.evaluation import evaluate
+from keras_gpt.evaluation import evaluate_preset
 from keras_gpt.files import write_json_atomic
-from keras_gpt.model import GPT
-from keras_gpt.presets import load_tokenizer
 from keras_gpt.training.history import append_metrics
 
 
 def evaluate_run(out: pathlib.Path, step: int, data: str, task: str = "perplexity") -> dict:
-    """Evaluates `out/best` on `data` with `keras_gpt.evaluation.evaluate`; records the figures.
+    """Evaluates `out/best` on `data` with `keras_gpt.evaluation.evaluate_preset`; records
+    the figures.
 
     The figures are written to `out/evaluation.json` and appended to
     `out/metrics.jsonl` as a row `{"step", "task", "data", ...figures}`
@@ -30,9 +34,7 @@ def evaluate_run(out: pathlib.Path, step: int, data: str, task: str = "perplexit
     Example:
     >>> evaluate_run(pathlib.Path("runs/shakespeare_char"), 2000, "valid.txt")
     """
-    best = out / "best"
-    model = GPT.from_preset(str(best))
-    figures = evaluate(model, load_tokenizer(str(best)), data, task=task)
+    figures = evaluate_preset(str(out / "best"), data, task=task)
     row = {"step": int(step), "task": task, "data": str(data), **figures}
     write_json_atomic(out / "evaluation.json", row)
     append_metrics(out, row)

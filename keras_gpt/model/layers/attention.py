@@ -140,6 +140,9 @@ class CausalSelfAttention(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="qkv",
         )
+        # The layer (and its variables' paths, which checkpoints and presets key
+        # on) is named "output"; the attribute cannot be, as Keras' `Layer.output`
+        # is a read-only property.
         self.output_dense = Dense(
             self.hidden_dim,
             use_bias=self.use_bias,

@@ -96,21 +96,18 @@ class TransformerBlock(keras.layers.Layer):
         self.rope_base = float(rope_base)
         self.qk_norm = bool(qk_norm)
         self.seed = fresh_seed() if seed is None else int(seed)
+        self._create_attention_layers()
+        self._create_mlp_layers()
 
-        policy = self.dtype_policy
-        self.attention_norm = make_normalization(
-            normalization,
-            self.layer_norm_epsilon,
-            self.use_bias,
-            self.norm_scale,
-            policy,
-            "attention_norm",
-        )
+    def _create_attention_layers(self) -> None:
+        """The attention half: its pre-norm and `CausalSelfAttention` (whose output
+        projection starts at `residual_init_stddev`)."""
+        self.attention_norm = self._normalization("attention_norm")
         self.attention = CausalSelfAttention(
             self.num_heads,
             self.hidden_dim,
             dropout=self.dropout,
-            attention_implementation=attention_implementation,
+            attention_implementation=self.attention_implementation,
             init_stddev=self.init_stddev,
             output_init_stddev=self.residual_init_stddev,
             use_bias=self.use_bias,
@@ -118,17 +115,15 @@ class TransformerBlock(keras.layers.Layer):
             rope_base=self.rope_base,
             qk_norm=self.qk_norm,
             seed=derive_seed(self.seed, 0),
-            dtype=policy,
+            dtype=self.dtype_policy,
             name="attention",
         )
-        self.mlp_norm = make_normalization(
-            normalization,
-            self.layer_norm_epsilon,
-            self.use_bias,
-            self.norm_scale,
-            policy,
-            "mlp_norm",
-        )
+
+    def _create_mlp_layers(self) -> None:
+        """The MLP half: its pre-norm, the widening and narrowing projections (the
+        latter at `residual_init_stddev`) and the dropout after them."""
+        policy = self.dtype_policy
+        self.mlp_norm = self._normalization("mlp_norm")
         self.mlp_in = Dense(
             self.intermediate_dim,
             use_bias=self.use_bias,
@@ -145,6 +140,16 @@ class TransformerBlock(keras.layers.Layer):
         )
         self.mlp_dropout = PortableDropout(
             self.dropout, seed=derive_seed(self.seed, 3), dtype=policy, name="mlp_dropout"
+        )
+
+    def _normalization(self, name: str) -> keras.layers.Layer:
+        return make_normalization(
+            self.normalization,
+            self.layer_norm_epsilon,
+            self.use_bias,
+            self.norm_scale,
+            self.dtype_policy,
+            name,
         )
 
     def build(self, input_shape):

@@ -61,8 +61,24 @@ def load_keras_hub(cls: type, directory: str, handle: str, **overrides: Any) -> 
             f"Preset {handle!r} is a KerasHub preset; reading it needs keras-hub "
             "(pip install keras-hub)."
         ) from None
-    hub_config = spec["config"]
-    config = dict(
+    config = _gpt_config(spec["config"])
+    try:
+        backbone = keras_hub.models.GPT2Backbone.from_preset(directory)
+    except Exception as error:  # corrupt weights, unknown config keys
+        first_line = (str(error).strip().splitlines() or ["no message"])[0]
+        raise PresetError(
+            f"Preset {handle!r}: KerasHub cannot load it ({type(error).__name__}: {first_line})."
+        ) from None
+    model = cls(**{**config, **overrides})
+    _copy_backbone_weights(model, backbone, handle)
+    del backbone  # the only reference left to KerasHub's copy of the weights
+    gc.collect()
+    return model
+
+
+def _gpt_config(hub_config: dict) -> dict:
+    """`GPT` arguments equal to a `GPT2Backbone` config (GPT-2's block, tied head)."""
+    return dict(
         vocabulary_size=hub_config["vocabulary_size"],
         num_layers=hub_config["num_layers"],
         num_heads=hub_config["num_heads"],
@@ -74,14 +90,11 @@ def load_keras_hub(cls: type, directory: str, handle: str, **overrides: Any) -> 
         activation="gelu_approximate",
         tie_embeddings=True,
     )
-    try:
-        backbone = keras_hub.models.GPT2Backbone.from_preset(directory)
-    except Exception as error:  # corrupt weights, unknown config keys
-        first_line = (str(error).strip().splitlines() or ["no message"])[0]
-        raise PresetError(
-            f"Preset {handle!r}: KerasHub cannot load it ({type(error).__name__}: {first_line})."
-        ) from None
-    model = cls(**{**config, **overrides})
+
+
+def _copy_backbone_weights(model: keras.Model, backbone: keras.Model, handle: str) -> None:
+    """Assigns every weight of `model` from `backbone`'s, by path; raises a
+    `PresetError` naming a weight that is missing or has the wrong shape."""
     assigner = WeightAssigner(model, handle)
     source = {w.path: w for w in backbone.weights}
 
@@ -139,7 +152,3 @@ def load_keras_hub(cls: type, directory: str, handle: str, **overrides: Any) -> 
     assigner.assign("final_norm/gamma", read("layer_norm/gamma"), "layer_norm/gamma")
     assigner.assign("final_norm/beta", read("layer_norm/beta"), "layer_norm/beta")
     assigner.check_complete()
-    source.clear()  # drop the references to the backbone's weights before collecting
-    del backbone
-    gc.collect()
-    return model
