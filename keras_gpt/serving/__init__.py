@@ -3,7 +3,7 @@
 `keras-gpt serve PRESET_OR_RUN_DIR` runs `serve`; `create_app` builds the
 ASGI app for embedding. Requests in flight are decoded together by a worker
 thread (`Batcher`) with continuous batching (`keras_gpt.generation.SlotEngine`);
-each row's text is released by `IncrementalText`; `Limits` holds the API
+each row's text is released by `keras_gpt.tokenizers.TextStream`; `Limits` holds the API
 key, body and time limits the app enforces; see the Serving guide.
 Needs the `serve` extra (Starlette and uvicorn).
 
@@ -19,8 +19,10 @@ from keras_gpt.serving.chat import CHAT_TEMPLATES, chat_template_of
 from keras_gpt.serving.limits import Limits
 from keras_gpt.serving.params import ApiError
 from keras_gpt.serving.server import preset_path, serve
-from keras_gpt.serving.text import IncrementalText
 from keras_gpt.tokenizers import TextStream  # the streamed text of a row (also used by the CLI)
+
+#: The same class as `TextStream` (serving's own copy until both were merged).
+IncrementalText = TextStream
 
 __all__ = [
     "CHAT_TEMPLATES",

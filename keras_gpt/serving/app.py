@@ -49,8 +49,7 @@ from keras_gpt.serving.params import (
     parse_prompts,
     parse_sampling,
 )
-from keras_gpt.serving.text import IncrementalText
-from keras_gpt.tokenizers import Tokenizer
+from keras_gpt.tokenizers import TextStream, Tokenizer
 
 logger = logging.getLogger("keras_gpt.serving")
 
@@ -296,7 +295,7 @@ class Service:
             Choice(
                 p * sampling.n + j,
                 ids,
-                IncrementalText(self.tokenizer, max_tokens, stop, self.stop_ids),
+                TextStream(self.tokenizer, max_tokens, stop, self.stop_ids),
             )
             for p, ids in enumerate(prompts)
             for j in range(sampling.n)

@@ -49,7 +49,6 @@ from keras_gpt.generation.engine import compiled_programs
 from keras_gpt.generation.slots import SCHEDULERS, SlotEngine, SlotEvent, SlotRequest
 from keras_gpt.serving.metrics import Metrics
 from keras_gpt.serving.params import Sampling
-from keras_gpt.serving.text import IncrementalText
 from keras_gpt.tokenizers import TextStream
 
 logger = logging.getLogger("keras_gpt.serving")
@@ -72,7 +71,7 @@ class Choice:
 
     index: int
     prompt_ids: list[int]
-    text: TextStream | IncrementalText  #: the row's text as it is released
+    text: TextStream  #: the row's text as it is released
     slot_request: SlotRequest | None = None  #: its row in the engine, once admitted
 
 
