@@ -186,6 +186,21 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(servers):
     assert status == 200
 
 
+def test_a_client_that_sends_its_whole_oversized_body_reads_the_413(servers):
+    """The 413 goes out before the body is read; a client still sending it must get
+    that answer, not a connection reset (closing a socket with unread data makes
+    the kernel send a reset, which can destroy the answer on its way: the server
+    ends its side first and drops what still arrives)."""
+    port = servers["guarded"].port
+    for framing in (f"Content-Length: {4 * MAX_BODY}\r\n", "Transfer-Encoding: chunked\r\n"):
+        body = b"x" * (4 * MAX_BODY)
+        if framing.startswith("Transfer"):
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        answer = raw(port, http_head(port, framing) + body)
+        assert answer.startswith(b"HTTP/1.1 413"), (framing, answer[:200])
+        assert b"body_too_large" in answer
+
+
 def test_deep_json_is_a_400(servers):
     url = servers["guarded"].url + "/v1/completions"
     for depth in (9, 100_000):

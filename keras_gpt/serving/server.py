@@ -12,18 +12,24 @@ What `serve` adds around the app (`create_app`):
 - A graceful shutdown on SIGTERM or Ctrl-C: new requests get 503 and `/health`
   says `draining`; queued and decoding requests go on for up to
   `shutdown_timeout` seconds, those still running a second before it ends get
-  a 503 error ("shutting down"); then the process exits with status 0 (uvicorn
-  alone re-raises the signal, which exits with -15).
+  a 503 error ("shutting down"); then the logs are flushed and the process
+  exits with status 0 at once (uvicorn alone re-raises the signal, which exits
+  with -15). "At once": the exit handlers run, then `os._exit`, skipping the
+  interpreter's teardown of the Keras backends' modules, which takes seconds
+  on a busy machine (more on PyTorch than on JAX) and would push the exit past
+  the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ipaddress
 import logging
 import os
 import signal
+import sys
 import threading
 
 import keras
@@ -99,6 +105,10 @@ def serve(
         warmup: compile every decoding program before listening (logs how
             many and how long), so no request waits for a compile.
 
+    After SIGTERM or Ctrl-C (when it runs in the main thread) the process exits
+    with status 0 once the server has drained, without returning: see the
+    module's docstring.
+
     Example:
     >>> serve("runs/shakespeare", port=8000)      # blocks; SIGTERM or Ctrl-C stops it
     """
@@ -151,8 +161,17 @@ def serve(
         limit_concurrency=max_connections,
         timeout_graceful_shutdown=int(shutdown_timeout + 1),
     )
-    graceful_server(config, app.state.batcher, shutdown_timeout).run()
+    server = graceful_server(config, app.state.batcher, shutdown_timeout)
+    server.run()
     logger.info("stopped")
+    if server.signalled:
+        # SIGTERM ends the process, as its default action would. The exit handlers
+        # run (logging's flush, the CLI's stderr filter: every log line reaches its
+        # file), the modules' teardown does not (that is what takes seconds).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+        os._exit(0)
     for handler in logging.getLogger().handlers:
         handler.flush()
 
@@ -196,6 +215,12 @@ def graceful_server(config, batcher: Batcher, grace: float):
     import uvicorn
 
     class Server(uvicorn.Server):
+        signalled = False  # whether SIGTERM or Ctrl-C stopped it
+
+        def handle_exit(self, sig, frame):
+            self.signalled = True
+            super().handle_exit(sig, frame)
+
         async def shutdown(self, sockets=None):
             batcher.drain()
             logger.info("shutting down: no new requests; up to %g s for %s", grace, batcher.stats)
@@ -241,10 +266,37 @@ def header_timeout_protocol(seconds: float):
 
     class HeaderTimeoutProtocol(H11Protocol):
         _header_timer = None
+        _linger_timer = None
+        _lingered = 0
 
         def connection_made(self, transport):
-            super().connection_made(transport)
+            super().connection_made(LingeringTransport(transport, self))
             self._arm()
+
+        def linger(self, close) -> bool:
+            """Closes the connection gracefully if the request's body was not read to
+            its end (an early 413 or 408); returns False where a plain close will do.
+
+            Closing a socket with unread data makes the kernel answer with a reset,
+            which can destroy the answer on its way, so a client sees "connection
+            reset" instead of the 413. As web servers do (nginx's lingering close):
+            end our side (FIN after the answer), read and drop what the client
+            still sends for up to LINGER_SECONDS or LINGER_BYTES, then close."""
+            if self._linger_timer is not None:
+                return False  # closed again while lingering (a shutdown): close now
+            if self.conn.their_state is not h11.SEND_BODY:
+                return False
+            transport = self.transport.transport
+            if transport.is_closing() or not transport.can_write_eof():
+                return False
+            self._linger_timer = self.loop.call_later(LINGER_SECONDS, close)
+            transport.write_eof()
+            transport.resume_reading()
+            return True
+
+        def eof_received(self):
+            if self._linger_timer is not None:
+                self.transport.transport.close()  # the client has sent everything
 
         def _arm(self):
             self._disarm()
@@ -256,6 +308,11 @@ def header_timeout_protocol(seconds: float):
                 self._header_timer = None
 
         def data_received(self, data):
+            if self._linger_timer is not None:  # the answer is sent: drop the rest
+                self._lingered += len(data)
+                if self._lingered > LINGER_BYTES:
+                    self.transport.transport.close()
+                return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:  # the headers are complete
                 self._disarm()
@@ -267,6 +324,8 @@ def header_timeout_protocol(seconds: float):
 
         def connection_lost(self, exc):
             self._disarm()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
             super().connection_lost(exc)
 
         def _expired(self):
@@ -281,3 +340,24 @@ def header_timeout_protocol(seconds: float):
             self.transport.close()
 
     return HeaderTimeoutProtocol
+
+
+#: How long, and how many bytes, a connection answered before its body ended is read
+#: and dropped before it is closed (see `header_timeout_protocol`'s `linger`).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
+
+
+class LingeringTransport:
+    """An asyncio transport whose `close` lets `protocol.linger` close it gracefully."""
+
+    def __init__(self, transport, protocol):
+        self.transport = transport
+        self.protocol = protocol
+
+    def close(self):
+        if not self.protocol.linger(self.transport.close):
+            self.transport.close()
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
