@@ -89,7 +89,9 @@ def atomic_directory(
             if not overwrite:
                 raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
             shutil.rmtree(path)
-        os.replace(temporary, path)
+        # `path` is gone by now, so `rename` (what tests/test_runs.py interrupts)
+        # is the atomic step, on Windows as well.
+        os.rename(temporary, path)
         if durable:
             _fsync(path.parent)
     finally:
