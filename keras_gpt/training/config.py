@@ -315,7 +315,7 @@ class FinetuneConfig(RunConfig):
     out: str = "runs/finetune"
     lora_rank: int = 0
     lora_alpha: float = 0.0
-    lora_target: str = "qkv,attn_out,mlp_in,mlp_out"
+    lora_target: str = "qkv,output,mlp_in,mlp_out"
     sequence_length: int = 0
     batch_size: int = 8
     pack: bool = False
