@@ -35,9 +35,9 @@ CONFIG = HERE.parent / "recipes" / "configs" / "shakespeare_char_speedrun.toml"
 
 
 def child(args) -> dict:
-    import numpy as np
-
     import importlib
+
+    import numpy as np
 
     from keras_gpt.model.metrics import Perplexity
 
