@@ -245,7 +245,8 @@ def relu_squared(x: Tensor) -> Tensor:
         x: any tensor.
 
     Example:
-    >>> relu_squared(keras.ops.convert_to_tensor([-1.0, 3.0]))  # [0, 9]
+    >>> keras.ops.convert_to_numpy(relu_squared(keras.ops.convert_to_tensor([-1.0, 3.0]))).tolist()
+    [0.0, 9.0]
     """
     if keras.backend.backend() == "torch":
         import torch
