@@ -108,7 +108,7 @@ def test_seeded_sampled_requests_are_the_same_alone_and_under_load(model, engine
 def test_new_sampler_values_compile_nothing_after_warmup(engine):
     engine.warmup(decode_runs=1)
     programs = engine.program_keys
-    assert len(programs) == len(engine.prefill_buckets()) + 3
+    assert len(programs) == len(engine.prefill_buckets()) + len(engine.decode_programs())
     rng = np.random.default_rng(2)
     requests = [
         SlotRequest(
@@ -157,3 +157,23 @@ def test_bad_requests_are_refused(model, engine):
         engine.submit(SlotRequest([], 3))
     with pytest.raises(ValueError, match="scheduler"):
         SlotEngine(model, scheduler="fifo")
+
+
+def test_greedy_requests_beside_sampled_ones_equal_generate_alone(model, engine):
+    """Sampled slots run in lanes of the step (1 or 3 here): greedy requests beside
+    them keep `model.generate`'s tokens, and each sampled one its tokens alone."""
+
+    def sampled():
+        return [SlotRequest([2, 7], 9, 0.8, seed=4), SlotRequest([6], 7, 1.1, 3, seed=5)]
+
+    alone = [engine.run([r])[0].tokens for r in sampled()]
+    # Three slots: greedy, sampled, sampled (two lanes used, the third padded), then
+    # one sampled lane beside two greedy slots once the second sampled one ends.
+    greedy = [SlotRequest([5, 3], 12), SlotRequest([8, 1, 1], 10)]
+    both = sampled()
+    engine.run([greedy[0], *both, greedy[1]])
+    assert [r.tokens for r in both] == alone
+    for request in greedy:
+        prompt = request.prompt_ids
+        expected = model.generate([prompt], request.max_new_tokens)[0, len(prompt) :]
+        assert request.tokens == expected.tolist(), prompt
