@@ -322,8 +322,9 @@ class RowSampler(Sampler):
     same program. Only `mode`, derived from the settings, is part of the
     program (`config`): `"greedy"` (every row greedy: argmax only), `"sample"`
     (some rows sampled, none filtered: Gumbel noise over the vocabulary) or
-    `"filter"` (some row has top-k or top-p: candidates sorted), so a server
-    compiles at most three variants of each shape.
+    `"filter"` (some row has top-k or top-p: candidates sorted), so a program
+    has at most three variants of each shape. (`SlotEngine` gives it only the
+    sampled rows, gathered into lanes: the greedy rows need only the argmax.)
 
     Each row draws the noise it would draw as row `sample_index[r]` of a
     `generate` call seeded `seeds[r]` with that row's settings alone: a row

@@ -18,8 +18,9 @@ Sampler settings are data (`keras_gpt.generation.samplers.RowSampler`): each
 slot's temperature, top-k, top-p and seed are inputs of the compiled step, so
 greedy and sampled requests with any settings share a step, and no value
 compiles a new program. The engine compiles a fixed set of programs (a
-prefill per prompt bucket, a decode step per sampler mode), all of them at
-start-up with `warmup()` (`keras-gpt serve --warmup`, the default).
+prefill per prompt bucket, a decode step per sampler mode and lane count:
+see `SlotEngine`), all of them at start-up with `warmup()` (`keras-gpt
+serve --warmup`, the default).
 
 Why a request's result does not depend on its neighbours:
 
