@@ -409,3 +409,102 @@ def test_gpt_optimizer_leaves_rms_norm_scales_undecayed():
 def test_unknown_options_are_refused_by_name(option, value, message):
     with pytest.raises(ValueError, match=message):
         modern_gpt(**{option: value})
+
+
+# -- value embeddings ------------------------------------------------------------------------
+
+
+def value_embedding_gpt():
+    """A modern GPT with value embeddings whose gates and output projections are not
+    at their (neutral, zero) initial values, so that every term shows in the logits."""
+    model = modern_gpt(head_init_stddev=0.5, residual_init_stddev=0.1, value_embeddings="all")
+    for block in model.blocks:
+        gate = block.attention.value_gate
+        gate.assign(RNG.standard_normal(gate.shape).astype("float32"))
+    return model
+
+
+def test_value_embeddings_add_gated_rows_to_the_values():
+    heads, width, length, vocab = 2, 8, 5, 11
+    attn = CausalSelfAttention(
+        heads,
+        width,
+        rope=True,
+        qk_norm=True,
+        use_bias=False,
+        attention_implementation="plain",
+        value_embedding_vocabulary_size=vocab,
+        seed=1,
+    )
+    x = RNG.standard_normal((1, length, width)).astype("float32")
+    ids = RNG.integers(0, vocab, (1, length)).astype("int32")
+    attn(x, token_ids=ids)  # builds
+    gate_weights = RNG.standard_normal(attn.value_gate.shape).astype("float32")
+    attn.value_gate.assign(gate_weights)
+    out = to_numpy(attn(x, token_ids=ids))
+    qkv = (x @ to_numpy(attn.qkv.kernel)).reshape(1, length, 3, heads, width // heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    gate = 2.0 / (1.0 + np.exp(-(x @ gate_weights)))  # (1, length, heads); width < 32 channels
+    rows = to_numpy(attn.value_embeddings)[ids].reshape(1, length, heads, width // heads)
+    v = v + gate[..., None] * rows
+    q, k = numpy_rope(numpy_rms(q)), numpy_rope(numpy_rms(k))
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // heads)
+    scores = np.where(np.tril(np.ones((length, length), bool)), scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    y = np.einsum("bhqk,bkhd->bqhd", probs, v).reshape(1, length, width)
+    np.testing.assert_allclose(out, y @ to_numpy(attn.output_dense.kernel), atol=1e-5)
+    with pytest.raises(ValueError, match="token_ids"):
+        attn(x)
+
+
+def test_value_embeddings_cached_decoding_equals_full_forward():
+    model = value_embedding_gpt()
+    ids = RNG.integers(0, 61, (2, 12)).astype("int32")
+    full = to_numpy(model(ids))
+    cache = model.init_cache(2, 24)
+    logits, cache = model.call_with_cache(ids[:, :5], cache, 0)
+    steps = [to_numpy(logits)]
+    for i in range(5, 12):
+        logits, cache = model.call_with_cache(ids[:, i : i + 1], cache, i)
+        steps.append(to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+    # One position per row (continuous batching, `keras_gpt.generation.slots`): row 0
+    # decodes its token 5, row 1 rewrites its token 3 at position 3.
+    cache = model.init_cache(2, 24)
+    _, cache = model.call_with_cache(ids[:, :5], cache, 0)
+    tokens = np.array([[ids[0, 5]], [ids[1, 3]]], "int32")
+    positions = keras.ops.convert_to_tensor(np.array([5, 3], "int32"))
+    logits, _ = model.call_with_cache(tokens, cache, positions)
+    np.testing.assert_allclose(to_numpy(logits)[:, 0], full[[0, 1], [5, 3]], atol=1e-5)
+
+
+def test_value_embeddings_change_the_logits_and_survive_a_preset(tmp_path):
+    model = value_embedding_gpt()
+    ids = RNG.integers(0, 61, (1, 9)).astype("int32")
+    logits = to_numpy(model(ids))
+    for block in model.blocks:  # zero rows: the model without value embeddings
+        table = block.attention.value_embeddings
+        table.assign(np.zeros(table.shape, "float32"))
+    assert np.abs(to_numpy(model(ids)) - logits).max() > 1e-3
+    model = value_embedding_gpt()
+    assert model.modern_options()["value_embeddings"] == "all"
+    assert model.get_config()["value_embeddings"] == "all"
+    # nanochat's "alternate": every other block, the last one included.
+    tables = [
+        hasattr(block.attention, "value_embeddings")
+        for block in modern_gpt(num_layers=5, value_embeddings="alternate").blocks
+    ]
+    assert tables == [True, False, True, False, True]
+    with pytest.raises(ValueError, match="value_embeddings"):
+        modern_gpt(value_embeddings=True)
+    model.save_to_preset(str(tmp_path / "ve"))
+    loaded = keras_gpt.GPT.from_preset(str(tmp_path / "ve"))
+    np.testing.assert_array_equal(to_numpy(loaded(ids)), to_numpy(model(ids)))
+    np.testing.assert_array_equal(
+        loaded.generate([[5, 9, 2], [40]], max_new_tokens=4),
+        model.generate([[5, 9, 2], [40]], max_new_tokens=4),
+    )
+    # The tables and gates go to AdamW (the "scalar" group), not to Muon.
+    groups = {parameter_group(v.path) for v in model.trainable_variables if "value_" in v.path}
+    assert groups == {"scalar"}

@@ -44,7 +44,11 @@ MODERN_DEFAULTS = {
     "head_init_stddev": None,
     "residual_init_stddev": None,
     "logit_soft_cap": None,
+    "value_embeddings": None,
 }
+
+#: The `value_embeddings` settings: which blocks get a value-embedding table.
+VALUE_EMBEDDINGS = ("alternate", "all")
 
 #: Models with at least this many parameters compile with XLA on TensorFlow's
 #: CPU under `jit_compile="auto"` (see `GPT.compile`).
@@ -138,6 +142,13 @@ class GPT(keras.Model):
             (modded-nanogpt). `None`: GPT-2's 0.02/√(2·num_layers).
         logit_soft_cap: bounds the logits smoothly to (−c, c) with
             c·tanh(logits/c) (Gemma 2, modded-nanogpt); `None`: off.
+        value_embeddings: `None` (off), `"alternate"` or `"all"`: blocks
+            whose attention has its own token embedding table, whose row for
+            each input token is added to the attention values under a
+            learned per-head gate (nanochat, modded-nanogpt; see
+            `CausalSelfAttention`). `"alternate"` is nanochat's choice:
+            every other block, the last one included. Adds
+            `vocabulary_size`·`hidden_dim` weights per such block.
         seed: integer seed for weights and dropout; `None` picks one (and
             records it in the config).
         dtype: Keras dtype policy, e.g. `"float32"`, `"bfloat16"` (weights
@@ -188,6 +199,7 @@ class GPT(keras.Model):
         head_init_stddev: float | None = None,
         residual_init_stddev: float | None = None,
         logit_soft_cap: float | None = None,
+        value_embeddings: str | None = None,
         seed: int | None = None,
         dtype: str | keras.DTypePolicy | None = None,
         quantization: str | None = None,
@@ -227,6 +239,11 @@ class GPT(keras.Model):
             None if residual_init_stddev is None else float(residual_init_stddev)
         )
         self.logit_soft_cap = float(logit_soft_cap) if logit_soft_cap else None
+        if value_embeddings not in (None, *VALUE_EMBEDDINGS):
+            raise ValueError(
+                f"`value_embeddings` must be None, 'alternate' or 'all', got {value_embeddings!r}."
+            )
+        self.value_embeddings = value_embeddings
         self.seed = fresh_seed() if seed is None else int(seed)
         self._create_layers()
         self.build()
@@ -306,10 +323,19 @@ class GPT(keras.Model):
             rope=self.position_embedding == "rope",
             rope_base=self.rope_base,
             qk_norm=self.qk_norm,
+            value_embedding_vocabulary_size=(
+                self.vocabulary_size if self._has_value_embeddings(index) else 0
+            ),
             seed=derive_seed(self.seed, 2, index),
             dtype=self.dtype_policy,
             name=f"block_{index}",
         )
+
+    def _has_value_embeddings(self, index: int) -> bool:
+        """Whether block `index` has a value-embedding table (see `value_embeddings`)."""
+        if self.value_embeddings == "alternate":
+            return index % 2 == (self.num_layers - 1) % 2
+        return self.value_embeddings == "all"
 
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.hidden_dim)
@@ -346,8 +372,9 @@ class GPT(keras.Model):
             x = call_sublayer(self.embeddings_dropout, x, training=training)
         if self.embeddings_norm is not None:
             x = call_sublayer(self.embeddings_norm, x)
+        extra = {"token_ids": token_ids} if self.value_embeddings else {}
         for block in self.blocks:
-            x = call_sublayer(block, x, padding_mask=padding_mask, training=training)
+            x = call_sublayer(block, x, padding_mask=padding_mask, training=training, **extra)
         return self._logits(x)
 
     def call_with_cache(
@@ -383,9 +410,15 @@ class GPT(keras.Model):
         if self.embeddings_norm is not None:
             x = call_sublayer(self.embeddings_norm, x)
         new_cache = []
+        extra = {"token_ids": token_ids} if self.value_embeddings else {}
         for block, block_cache in zip(self.blocks, cache):
             x, block_cache = call_sublayer(
-                block, x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index
+                block,
+                x,
+                padding_mask=padding_mask,
+                cache=block_cache,
+                cache_index=cache_index,
+                **extra,
             )
             new_cache.append(block_cache)
         return self._logits(x), new_cache

@@ -7,7 +7,14 @@ import math
 import keras
 from keras import ops
 
-from keras_gpt.backend import Tensor, call_sublayer, has_accelerator, write_at, write_rows
+from keras_gpt.backend import (
+    Tensor,
+    call_sublayer,
+    dense_gradient,
+    has_accelerator,
+    write_at,
+    write_rows,
+)
 from keras_gpt.model.layers.dense import Dense
 from keras_gpt.model.layers.dropout import PortableDropout
 from keras_gpt.model.layers.normalization import rms_normalize
@@ -15,6 +22,10 @@ from keras_gpt.model.layers.rotary import is_row_index, rotary_embedding
 from keras_gpt.random import SeededNormal, derive_seed, fresh_seed
 
 _IMPLEMENTATIONS = ("auto", "fused", "plain")
+
+#: How many leading channels of the attention input drive the value-embedding gate
+#: (nanochat's `ve_gate_channels`).
+VALUE_GATE_CHANNELS = 32
 
 
 def attention_mask(
@@ -80,6 +91,14 @@ class CausalSelfAttention(keras.layers.Layer):
             scale) before RoPE, as modded-nanogpt and nanochat do: it bounds
             the attention logits, which lets the model train at higher
             learning rates.
+        value_embedding_vocabulary_size: with a vocabulary size (0: off),
+            value embeddings as in nanochat and modded-nanogpt: the layer's
+            own table of `hidden_dim`-wide rows, drawn from
+            N(0, `init_stddev`·√hidden_dim) (the values' own scale); the row
+            of each input token is added to that position's attention
+            values, per head times a gate 2·sigmoid(x[:32]·G) of the layer's
+            input (G starts at zero, so the gate at 1). `call` then needs
+            the `token_ids`; the cache holds the mixed values.
         seed: integer seed for weights and dropout; `None` picks one.
 
     Example:
@@ -100,6 +119,7 @@ class CausalSelfAttention(keras.layers.Layer):
         rope: bool = False,
         rope_base: float = 10000.0,
         qk_norm: bool = False,
+        value_embedding_vocabulary_size: int = 0,
         seed: int | None = None,
         **kwargs,
     ):
@@ -129,6 +149,7 @@ class CausalSelfAttention(keras.layers.Layer):
         self.rope = bool(rope)
         self.rope_base = float(rope_base)
         self.qk_norm = bool(qk_norm)
+        self.value_embedding_vocabulary_size = int(value_embedding_vocabulary_size or 0)
         if self.rope and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}.")
         self.seed = fresh_seed() if seed is None else int(seed)
@@ -166,6 +187,24 @@ class CausalSelfAttention(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        if self.value_embedding_vocabulary_size:
+            # Not named "*kernel" nor "embeddings/token_embeddings": the speedrun
+            # optimizer gives both to AdamW (its "scalar" group), not to Muon.
+            # Rows start at the scale of the values they join (unit-RMS inputs
+            # times a kernel of std init_stddev): on the speedrun recipe rows of
+            # std 0.02 instead gained a third as much by step 150.
+            self.value_embeddings = self.add_weight(
+                shape=(self.value_embedding_vocabulary_size, self.hidden_dim),
+                initializer=SeededNormal(
+                    self.init_stddev * math.sqrt(self.hidden_dim), derive_seed(self.seed, 4)
+                ),
+                name="value_embeddings",
+            )
+            self.value_gate = self.add_weight(
+                shape=(min(VALUE_GATE_CHANNELS, self.hidden_dim), self.num_heads),
+                initializer="zeros",
+                name="value_gate",
+            )
         self.qkv.build(input_shape)
         self.output_dense.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
         self.probs_dropout.build()
@@ -186,6 +225,7 @@ class CausalSelfAttention(keras.layers.Layer):
         cache: Tensor | None = None,
         cache_index: int | Tensor | None = None,
         training: bool | None = None,
+        token_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attends causally over `inputs` (batch, seq, hidden).
 
@@ -200,6 +240,8 @@ class CausalSelfAttention(keras.layers.Layer):
                 when `inputs` holds one token per row (each row attends to
                 the cache positions up to its own).
             training: enables dropout.
+            token_ids: the (batch, seq) ids of `inputs`' tokens; needed, and
+                only read, with value embeddings.
 
         Returns:
             The output (batch, seq, hidden), or `(output, cache)` when a cache
@@ -209,6 +251,8 @@ class CausalSelfAttention(keras.layers.Layer):
         qkv = call_sublayer(self.qkv, inputs)
         qkv = ops.reshape(qkv, (shape[0], shape[1], 3, self.num_heads, self.head_dim))
         query, key, value = ops.unstack(qkv, 3, axis=2)
+        if self.value_embedding_vocabulary_size:
+            value = value + self._value_embedding(inputs, token_ids)
 
         start_index = 0
         if cache is not None:
@@ -223,7 +267,7 @@ class CausalSelfAttention(keras.layers.Layer):
         if cache is not None:
             # Heads-first cache: attention reads each head's keys and values
             # contiguously, with no transposed copy of the cache per step.
-            if self.qk_norm or self.rope:
+            if self.qk_norm or self.rope or self.value_embedding_vocabulary_size:
                 new = ops.stack([key, value], axis=2)  # keys as attention uses them
             else:
                 new = qkv[:, :, 1:]  # this call's keys and values, as projected
@@ -255,6 +299,20 @@ class CausalSelfAttention(keras.layers.Layer):
         if self.dropout:  # the identity at rate 0: skip the layer call (see TransformerBlock)
             out = call_sublayer(self.output_dropout, out, training=training)
         return out if cache is None else (out, cache)
+
+    def _value_embedding(self, inputs, token_ids):
+        """Each token's value-embedding row times its head's gate: (batch, seq, heads, head_dim)."""
+        if token_ids is None:
+            raise ValueError("Value embeddings need the `token_ids` of the inputs.")
+        shape = ops.shape(inputs)
+        rows = ops.take(dense_gradient(self.value_embeddings), token_ids, axis=0)
+        rows = ops.cast(rows, inputs.dtype)
+        rows = ops.reshape(rows, (shape[0], shape[1], self.num_heads, self.head_dim))
+        channels = int(self.value_gate.shape[0])
+        gate = 2.0 * ops.sigmoid(
+            ops.matmul(inputs[..., :channels], ops.cast(self.value_gate, inputs.dtype))
+        )
+        return ops.expand_dims(gate, -1) * rows
 
     def _plain_attention(self, query, key, value, mask, training, heads_first=False):
         # Keys and values read from the cache stay heads-first (b, h, k, d):
@@ -294,5 +352,11 @@ class CausalSelfAttention(keras.layers.Layer):
             "rope": self.rope,
             "rope_base": self.rope_base,
             "qk_norm": self.qk_norm,
+            # Only when on: the configs of layers without them stay as they were.
+            **(
+                {"value_embedding_vocabulary_size": self.value_embedding_vocabulary_size}
+                if self.value_embedding_vocabulary_size
+                else {}
+            ),
             "seed": self.seed,
         }

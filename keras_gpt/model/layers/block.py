@@ -47,6 +47,8 @@ class TransformerBlock(keras.layers.Layer):
         rope: rotary position embedding in attention (see `CausalSelfAttention`).
         rope_base: RoPE's frequency base.
         qk_norm: RMS-normalize queries and keys (see `CausalSelfAttention`).
+        value_embedding_vocabulary_size: value embeddings in attention (0:
+            off; see `CausalSelfAttention`); `call` then needs `token_ids`.
         seed: integer seed for weights and dropout; `None` picks one.
 
     Example:
@@ -71,6 +73,7 @@ class TransformerBlock(keras.layers.Layer):
         rope: bool = False,
         rope_base: float = 10000.0,
         qk_norm: bool = False,
+        value_embedding_vocabulary_size: int = 0,
         seed: int | None = None,
         **kwargs,
     ):
@@ -96,6 +99,7 @@ class TransformerBlock(keras.layers.Layer):
         self.rope = bool(rope)
         self.rope_base = float(rope_base)
         self.qk_norm = bool(qk_norm)
+        self.value_embedding_vocabulary_size = int(value_embedding_vocabulary_size or 0)
         self.seed = fresh_seed() if seed is None else int(seed)
         self._create_attention_layers()
         self._create_mlp_layers()
@@ -115,6 +119,7 @@ class TransformerBlock(keras.layers.Layer):
             rope=self.rope,
             rope_base=self.rope_base,
             qk_norm=self.qk_norm,
+            value_embedding_vocabulary_size=self.value_embedding_vocabulary_size,
             seed=derive_seed(self.seed, 0),
             dtype=self.dtype_policy,
             name="attention",
@@ -162,8 +167,15 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_dropout.build()
         self.built = True
 
-    def call(self, inputs, padding_mask=None, cache=None, cache_index=None, training=None):
-        """Applies the block; returns `(output, cache)` when `cache` is given."""
+    def call(
+        self, inputs, padding_mask=None, cache=None, cache_index=None, training=None, token_ids=None
+    ):
+        """Applies the block; returns `(output, cache)` when `cache` is given.
+
+        `token_ids` (batch, seq) are the inputs' tokens, read only by value
+        embeddings.
+        """
+        extra = {"token_ids": token_ids} if self.value_embedding_vocabulary_size else {}
         attended = call_sublayer(
             self.attention,
             call_sublayer(self.attention_norm, inputs),
@@ -171,6 +183,7 @@ class TransformerBlock(keras.layers.Layer):
             cache=cache,
             cache_index=cache_index,
             training=training,
+            **extra,
         )
         if cache is not None:
             attended, cache = attended
@@ -205,5 +218,10 @@ class TransformerBlock(keras.layers.Layer):
             "rope": self.rope,
             "rope_base": self.rope_base,
             "qk_norm": self.qk_norm,
+            **(
+                {"value_embedding_vocabulary_size": self.value_embedding_vocabulary_size}
+                if self.value_embedding_vocabulary_size
+                else {}
+            ),
             "seed": self.seed,
         }
