@@ -89,3 +89,37 @@ def test_lora_adapters_that_fail_half_way_leave_the_previous_file(tmp_path, monk
         model.save_lora(str(path))
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["adapters.npz"]
     model.load_lora(str(path))
+
+
+def test_a_best_model_save_that_fails_half_way_keeps_the_previous_best(tmp_path, monkeypatch):
+    # `best/` is what `keras-gpt generate RUN` and a server read while training goes on:
+    # it is the previous best or the whole new one, never a half-written preset.
+    import importlib
+
+    from keras_gpt import GPT
+    from keras_gpt.tokenizers import ByteTokenizer
+    from keras_gpt.training import runs
+    from keras_gpt.training.config import PretrainConfig
+
+    pretrain = importlib.import_module("keras_gpt.training.pretrain")  # the module
+
+    model, best = tiny_gpt(), tmp_path / "best"
+    pretrain._save_best(model, ByteTokenizer(), best, PretrainConfig(data="corpus.txt"))
+    before = sorted(os.listdir(best))
+    save = type(model).save_to_preset
+
+    def save_then_fail(self, directory, **kwargs):
+        save(self, directory, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(model), "save_to_preset", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        pretrain._save_best(tiny_gpt(seed=1), ByteTokenizer(), best, PretrainConfig())
+    assert sorted(os.listdir(best)) == before and os.listdir(tmp_path) == ["best"]
+    reloaded = GPT.from_preset(best)
+    np.testing.assert_array_equal(reloaded.get_weights()[0], model.get_weights()[0])
+
+    # A staging folder a killed process left behind goes with the run on --overwrite.
+    (tmp_path / ".best.x1y2.tmp").mkdir()
+    runs.start_run(PretrainConfig(out=str(tmp_path), overwrite=True))
+    assert os.listdir(tmp_path) == []

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import shutil
 
 import keras
 import numpy as np
@@ -43,7 +41,7 @@ from keras_gpt.data import (
     tokenize_corpus,
 )
 from keras_gpt.data.instructions import is_instruction_file
-from keras_gpt.files import write_text_atomic
+from keras_gpt.files import atomic_directory, write_text_atomic
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.presets import load_tokenizer
@@ -222,22 +220,20 @@ def _text_data(config: FinetuneConfig, tokenizer, length: int, directory: pathli
 def _save_best(
     model, tokenizer, directory: pathlib.Path, config: FinetuneConfig, chat_template=None
 ) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with no_tensorflow_import():
-        model.save_to_preset(  # saves the adapters merged into the kernels
-            str(tmp),
-            tokenizer=tokenizer,
-            data_description=f"fine-tuned from {config.preset} on {config.data}",
-        )
-    if chat_template:
-        # The instruction template the model learned (`keras_gpt.data.instructions`):
-        # "instruction" for prompt/response records, "messages" for chat records.
-        metadata_path = tmp / "metadata.json"
-        metadata = json.loads(metadata_path.read_text())
-        metadata["chat_template"] = chat_template
-        metadata_path.write_text(json.dumps(metadata, indent=2))
-    if model.lora_config:
-        model.save_lora(str(tmp / "adapters.npz"))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    # Staged beside `directory` and renamed over it (see pretrain's `_save_best`).
+    with atomic_directory(directory, overwrite=True) as staging:
+        with no_tensorflow_import():
+            model.save_to_preset(  # saves the adapters merged into the kernels
+                str(staging),
+                tokenizer=tokenizer,
+                data_description=f"fine-tuned from {config.preset} on {config.data}",
+            )
+        if chat_template:
+            # The instruction template the model learned (`keras_gpt.data.instructions`):
+            # "instruction" for prompt/response records, "messages" for chat records.
+            metadata_path = staging / "metadata.json"
+            metadata = json.loads(metadata_path.read_text())
+            metadata["chat_template"] = chat_template
+            metadata_path.write_text(json.dumps(metadata, indent=2))
+        if model.lora_config:
+            model.save_lora(str(staging / "adapters.npz"))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import shutil
 
 import keras
 import numpy as np
@@ -40,7 +39,7 @@ from keras_gpt.data import (
     resolve_data,
     tokenize_corpus,
 )
-from keras_gpt.files import write_text_atomic
+from keras_gpt.files import atomic_directory, write_text_atomic
 from keras_gpt.model.gpt import GPT
 from keras_gpt.model.metrics import Perplexity
 from keras_gpt.training.checkpoints import no_tensorflow_import
@@ -229,6 +228,7 @@ def build_model(config: PretrainConfig, vocabulary_size: int) -> GPT:
         if config.residual_init_stddev < 0
         else config.residual_init_stddev,
         logit_soft_cap=config.logit_soft_cap or None,
+        value_embeddings=config.value_embeddings or None,
         seed=config.seed,
         dtype=config.dtype,
     )
@@ -379,11 +379,11 @@ def peak_flops(config: PretrainConfig) -> tuple[float, str]:
 
 
 def _save_best(model, tokenizer, directory: pathlib.Path, config: PretrainConfig) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with no_tensorflow_import():
+    # Staged beside `directory` and renamed over it: a reader (a server, `generate`)
+    # never sees a half-written best/, and a crash mid-save keeps the previous one.
+    with atomic_directory(directory, overwrite=True) as staging, no_tensorflow_import():
         model.save_to_preset(
-            tmp, tokenizer=tokenizer, data_description=f"pretrained on {config.data or 'stdlib'}"
+            staging,
+            tokenizer=tokenizer,
+            data_description=f"pretrained on {config.data or 'stdlib'}",
         )
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)

@@ -50,7 +50,6 @@ RESUMABLE_SETTINGS = frozenset(
 RUN_OUTPUTS = (
     "checkpoints",
     "best",
-    "best.tmp",
     "metrics.jsonl",
     "metrics.csv",
     "loss_curve.png",
@@ -102,7 +101,10 @@ def start_run(config: RunConfig, resume: bool = False) -> pathlib.Path | None:
             f"{str(out)!r} already holds a run ({', '.join(found)}): pass --resume to "
             "continue it, or --overwrite to replace it, or choose another --out."
         )
-    for name in RUN_OUTPUTS:
+    # With the folders an interrupted writer left staged (`.best.<random>.tmp`, see
+    # `keras_gpt.files.atomic_directory`).
+    staged = [p.name for name in RUN_OUTPUTS for p in out.glob(f".{name}.*.tmp")]
+    for name in [*RUN_OUTPUTS, *staged]:
         path = out / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
