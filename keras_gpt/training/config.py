@@ -131,6 +131,9 @@ class PretrainConfig(RunConfig):
             projections (0: zeros, each block starts as the identity; -1:
             GPT-2's 0.02/√(2·num_layers)).
         logit_soft_cap: bound the logits to (−c, c) with c·tanh(logits/c) (0: off).
+        value_embeddings: `"alternate"` or `"all"`: blocks (every other one, or each)
+            get a token table whose rows are added to the attention values
+            (nanochat's); `""`: none.
         batch_size: sequences per step.
         gradient_accumulation_steps: batches per optimizer update.
         max_steps: training steps.
@@ -222,6 +225,7 @@ class PretrainConfig(RunConfig):
     head_init_stddev: float = 0.02
     residual_init_stddev: float = -1.0
     logit_soft_cap: float = 0.0
+    value_embeddings: str = ""
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 2000
