@@ -12,8 +12,9 @@ BACKENDS ?= tensorflow jax torch
 # pytest-xdist workers per pass: a pass is mostly one busy Python thread (tracing,
 # compiling, subprocess start-up), so two workers keep a 2-core machine busy. Each
 # worker takes whole files (--dist loadfile): a module's server fixture starts once.
+# Each pass lists its 15 slowest tests: where to look when the suite grows slow.
 TEST_WORKERS ?= 2
-PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 PY := $(VENV)/bin/python
 
 .PHONY: demo test test-backend lint format docs bench clean
