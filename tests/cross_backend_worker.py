@@ -60,6 +60,7 @@ MODERN = dict(
     residual_init_stddev=0.01,
     logit_soft_cap=15.0,
     use_bias=False,
+    value_embeddings="alternate",
 )
 
 

@@ -80,7 +80,8 @@ def test_dropout_masks_and_losses_match(results, a, b):
 
 @pytest.mark.parametrize("a, b", pairs())
 def test_modern_block_and_muon_recipe_match(results, a, b):
-    """RoPE, RMSNorm, QK-norm, ReLU², untied head, soft-cap; Muon + AdamW groups, wsd.
+    """RoPE, RMSNorm, QK-norm, ReLU², untied head, soft-cap, value embeddings; Muon +
+    AdamW groups, wsd.
 
     Initial weights are bit-identical (NumPy draws them). Muon's Newton–Schulz
     iterations (five quintic matrix polynomials a step, in float32) could amplify
