@@ -226,17 +226,22 @@ def test_defaults_leave_gpt2_and_its_config_unchanged():
     assert "rmsnorm" not in json.dumps(model.get_config())
 
 
+def cached_logits(model, ids: np.ndarray, prefill: int = 5) -> np.ndarray:
+    """`ids`' logits through the KV cache: `prefill` tokens at once, then one at a time."""
+    cache = model.init_cache(ids.shape[0], 2 * ids.shape[1])
+    logits, cache = model.call_with_cache(ids[:, :prefill], cache, 0)
+    steps = [to_numpy(logits)]
+    for i in range(prefill, ids.shape[1]):
+        logits, cache = model.call_with_cache(ids[:, i : i + 1], cache, i)
+        steps.append(to_numpy(logits))
+    return np.concatenate(steps, 1)
+
+
 def test_rope_cached_decoding_equals_full_forward():
     model = modern_gpt(head_init_stddev=0.5, residual_init_stddev=0.1)
     ids = RNG.integers(0, 61, (2, 12)).astype("int32")
     full = to_numpy(model(ids))
-    cache = model.init_cache(2, 24)
-    logits, cache = model.call_with_cache(ids[:, :5], cache, 0)
-    steps = [to_numpy(logits)]
-    for i in range(5, 12):
-        logits, cache = model.call_with_cache(ids[:, i : i + 1], cache, i)
-        steps.append(to_numpy(logits))
-    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+    np.testing.assert_allclose(cached_logits(model, ids), full, atol=1e-5)
 
 
 def test_rope_ragged_generation_equals_each_prompt_alone():
@@ -462,13 +467,7 @@ def test_value_embeddings_cached_decoding_equals_full_forward():
     model = value_embedding_gpt()
     ids = RNG.integers(0, 61, (2, 12)).astype("int32")
     full = to_numpy(model(ids))
-    cache = model.init_cache(2, 24)
-    logits, cache = model.call_with_cache(ids[:, :5], cache, 0)
-    steps = [to_numpy(logits)]
-    for i in range(5, 12):
-        logits, cache = model.call_with_cache(ids[:, i : i + 1], cache, i)
-        steps.append(to_numpy(logits))
-    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+    np.testing.assert_allclose(cached_logits(model, ids), full, atol=1e-5)
     # One position per row (continuous batching, `keras_gpt.generation.slots`): row 0
     # decodes its token 5, row 1 rewrites its token 3 at position 3.
     cache = model.init_cache(2, 24)
