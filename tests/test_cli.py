@@ -107,6 +107,7 @@ def test_a_run_that_fails_on_its_inputs_leaves_no_output(command, tmp_path, monk
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.backend_independent
 def test_unknown_command_and_debug_traceback(tmp_path):
     proc = keras_gpt_command(["frobnicate"], tmp_path)
     assert proc.returncode == 2
@@ -133,6 +134,8 @@ def pretrain_args(tmp_path) -> list[str]:
     return ["pretrain", *(a for k, v in settings.items() for a in (f"--{k}", str(v)))]
 
 
+# Keras' progress bar and the recipe's own lines are the same code on every backend.
+@pytest.mark.backend_independent
 def test_progress_into_a_pipe_has_no_escape_codes(tmp_path):
     """Into a pipe (a log file, `| tee`), `keras-gpt pretrain` and `keras-gpt evaluate`
     write plain lines: no ANSI escape codes, no carriage-return redraws, and

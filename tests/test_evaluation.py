@@ -505,6 +505,9 @@ def preset(tiny, tmp_path_factory):
     return directory
 
 
+# The command line's plumbing: its figures are compared with the functions' on the
+# same backend, whose own parity with transformers runs on every pass.
+@pytest.mark.backend_independent
 def test_cli_writes_the_figures(tiny, preset, tmp_path, capsys):
     data = tmp_path / "valid.txt"
     data.write_text(DOCUMENTS[1])
@@ -532,6 +535,7 @@ def test_cli_writes_the_figures(tiny, preset, tmp_path, capsys):
     assert written["acc"] == multiple_choice(tiny, TOKENIZER, mc)["acc"]
 
 
+@pytest.mark.backend_independent
 def test_cli_last_word_and_context(tiny, preset, tmp_path, capsys):
     passages = tmp_path / "passages.txt"
     passages.write_text("The cat sat on the mat\nShe went home\nIt was the best of times\n")
@@ -649,8 +653,10 @@ def rolling_rows(ids: list[int], eot: int, length: int) -> list[Row]:
     return rows
 
 
+# Once: lm_eval's command path through the adapter. The adapter's answers on each
+# backend are test_harness_adapter_answers_each_request_type's (every pass).
+@pytest.mark.backend_independent
 def test_lm_eval_runs_a_local_task_through_the_adapter(tmp_path, monkeypatch):
-    # On every backend: the adapter's batches compile each backend's own program.
     # The lm_eval extra is part of the test environment (the Makefile): no skip.
     import lm_eval
     from lm_eval.tasks import TaskManager

@@ -160,6 +160,7 @@ def test_bad_handles_name_the_handle(tmp_path):
         GPT(**TINY).save_to_preset(str(tmp_path / "x"), format="onnx")
 
 
+@pytest.mark.backend_independent
 def test_unreachable_hubs_give_a_clear_error(tmp_path):
     """hf:// offline with an empty cache, and a Kaggle model that cannot be fetched
     (no network, or no such model): both name the handle."""

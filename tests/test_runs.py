@@ -28,6 +28,12 @@ from keras_gpt.training import (
 from keras_gpt.training.checkpoints import read_manifest
 from keras_gpt.training.pretrain import pretrain
 
+# What protects a run (refusals, the settings check, checkpoint files and their
+# damage, kills) is the package's own file and config code, the same on every
+# backend: the file runs once. Resuming training on each backend is
+# test_pretraining.py's (per pass).
+pytestmark = pytest.mark.backend_independent
+
 
 def tiny_config(tmp_path, out_name="run", **overrides):
     """helpers.tiny_config on 200 lines of text, 4 steps by default."""
@@ -174,8 +180,6 @@ _WORKER = textwrap.dedent("""
 _EVENTS = {"batch": 2, "savez": 4, "fsync": 12, "rename": 2, "metrics": 2}
 
 
-# Checkpoint files do not depend on the backend: the subprocess kill test runs once.
-@pytest.mark.backend_independent
 def test_a_run_killed_at_seeded_moments_resumes_to_the_same_metrics(tmp_path):
     reference = tiny_config(tmp_path, "reference", max_steps=8)
     pretrain(reference)

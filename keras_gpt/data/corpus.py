@@ -61,7 +61,15 @@ def stdlib_corpus(max_bytes: int = 8_000_000, code_only: bool = False) -> str:
 
 
 def _without_docstrings(tree: ast.Module) -> ast.Module:
-    for node in ast.walk(tree):
+    """`tree` without the docstrings of its module, classes and functions.
+
+    Only statements can hold a docstring, so only statement lists are walked, not
+    every expression node as `ast.walk` would (which took 4 of the 8 MB corpus's
+    ~30 s here).
+    """
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
             if (
@@ -71,6 +79,10 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
                 and isinstance(body[0].value.value, str)
             ):
                 node.body = body[1:] or [ast.Pass()]
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                pending.extend(children)
     return tree
 
 
