@@ -10,6 +10,7 @@ import gc
 import os
 import weakref
 
+import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
@@ -284,3 +285,26 @@ def test_generation_identical_across_backends(tmp_path):
             np.testing.assert_array_equal(
                 results[backend][key], reference[key], err_msg=f"{key} on {backend}"
             )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow warning")
+def test_programs_compiled_one_after_another_do_not_warn_of_retracing():
+    # A server compiles a program per prompt bucket and sampler mode, each a
+    # tf.function of its own from one line of compile_function; TensorFlow took
+    # them for a retracing loop and warned during every warm-up.
+    import logging
+
+    from keras_gpt.backend.compile import compile_function
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for scale in range(1, 8):
+            program = compile_function(lambda x, s=scale: x * s, [])
+            assert float(to_numpy(program(None, ops.ones(())))) == scale
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]

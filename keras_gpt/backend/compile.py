@@ -19,6 +19,8 @@ and is read once per `generate` call, not once per step:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -91,7 +93,17 @@ def compile_function(
         import tensorflow as tf
 
         compiled = tf.function(fn, jit_compile=True)
-        return lambda values, *args: compiled(*args)
+        traced = []
+
+        def call(values, *args):
+            if traced:
+                return compiled(*args)
+            with _without_retracing_warning():
+                result = compiled(*args)
+            traced.append(True)
+            return result
+
+        return call
     variables = list(variables)
 
     def pure(values, *args):
@@ -105,6 +117,27 @@ def compile_function(
     if backend == "torch":
         return _torch_traced(pure)
     return lambda values, *args: fn(*args)
+
+
+class _RetracingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_retracing_warning():
+    """TensorFlow: no "N out of the last N calls ... triggered tf.function retracing"
+    warning while a program traces. Each program is a `tf.function` of its own that
+    traces once (by design: one per prompt bucket and sampler mode), but TensorFlow
+    counts the traces of functions defined at one line together and warns, during
+    every server's warm-up, of a retracing loop that is not there."""
+    logger = logging.getLogger("tensorflow")
+    quiet = _RetracingFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _torch_traced(pure: Callable) -> Callable:
