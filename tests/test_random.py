@@ -117,6 +117,9 @@ def test_num_samples_greedy_repeats_and_bad_values(model):
             model.generate([[1, 2, 3]], 6, num_samples=bad)
 
 
+# How the command prints the rows; the rows on each backend are
+# test_num_samples_rows_in_prompt_order_with_independent_noise's (every pass).
+@pytest.mark.backend_independent
 def test_cli_num_samples_prints_the_batched_samples(model, tmp_path, capsys):
     from keras_gpt.cli import main
     from keras_gpt.tokenizers import ByteTokenizer

@@ -69,6 +69,9 @@ def test_generate_recipe_streams_the_greedy_continuation(preset, monkeypatch, ca
     assert capsys.readouterr().out == tokenizer.decode(expected) + "\n"
 
 
+# The streamed text is the package's own detokenizing, the same on every backend; what
+# each backend generates is test_generation.py's (every pass).
+@pytest.mark.backend_independent
 def test_generate_streams_whole_utf8_characters(tmp_path, monkeypatch, capsys):
     """A byte-level model's tokens can hold part of a character: the streamed text
     must be the decoded row, never a U+FFFD per partial byte."""
@@ -131,6 +134,9 @@ def test_generate_recipe_interactive_loop_answers_each_prompt(preset, monkeypatc
         assert expected + "\n" in out
 
 
+# The flags reaching the sampler; seeded sampling on each backend is
+# test_generation.py's test_sampling_reproducible_per_seed (every pass).
+@pytest.mark.backend_independent
 def test_generate_recipe_samples_reproducibly_with_a_seed(preset, monkeypatch, capsys):
     directory, _, _ = preset
     args = [
