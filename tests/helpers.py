@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 BACKENDS = ("tensorflow", "jax", "torch")
+#: Every pair of backends, for the cross-backend comparisons.
+BACKEND_PAIRS = [("tensorflow", "jax"), ("tensorflow", "torch"), ("jax", "torch")]
 TESTS = pathlib.Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
