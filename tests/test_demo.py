@@ -18,6 +18,7 @@ from keras_gpt.training.pretrain import load_config
 DEMO = ROOT / "recipes" / "configs" / "demo.toml"
 
 
+@pytest.mark.backend_independent  # plain Python: the corpus is text
 def test_stdlib_corpus_is_python_source_and_the_same_each_time():
     text = stdlib_corpus(max_bytes=200_000)
     assert len(text.encode("utf-8")) >= 200_000
@@ -26,6 +27,7 @@ def test_stdlib_corpus_is_python_source_and_the_same_each_time():
     assert stdlib_corpus(max_bytes=200_000) == text
 
 
+@pytest.mark.backend_independent  # plain Python: the corpus is text
 def test_code_only_corpus_keeps_the_code_and_drops_docstrings_and_comments():
     full = stdlib_corpus(max_bytes=200_000)
     code = stdlib_corpus(max_bytes=200_000, code_only=True)

@@ -3,6 +3,10 @@ on a preset made here.
 
 Pretraining and fine-tuning go through the same `keras_gpt.cli.main` in
 test_pretraining.py and test_finetuning.py.
+
+The `generate` tests are marked `backend_independent` (run once): they check the
+command's plumbing (flags, streaming, the interactive loop, its errors); the greedy
+and seeded decoding they reach are test_generation.py's, run on every backend.
 """
 
 import builtins
@@ -58,6 +62,7 @@ def greedy_by_recomputation(model, ids, steps):
     return ids
 
 
+@pytest.mark.backend_independent
 def test_generate_recipe_streams_the_greedy_continuation(preset, monkeypatch, capsys):
     directory, model, tokenizer = preset
     run_recipe(
@@ -112,6 +117,7 @@ def test_generate_streams_whole_utf8_characters(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == tokenizer.decode(list(ids)) + "\n"
 
 
+@pytest.mark.backend_independent
 def test_generate_recipe_interactive_loop_answers_each_prompt(preset, monkeypatch, capsys):
     directory, model, tokenizer = preset
     prompts = iter(["ab", "hg f"])
@@ -161,6 +167,7 @@ def test_generate_recipe_samples_reproducibly_with_a_seed(preset, monkeypatch, c
     assert len(samples) == 2 and all(len(s) == len("a") + 8 + 1 for s in samples)
 
 
+@pytest.mark.backend_independent
 def test_generate_recipe_rejects_a_prompt_longer_than_the_context(preset, monkeypatch):
     directory, _, _ = preset
     with pytest.raises(SystemExit, match=f"context is {CONTEXT}"):

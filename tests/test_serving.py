@@ -10,6 +10,11 @@ driven with the official `openai` client and with raw HTTP (urllib).
 Greedy answers are compared with `model.generate` on the prompt alone, in this
 process, on the same backend: exactly (ids, hence text), as the ragged-batch
 tests of test_generation.py compare a batch with its rows alone.
+
+Marked `backend_independent` (run once, on PyTorch): these are the HTTP API's
+semantics. What a backend decides under them is tested in every pass: the slot
+engine's exactness under churn (test_slots.py) and a real server per backend that
+samples without compiling and keeps greedy rows exact (test_serving_sampling.py).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import keras
 import numpy as np
 import pytest
 from helpers import ServeProcess  # noqa: E402
+
+pytestmark = pytest.mark.backend_independent
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")

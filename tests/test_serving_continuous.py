@@ -1,6 +1,8 @@
 """Continuous batching in `keras-gpt serve`: a real server on 127.0.0.1, a tiny model.
 
 Order, not time: the tests look at which event came first, never at durations.
+Marked `backend_independent` (run once): the scheduler's order is the server's; the
+engine's exactness on each backend is test_slots.py's, run in every pass.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import urllib.request
 import pytest
 
 from tests.helpers import ServeProcess, tiny_gpt
+
+pytestmark = pytest.mark.backend_independent
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
