@@ -24,8 +24,9 @@ EXTRAS = tensorflow,jax,torch,hub,hf,text,recipes,onnx,serve,lm-eval,dev,bench,d
 # took ~5 (docs/contributing.md). uv reads no pip configuration, so pip installs torch
 # first: it finds the CPU wheel pip is configured to find, and uv keeps the installed torch.
 # --compile-bytecode: pip compiles .pyc files at install and uv does not; where
-# PYTHONDONTWRITEBYTECODE is set (as on our CI machines) nothing writes them later, and every
-# process would compile TensorFlow's sources again (the TensorFlow pass: 12:09 against 11:04).
+# PYTHONDONTWRITEBYTECODE is set (it is on the machines measured here) nothing writes them
+# later, and every process compiles TensorFlow's sources again (a TensorFlow pass took
+# 12:09 against 11:04).
 # Extras are spelled as the package metadata normalises them (lm-eval, not lm_eval).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
