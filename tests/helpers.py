@@ -7,6 +7,7 @@ the real corpus tests read (`corpus_text`), and the tiny models and runs tests b
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import pathlib
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 BACKENDS = ("tensorflow", "jax", "torch")
 #: Every pair of backends, for the cross-backend comparisons.
-BACKEND_PAIRS = [("tensorflow", "jax"), ("tensorflow", "torch"), ("jax", "torch")]
+BACKEND_PAIRS = list(itertools.combinations(BACKENDS, 2))
 TESTS = pathlib.Path(__file__).resolve().parent
 ROOT = TESTS.parent
 

@@ -28,14 +28,14 @@ def recipe_runs(tmp_path_factory):
 
 
 def assert_runs_match(a: dict, b: dict) -> None:
-    """Same summation-order drift as above, over 12 steps. Measured (2-core Xeon,
-    every pair and the resumed run): losses within 1.5e-7 relative, learning
-    rates equal, weights within 5.7e-7 and the optimizer state (Adam's moments,
-    the step counter; the gradient accumulators, empty at a round's end) within
-    5.6e-9 absolute. Bounds: losses
-    1e-5 relative (as above), rates 1e-6 relative (float32 schedule arithmetic
-    may differ by ulps), weights 1e-5 and optimizer state 1e-6 absolute (its
-    second moments are ~1e-6 and below, so a lost or misordered state fails)."""
+    """The summation-order drift of test_cross_backend.py, over 12 steps. Measured
+    (2-core Xeon, every pair and the resumed run): losses within 1.5e-7 relative,
+    learning rates equal, weights within 5.7e-7 and the optimizer state (Adam's
+    moments, the step counter; the gradient accumulators, empty at a round's end)
+    within 5.6e-9 absolute. Bounds: losses 1e-5 relative (as there), rates 1e-6
+    relative (float32 schedule arithmetic may differ by ulps), weights 1e-5 and
+    optimizer state 1e-6 absolute (its second moments are ~1e-6 and below, so a
+    lost or misordered state fails)."""
     np.testing.assert_array_equal(a["step"], b["step"])
     for key in ("train_loss", "val_loss"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=0, err_msg=key)
