@@ -19,15 +19,14 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test test-backend lint format docs bench clean
 
+# Extras are spelled as the package metadata normalises them (lm-eval, not lm_eval).
 EXTRAS = tensorflow,jax,torch,hub,hf,text,recipes,onnx,serve,lm-eval,dev,bench,docs
-# uv installs the pinned set (constraints.txt pins every package) in ~2 minutes where pip
-# took ~5 (docs/contributing.md). uv reads no pip configuration, so pip installs torch
-# first: it finds the CPU wheel pip is configured to find, and uv keeps the installed torch.
+# uv installs the pinned set (constraints.txt pins every package) in under half pip's time
+# (docs/benchmarks.md, "make test on a fresh clone"). uv reads no pip configuration, so pip
+# installs torch first: it finds the CPU wheel pip is configured to find, and uv keeps it.
 # --compile-bytecode: pip compiles .pyc files at install and uv does not; where
 # PYTHONDONTWRITEBYTECODE is set (it is on the machines measured here) nothing writes them
-# later, and every process compiles TensorFlow's sources again (a TensorFlow pass took
-# 12:09 against 11:04).
-# Extras are spelled as the package metadata normalises them (lm-eval, not lm_eval).
+# later, and every process would compile TensorFlow's sources again.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt uv torch
