@@ -12,9 +12,16 @@ BACKENDS ?= tensorflow jax torch
 # pytest-xdist workers per pass: a pass is mostly one busy Python thread (tracing,
 # compiling, subprocess start-up), so two workers keep a 2-core machine busy. Each
 # worker takes whole files (--dist loadfile): a module's server fixture starts once.
-# Each pass lists its 15 slowest tests: where to look when the suite grows slow.
+# Files are handed out slowest first (tests/conftest.py's SLOW_FILES; xdist's own reorder,
+# by test count, is off). Each pass lists its 15 slowest tests: where to look when the
+# suite grows slow.
 TEST_WORKERS ?= 2
-PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+# The pass that also runs the tests marked cross_backend (they start every backend
+# themselves) and backend_independent, once: PyTorch's, the quickest per-backend pass.
+# One pass instead of two saves a start-up and a tail where one worker idles.
+ONCE_BACKEND ?= torch
+PER_BACKEND = not cross_backend and not backend_independent
 PY := $(VENV)/bin/python
 
 .PHONY: demo test test-backend lint format docs bench clean
@@ -38,15 +45,18 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed lint
 	set -e; for b in $(BACKENDS); do \
-		echo "=== pytest on $$b"; \
-		KERAS_BACKEND=$$b $(PYTEST) -m "not cross_backend and not backend_independent" tests; \
+		if [ $$b = $(ONCE_BACKEND) ]; then \
+			echo "=== pytest on $$b, with the cross-backend and backend-independent tests"; \
+			KERAS_BACKEND=$$b $(PYTEST) tests; \
+		else \
+			echo "=== pytest on $$b"; \
+			KERAS_BACKEND=$$b $(PYTEST) -m "$(PER_BACKEND)" tests; \
+		fi; \
 	done
-	echo "=== once (on PyTorch, the fastest to start): cross-backend parity, backend-independent tests"
-	KERAS_BACKEND=torch $(PYTEST) -m "cross_backend or backend_independent" tests
 	$(MAKE) docs
 
 test-backend: $(VENV)/.installed
-	KERAS_BACKEND=$(BACKEND) $(PYTEST) -m "not cross_backend and not backend_independent" tests
+	KERAS_BACKEND=$(BACKEND) $(PYTEST) -m "$(PER_BACKEND)" tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

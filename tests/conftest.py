@@ -11,11 +11,15 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # JAX's persistent compilation cache, fresh for each pytest run: many tests
 # compile the same tiny programs (train steps, decode loops), and a cache hit
 # skips XLA's compile. Set before JAX is imported, so that the subprocesses
-# some tests start share it too. Same compiled code, only less compiling
-# (measured here: the JAX pass 7:34 -> 6:45).
+# some tests start share it too; pytest-xdist's workers share one directory
+# (named after their parent, the pytest process that removes it at the end).
+# Same compiled code, only less compiling (measured here: the JAX pass 7:34 -> 6:45).
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ
 _JAX_CACHE = None
 if os.environ["KERAS_BACKEND"] == "jax" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _JAX_CACHE = tempfile.mkdtemp(prefix="keras_gpt_jax_cache_")
+    _pytest_pid = os.getppid() if _WORKER else os.getpid()
+    _JAX_CACHE = os.path.join(tempfile.gettempdir(), f"keras_gpt_jax_cache_{_pytest_pid}")
+    os.makedirs(_JAX_CACHE, exist_ok=True)
     os.environ.update(
         JAX_COMPILATION_CACHE_DIR=_JAX_CACHE,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -51,6 +55,43 @@ def to_numpy(x) -> np.ndarray:
     return keras.ops.convert_to_numpy(x)
 
 
+#: The slowest files first, longest first (each pass's `--durations` in `make test`;
+#: seconds of test time a pass on a 2-core Zen 3, 2026-12-07). pytest-xdist's `loadfile`
+#: hands each worker a whole file when it is nearly done with its last, in this
+#: order (the Makefile passes `--no-loadscope-reorder`): the long files start
+#: early and the short ones fill in, so neither worker idles long at the end.
+SLOW_FILES = [
+    "test_cross_backend.py",  # 217: one fixture trains and loads on every backend
+    "test_pretraining.py",  # 81-136
+    "test_export.py",  # 90-109
+    "test_serving_sampling.py",  # 100-113
+    "test_gpt.py",  # 93-112
+    "test_distribution.py",  # 64-114
+    "test_quantization.py",  # 68-103
+    "test_modern.py",  # 45-113
+    "test_finetuning.py",  # 43-103
+    "test_cli.py",  # 129 (mostly backend-independent)
+    "test_runs.py",  # 128
+    "test_docstrings.py",  # 122
+    "test_presets.py",  # 122
+    "test_cross_backend_recipe.py",  # 100
+    "test_generation.py",  # 49-78
+    "test_serving.py",  # 74
+    "test_evaluation.py",  # 24-72
+    "test_cross_backend_int8.py",  # 63
+    "test_docs.py",  # 49-55
+    "test_layers.py",  # 12-52
+    "test_conversion.py",  # 27-47
+    "test_serving_limits.py",  # 43
+    "test_slots.py",  # 35
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable
+
+
 def pytest_sessionfinish(session, exitstatus):
-    if _JAX_CACHE is not None:
+    if _JAX_CACHE is not None and not _WORKER:
         shutil.rmtree(_JAX_CACHE, ignore_errors=True)

@@ -135,7 +135,9 @@ def server(model, tmp_path_factory):
     log = open(root / "server.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_gpt.cli", "serve", str(root / "tiny"), "--port", str(port)]
-        + ["--no-warmup"],  # the first requests compile what they use (see the test)
+        # The first requests compile what they use (see the test); 4 slots keep the lanes
+        # (1 and 4 rows) and the decode step small.
+        + ["--no-warmup", "--max-batch", "4"],
         stdout=log,
         stderr=log,
         env=dict(os.environ),
