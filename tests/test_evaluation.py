@@ -731,6 +731,7 @@ class Request:
         self.args = args
 
 
+@pytest.mark.backend_independent  # the adapter's requests: scoring per backend is the parity tests'
 def test_harness_adapter_answers_each_request_type(tiny):
     from keras_gpt.evaluation.harness import KerasGPTLM
 

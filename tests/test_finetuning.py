@@ -248,6 +248,8 @@ def text_run(tmp_path, out, **overrides):
     return config.update(overrides)
 
 
+# The text format and resume's bookkeeping: exact resume per backend is test_pretraining's.
+@pytest.mark.backend_independent
 def test_continued_pretraining_on_plain_text_and_exact_resume(tmp_path):
     config = text_run(tmp_path, "run")
     summary = finetune(config)
@@ -286,6 +288,8 @@ def test_continued_pretraining_on_plain_text_and_exact_resume(tmp_path):
     assert resumed["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
 
 
+# The command's settings and outputs: LoRA training per backend is test_lora's.
+@pytest.mark.backend_independent
 def test_keras_gpt_finetune_command(tmp_path, capsys):
     """`keras-gpt finetune` as typed: settings from a TOML file and the command line
     (which wins), instruction data, LoRA; its outputs; a user mistake in one line."""

@@ -37,6 +37,7 @@ def test_pretrain_writes_outputs_and_learns(tmp_path):
     assert best.count_params() > 0
 
 
+@pytest.mark.backend_independent  # which windows: a run evaluating per backend is tested above
 def test_last_evaluation_can_score_the_whole_split(tmp_path):
     # Estimates on one batch of evenly spaced windows at each round, then every
     # window of the validation split at the end: the final figure is not an estimate.
@@ -192,6 +193,8 @@ def test_weight_decay_applies_to_weight_matrices_only(decay_embeddings):
         np.testing.assert_allclose(to_numpy(v), expected, rtol=1e-6, atol=1e-9, err_msg=v.path)
 
 
+# Where the figures land: evaluation per backend is test_evaluation's.
+@pytest.mark.backend_independent
 def test_run_evaluates_its_best_model_at_the_end(tmp_path):
     """`evaluate_data`: the best model's figures, as keras_gpt.evaluation computes them,
     land in evaluation.json and as a row of metrics.jsonl apart from the training rows."""
