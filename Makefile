@@ -19,7 +19,8 @@ TEST_WORKERS ?= 2
 PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 # The pass that also runs the tests marked cross_backend (they start every backend
 # themselves) and backend_independent, once: PyTorch's, the quickest per-backend pass.
-# One pass instead of two saves a start-up and a tail where one worker idles.
+# One pass instead of two saves a start-up and a tail where one worker idles. A BACKENDS
+# without it runs none of them.
 ONCE_BACKEND ?= torch
 PER_BACKEND = not cross_backend and not backend_independent
 PY := $(VENV)/bin/python

@@ -55,35 +55,35 @@ def to_numpy(x) -> np.ndarray:
     return keras.ops.convert_to_numpy(x)
 
 
-#: The slowest files first, longest first (each pass's `--durations` in `make test`;
-#: seconds of test time a pass on a 2-core Zen 3, 2026-12-07). pytest-xdist's `loadfile`
-#: hands each worker a whole file when it is nearly done with its last, in this
-#: order (the Makefile passes `--no-loadscope-reorder`): the long files start
-#: early and the short ones fill in, so neither worker idles long at the end.
+#: The slowest files first, longest first (by the test time each pass's `--durations`
+#: shows in `make test`). pytest-xdist's `loadfile` hands each worker a whole file when it
+#: is nearly done with its last, in this order (the Makefile passes
+#: `--no-loadscope-reorder`): the long files start early and the short ones fill in, so
+#: neither worker idles long at the end.
 SLOW_FILES = [
-    "test_cross_backend.py",  # 217: one fixture trains and loads on every backend
-    "test_pretraining.py",  # 81-136
-    "test_export.py",  # 90-109
-    "test_serving_sampling.py",  # 100-113
-    "test_gpt.py",  # 93-112
-    "test_distribution.py",  # 64-114
-    "test_quantization.py",  # 68-103
-    "test_modern.py",  # 45-113
-    "test_finetuning.py",  # 43-103
-    "test_cli.py",  # 129 (mostly backend-independent)
-    "test_runs.py",  # 128
-    "test_docstrings.py",  # 122
-    "test_presets.py",  # 122
-    "test_cross_backend_recipe.py",  # 100
-    "test_generation.py",  # 49-78
-    "test_serving.py",  # 74
-    "test_evaluation.py",  # 24-72
-    "test_cross_backend_int8.py",  # 63
-    "test_docs.py",  # 49-55
-    "test_layers.py",  # 12-52
-    "test_conversion.py",  # 27-47
-    "test_serving_limits.py",  # 43
-    "test_slots.py",  # 35
+    "test_cross_backend.py",  # one fixture trains and loads on every backend
+    "test_pretraining.py",
+    "test_export.py",
+    "test_serving_sampling.py",
+    "test_gpt.py",
+    "test_distribution.py",
+    "test_quantization.py",
+    "test_modern.py",
+    "test_finetuning.py",
+    "test_cli.py",
+    "test_runs.py",
+    "test_docstrings.py",
+    "test_presets.py",
+    "test_cross_backend_recipe.py",
+    "test_generation.py",
+    "test_serving.py",
+    "test_evaluation.py",
+    "test_cross_backend_int8.py",
+    "test_docs.py",
+    "test_layers.py",
+    "test_conversion.py",
+    "test_serving_limits.py",
+    "test_slots.py",
 ]
 
 
