@@ -50,7 +50,9 @@ def main(process_id: int, port: int, out_dir: str) -> None:
     # Before JAX creates its CPU client: the device count, and gloo for the
     # cross-process collectives (jax 0.10's default; set so it is explicit).
     os.environ["KERAS_BACKEND"] = "jax"
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={LOCAL_DEVICES}"
+    )
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -47,7 +47,7 @@ def only_on(backend):
 
 def run_worker(args, timeout=600, **env):
     # One thread each: the workers start several processes on a 2-core machine.
-    env = {"OMP_NUM_THREADS": "1", "XLA_FLAGS": None, **env}
+    env = {"OMP_NUM_THREADS": "1", **env}
     return run_python(args, env=env, timeout=timeout, cwd=ROOT).stdout
 
 
@@ -184,7 +184,6 @@ def run_processes(script, args_per_process, timeout, log_dir):
     Output goes to files (a full pipe would block a process while the other is waited on).
     """
     environ = dict(os.environ, OMP_NUM_THREADS="1")
-    environ.pop("XLA_FLAGS", None)
     logs = [log_dir / f"process_{rank}.log" for rank in range(len(args_per_process))]
     processes = []
     for args, log in zip(args_per_process, logs):
