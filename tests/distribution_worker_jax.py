@@ -11,7 +11,9 @@ import tempfile
 
 os.environ["KERAS_BACKEND"] = "jax"
 # Added to the flags the test run passes down (tests/conftest.py's compile settings).
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,17 +1,22 @@
-"""Shared test helpers: run Python in a subprocess (on a chosen backend), run a worker on
-every backend and collect its arrays, one harness for every layer (`run_layer_test`),
+"""Shared test helpers: run Python in a subprocess (on a chosen backend), run a job in a
+long-lived process per backend (`run_job`), run a worker on every backend and collect its
+arrays, one harness for every layer (`run_layer_test`),
 the real corpus tests read (`corpus_text`), and the tiny models and runs tests build
 (`tiny_gpt`, `tiny_config`).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
+import json
 import os
 import pathlib
+import select
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import keras
@@ -156,6 +161,93 @@ def run_python(
     return proc
 
 
+class _JobServer:
+    """A tests/job_server.py process for one backend (`None`: plain TensorFlow)."""
+
+    def __init__(self, backend: str | None):
+        self.backend = backend
+        env = dict(os.environ)
+        if backend is None:
+            env.pop("KERAS_BACKEND", None)
+        else:
+            env["KERAS_BACKEND"] = backend
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="keras_gpt_job_server_", suffix=".log")
+        self.process = subprocess.Popen(
+            [sys.executable, str(TESTS / "job_server.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+            text=True,
+        )
+
+    def run(self, args: Sequence[str], cwd: str | None, timeout: float) -> dict:
+        self.process.stdin.write(json.dumps({"args": list(args), "cwd": cwd}) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:  # timed out, or the process died (a crash in native code)
+            self.process.kill()
+            self.process.wait()
+            self.log.seek(0)
+            tail = self.log.read()[-4000:]
+            self.close()
+            return {"status": None, "stderr": tail}
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+_JOB_SERVERS: dict[str | None, _JobServer] = {}
+
+
+@atexit.register
+def _close_job_servers() -> None:
+    for server in _JOB_SERVERS.values():
+        server.close()
+
+
+def run_job(
+    args: Sequence[str],
+    backend: str | None,
+    timeout: float = 600,
+    cwd: str | os.PathLike | None = None,
+) -> None:
+    """`python ARGS...` on `backend`, in a process kept for that backend's jobs; fails the
+    test with the job's stderr unless it exits with status 0.
+
+    For workers whose work, not whose process, is under test (a cross-backend
+    comparison's half on one backend): the job runs as a script in a fresh process
+    would, but skips the 8-15 s import of Keras and its backend after the first job
+    (tests/job_server.py). Tests of a process itself (its exit status, output,
+    environment, a kill) use `run_python`.
+
+    Args:
+        args: a script and its arguments, or `-c CODE` and its arguments.
+        backend: `KERAS_BACKEND` for the job; `None`: plain TensorFlow, no Keras.
+        timeout: seconds before the job's process is killed (the test then fails).
+        cwd: working directory for the job (default: this process's).
+    """
+    server = _JOB_SERVERS.get(backend)
+    if server is None or server.process.poll() is not None:
+        server = _JOB_SERVERS[backend] = _JobServer(backend)
+    args = [str(a) for a in args]
+    reply = server.run(args, None if cwd is None else str(cwd), timeout)
+    if reply["status"] is None:
+        del _JOB_SERVERS[backend]
+    assert reply["status"] == 0, (
+        f"{' '.join(args)[:200]} failed on {backend or 'plain TensorFlow'} "
+        f"(exit {reply['status']}; None: the process died or timed out):\n{reply['stderr']}"
+    )
+
+
 def run_on_backends(
     worker: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -173,7 +265,7 @@ def run_on_backends(
     """
     results = {}
     for backend in backends:
-        run_python([worker, out_dir, *args], backend=backend, timeout=timeout)
+        run_job([worker, out_dir, *args], backend=backend, timeout=timeout)
         with np.load(pathlib.Path(out_dir) / f"{backend}.npz") as arrays:
             results[backend] = dict(arrays)
     return results

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import BACKEND_PAIRS, BACKENDS, run_python
+from helpers import BACKEND_PAIRS, BACKENDS, run_job
 
 pytestmark = pytest.mark.cross_backend
 
@@ -28,10 +28,10 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("cross_backend")
 
     for backend in BACKENDS:
-        run_python([WORKER, out], backend=backend)
+        run_job([WORKER, out], backend=backend)
     # Then every backend loads every backend's saved model.
     for backend in BACKENDS:
-        run_python([WORKER, out, "--load"], backend=backend)
+        run_job([WORKER, out, "--load"], backend=backend)
     return {b: {**np.load(out / f"{b}.npz"), **np.load(out / f"{b}_loaded.npz")} for b in BACKENDS}
 
 

@@ -4,7 +4,7 @@ Each backend runs INT8_WORKER in its own process; marked `cross_backend` (run on
 
 import numpy as np
 import pytest
-from helpers import BACKEND_PAIRS, BACKENDS, run_python
+from helpers import BACKEND_PAIRS, BACKENDS, run_job
 
 pytestmark = pytest.mark.cross_backend
 
@@ -48,7 +48,7 @@ np.savez(f"{out}/int8_{keras.backend.backend()}.npz", **results)
 def int8_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8")
     for backend in BACKENDS:
-        run_python(["-c", INT8_WORKER, out], backend=backend)
+        run_job(["-c", INT8_WORKER, out], backend=backend)
     return {b: dict(np.load(out / f"int8_{b}.npz")) for b in BACKENDS}
 
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import BACKEND_PAIRS, BACKENDS, run_python
+from helpers import BACKEND_PAIRS, BACKENDS, run_job
 
 pytestmark = pytest.mark.cross_backend
 
@@ -20,8 +20,8 @@ def recipe_runs(tmp_path_factory):
     that JAX checkpoint resumed on PyTorch; see the worker's `recipe_config`."""
     out = tmp_path_factory.mktemp("recipe")
     for backend in BACKENDS:
-        run_python([WORKER, out, "--recipe"], backend=backend)
-    run_python([WORKER, out, "--resume"], backend="torch")
+        run_job([WORKER, out, "--recipe"], backend=backend)
+    run_job([WORKER, out, "--resume"], backend="torch")
     runs = {b: dict(np.load(out / f"recipe_{b}.npz")) for b in BACKENDS}
     runs["jax→torch"] = dict(np.load(out / "resumed_torch.npz"))
     return runs

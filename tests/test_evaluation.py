@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import tiny_gpt
+from helpers import run_job, tiny_gpt
 
 from keras_gpt import GPT
 from keras_gpt.cli import main
@@ -603,14 +600,7 @@ def test_same_scores_on_every_backend(tmp_path):
     results = {}
     for backend in ("tensorflow", "jax", "torch"):
         out = tmp_path / f"{backend}.json"
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(preset), json.dumps(tasks), str(out)],
-            env={**os.environ, "KERAS_BACKEND": backend},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{backend}:\n{proc.stderr[-3000:]}"
+        run_job(["-c", code, preset, json.dumps(tasks), out], backend=backend)
         for task, result in json.loads(out.read_text()).items():
             results[backend, task] = result
     for task in tasks:

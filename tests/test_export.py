@@ -21,7 +21,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import run_job
 
 import keras_gpt
 from keras_gpt.backend import compile_function, weight_values
@@ -108,9 +108,7 @@ def served(model, tmp_path_factory):
     with open(root / "requests.json", "w") as f:
         json.dump(requests(), f)
     # Plain TensorFlow, without keras_gpt's backend choice.
-    run_python(
-        [WORKER, path, root / "requests.json", root / "results.npz"], env={"KERAS_BACKEND": None}
-    )
+    run_job([WORKER, path, root / "requests.json", root / "results.npz"], backend=None)
     return path, dict(np.load(root / "results.npz"))
 
 
@@ -323,10 +321,7 @@ def test_modern_block_exports_logits_and_generate(tmp_path):
     batch = {name: requests()[name] for name in ("logits", "greedy", "greedy_left_padded")}
     with open(tmp_path / "requests.json", "w") as f:
         json.dump(batch, f)
-    run_python(
-        [WORKER, path, tmp_path / "requests.json", tmp_path / "results.npz"],
-        env={"KERAS_BACKEND": None},
-    )
+    run_job([WORKER, path, tmp_path / "requests.json", tmp_path / "results.npz"], backend=None)
     results = dict(np.load(tmp_path / "results.npz"))
     ids, mask = padded(PROMPTS)
     expected = keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": mask}))

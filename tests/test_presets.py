@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import TINY, to_numpy
-from helpers import run_python
+from helpers import run_job, run_python
 
 import keras_gpt
 import keras_gpt.tokenizers
@@ -235,7 +235,7 @@ def test_preset_saved_on_one_backend_loads_on_every_other(tmp_path):
     # Each run saves its backend's preset once and loads every preset saved
     # before it; the last two runs load what was saved after their first.
     for backend in ("tensorflow", "jax", "torch", "tensorflow", "jax"):
-        run_python(["-c", _CROSS_BACKEND_WORKER, tmp_path], backend=backend)
+        run_job(["-c", _CROSS_BACKEND_WORKER, tmp_path], backend=backend)
     backends = ("tensorflow", "jax", "torch")
     for source in backends:
         saved = np.load(tmp_path / f"{source}.npy")

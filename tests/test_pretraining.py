@@ -160,7 +160,9 @@ def test_data_parallel_recipe_matches_one_device(tmp_path):
         " max_steps=4, data_parallel=True))"
     )
     run_python(
-        ["-c", code], env={"XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"}, cwd=ROOT
+        ["-c", code],
+        env={"XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"},
+        cwd=ROOT,
     )
     expected, got = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "parallel")
     # The batch is split over 2 devices; losses agree to float32 reduction order.

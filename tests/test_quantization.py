@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY, to_numpy
-from helpers import run_python
+from helpers import run_job, run_python
 
 import keras_gpt
 from keras_gpt.export import export
@@ -173,10 +173,7 @@ def test_int8_saved_model_round_trip(int8_model, tmp_path):
     }
     with open(tmp_path / "requests.json", "w") as f:
         json.dump(requests, f)
-    run_python(
-        [WORKER, path, tmp_path / "requests.json", tmp_path / "results.npz"],
-        env={"KERAS_BACKEND": None},
-    )
+    run_job([WORKER, path, tmp_path / "requests.json", tmp_path / "results.npz"], backend=None)
     results = dict(np.load(tmp_path / "results.npz"))
     expected = to_numpy(int8_model(prompts))
     tokens = int8_model.generate(prompts, max_new_tokens=NEW)
