@@ -8,15 +8,14 @@ each metrics row), so it never races: each moment is hit exactly.
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import signal
-import textwrap
 
 import helpers
 import numpy as np
 import pytest
-from helpers import run_python
 
 from keras_gpt.cli import main
 from keras_gpt.training import (
@@ -136,17 +135,16 @@ def test_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, damage, fi
 
 # -- killed at any moment -------------------------------------------------------------
 
-# Runs `pretrain` (resuming whatever is in OUT) and SIGKILLs itself at the
-# K-th occurrence of event LABEL: "batch" (a training step's batch is read),
-# "savez" / "fsync" / "rename" (before and after each such file operation of a
-# checkpoint) or "metrics" (before and after a metrics row is appended).
-_WORKER = textwrap.dedent("""
-    import json, os, signal, sys
-    import numpy as np
-    import keras_gpt.training.loop as loop
-    from keras_gpt.training.pretrain import PretrainConfig, pretrain
 
-    settings, label, k = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def _run_until_killed(settings: dict, label: str, k: int) -> None:
+    """Runs `pretrain` (resuming whatever is in its `out`) and SIGKILLs its own process at
+    the K-th occurrence of event LABEL: "batch" (a training step's batch is read),
+    "savez" / "fsync" / "rename" (before and after each such file operation of a
+    checkpoint) or "metrics" (before and after a metrics row is appended). Runs in a
+    child process; the patches below die with it."""
+    import keras_gpt.training.loop as loop
+    from keras_gpt.training.pretrain import PretrainConfig
+
     counts = {}
 
     def event(name):
@@ -160,6 +158,7 @@ _WORKER = textwrap.dedent("""
             result = function(*args, **kwargs)
             event(name)
             return result
+
         return wrapper
 
     np.savez = counted("savez", np.savez)
@@ -167,12 +166,32 @@ _WORKER = textwrap.dedent("""
     os.rename = counted("rename", os.rename)
     loop.append_metrics = counted("metrics", loop.append_metrics)
     getitem = loop.StepBatches.__getitem__
+
     def batch(self, index):
         event("batch")
         return getitem(self, index)
+
     loop.StepBatches.__getitem__ = batch
     pretrain(PretrainConfig(**settings), resume=True)
-""")
+
+
+def run_until_killed(settings: dict, label: str, k: int) -> int:
+    """`_run_until_killed` in a child process; its exit status (-9: killed).
+
+    The children fork from a forkserver that has imported Keras and the recipe once:
+    each is a separate process that can be SIGKILLed, without a fresh process's
+    8-15 s import (up to nine children here)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["keras_gpt.training.pretrain", "test_runs"])
+    child = context.Process(target=_run_until_killed, args=(settings, label, k))
+    child.start()
+    child.join(300)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        pytest.fail(f"the run killed at {label} {k} did not end in 300 s")
+    return child.exitcode
+
 
 # Events of one two-step round: 2 batches, 2x2 savez, 2x6 fsync, 2x1 rename and
 # 2x1 metrics; a K up to these lands in the process's first round (or right
@@ -185,16 +204,16 @@ def test_a_run_killed_at_seeded_moments_resumes_to_the_same_metrics(tmp_path):
     pretrain(reference)
     expected = read_metrics(tmp_path / "reference")
     config = tiny_config(tmp_path, "killed", max_steps=8)
-    settings = json.dumps(dataclasses.asdict(config))
+    settings = dataclasses.asdict(config)
     rng = np.random.default_rng(22)
     kills = 0
     for attempt in range(8):
         label = ["batch", "savez", "fsync", "rename", "metrics"][attempt % 5]
         k = int(rng.integers(1, _EVENTS[label] + 1))
-        proc = run_python(["-c", _WORKER, settings, label, k], timeout=300, check=False)
-        if proc.returncode == 0:
+        status = run_until_killed(settings, label, k)
+        if status == 0:
             break
-        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        assert status == -signal.SIGKILL, f"the run ended with status {status} (its stderr above)"
         kills += 1
         # Whatever moment the kill came at, the newest checkpoint is complete.
         checkpoint = latest_checkpoint(tmp_path / "killed" / "checkpoints")
@@ -203,7 +222,7 @@ def test_a_run_killed_at_seeded_moments_resumes_to_the_same_metrics(tmp_path):
             state = json.loads((checkpoint / "state.json").read_text())
             assert manifest["step"] == state["step"] == int(checkpoint.name.split("_")[1])
     else:
-        run_python(["-c", _WORKER, settings, "none", "0"], timeout=300)
+        assert run_until_killed(settings, "none", 0) == 0
     # Each process completes at most one of the four rounds before it dies: at
     # least four kills before the run can end.
     assert kills >= 4, kills
