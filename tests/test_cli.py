@@ -251,7 +251,10 @@ def test_generate_top_p_reaches_the_sampler(tmp_path, capsys):
     assert capsys.readouterr().out != expected + "\n"
 
 
-@pytest.mark.backend_independent
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="the export command's flags: TensorFlow pass"
+)  # Where export runs in the process: on JAX and PyTorch each export also starts a
+# TensorFlow child (three here, ~12 s each), the route test_export.py tests.
 def test_export_flags_through_the_command_line(tmp_path, capsys):
     """`keras-gpt export`: the generate settings reach the SavedModel, --overwrite is needed
     to replace an export, and --format onnx writes the logits graph (and refuses the

@@ -13,7 +13,8 @@ they need the network, a GPU or several processes, a long training run, or files
 of a user's own. A new example runs unless it is added there.
 
 Backend-independent (an example's output does not depend on the backend, or it
-would not be a good example): it runs once.
+would not be a good example): each runs once, in the PyTorch pass, except the examples
+that export (`TENSORFLOW_PASS`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from helpers import corpus_text, tiny_gpt, tiny_text
 
 import keras_gpt
 from keras_gpt.tokenizers import ByteTokenizer
-
-pytestmark = pytest.mark.backend_independent
 
 #: Docstring (qualified name) -> why its examples do not run in this test.
 #: OWNED: keras_gpt/generation, serving and training are being rewritten by their
@@ -101,7 +100,22 @@ def _docstrings() -> list[doctest.DocTest]:
 
 DOCSTRINGS = _docstrings()
 
+#: Examples that export a model run in the TensorFlow pass: there export runs in the
+#: process, where JAX and PyTorch hand the model to a TensorFlow child process (~20 s
+#: more an example on this suite's machines; that route is test_export.py's).
+TENSORFLOW_PASS = {"keras_gpt.export.saved_model.export", "keras_gpt.export.onnx.export_onnx"}
 
+
+def _example(test: doctest.DocTest):
+    if test.name in TENSORFLOW_PASS:
+        runs_here = keras.backend.backend() == "tensorflow"
+        mark = pytest.mark.skipif(not runs_here, reason="an export example: TensorFlow pass")
+    else:
+        mark = pytest.mark.backend_independent
+    return pytest.param(test, marks=mark, id=test.name)
+
+
+@pytest.mark.backend_independent
 def test_every_illustrative_docstring_exists():
     names = {test.name for test in DOCSTRINGS}
     assert not set(ILLUSTRATIVE) - names, "remove these from ILLUSTRATIVE"
@@ -162,9 +176,7 @@ def reader(workspace, tmp_path, monkeypatch):
     )
 
 
-@pytest.mark.parametrize(
-    "test", [t for t in DOCSTRINGS if t.name not in ILLUSTRATIVE], ids=lambda t: t.name
-)
+@pytest.mark.parametrize("test", [_example(t) for t in DOCSTRINGS if t.name not in ILLUSTRATIVE])
 def test_docstring_examples_run(test, reader):
     test.globs = {**test.globs, **reader}
     runner = doctest.DocTestRunner(
