@@ -207,9 +207,18 @@ def _generate_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
     for ok, message in checks:
         if not ok:
             parser.error(message)
-    from keras_gpt.presets import preset_path  # no backend: keras_gpt.presets is light
+    return _found_preset(handle)
 
-    return preset_path(handle)  # a recipe's run directory: its best/ preset
+
+def _found_preset(handle: str) -> str:
+    """`handle` as a preset directory's handle (a recipe's run directory: its best/ preset),
+    once it is found: a missing directory or misspelt name fails here, before Keras and a
+    backend are imported (10-15 s), so a mistake costs no start-up."""
+    from keras_gpt.presets import preset_path, resolve  # the half of presets without Keras
+
+    handle = preset_path(handle)
+    resolve(handle)
+    return handle
 
 
 def export_command(argv: list[str]) -> None:
@@ -253,6 +262,7 @@ def export_command(argv: list[str]) -> None:
     )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    _found_preset(args.preset)
     from keras_gpt.export import export, export_onnx
 
     if args.format == "onnx":
@@ -323,10 +333,9 @@ def evaluate_command(argv: list[str]) -> dict:
     )
     args = parser.parse_args(argv)
 
+    handle = _found_preset(args.preset)
     from keras_gpt.evaluation import evaluate_preset
-    from keras_gpt.presets import preset_path
 
-    handle = preset_path(args.preset)  # a recipe's run directory: its best/ preset
     results = evaluate_preset(
         handle,
         args.data,
@@ -356,6 +365,7 @@ def serve_command(argv: list[str]) -> None:
     >>> serve_command(["runs/shakespeare", "--port", "8000", "--max-batch", "16"])
     """
     args = _serve_parser().parse_args(argv)
+    _found_preset(args.preset)
     try:
         from keras_gpt.serving import Limits, serve
     except ImportError as error:

@@ -37,9 +37,15 @@ def keras_gpt_command(args, cwd, check=False):
         (["pretrain", "--help"], 0),
         (["finetune", "--help"], 0),
         (["pretrain", "--max-steps", "many"], 2),  # an argument error
+        # A preset that is not there: found out before Keras starts (10-15 s).
+        (["generate", "no_such_preset/"], 2),
+        (["evaluate", "no_such_preset/", "--data", "valid.txt"], 2),
+        (["export", "no_such_preset/", "served"], 2),
+        (["serve", "no_such_preset/"], 2),
+        (["generate", "no_such_registered_name"], 2),
     ],
 )
-def test_help_and_argument_errors_import_no_backend(args, expected_code, tmp_path):
+def test_help_argument_errors_and_missing_presets_import_no_backend(args, expected_code, tmp_path):
     code = (
         "import json, sys\n"
         "from keras_gpt.cli import main\n"
