@@ -34,10 +34,7 @@ import keras_gpt
 from keras_gpt.tokenizers import ByteTokenizer
 
 #: Docstring (qualified name) -> why its examples do not run in this test.
-#: OWNED: keras_gpt/generation, serving and training are being rewritten by their
-#: owners now; their examples are listed here until they are made to run.
 FRAGMENT = "a fragment of a layer's or a step's body (names from its surroundings)"
-OWNED = "an example of a module being rewritten by its owner: not runnable as written yet"
 ILLUSTRATIVE: dict[str, str] = {
     "keras_gpt.backend.compile.compile_function": FRAGMENT,
     "keras_gpt.backend.layers.call_sublayer": FRAGMENT,
@@ -63,26 +60,12 @@ ILLUSTRATIVE: dict[str, str] = {
     "keras_gpt.cli.evaluate_command": "a pretraining run directory",
     "keras_gpt.cli.export_command": "a TensorFlow child process (slow); tests/test_cli.py runs it",
     "keras_gpt.cli.serve_command": "a server that blocks",
-    "keras_gpt.serving": OWNED,
-    "keras_gpt.serving.app.create_app": OWNED,
-    "keras_gpt.presets.handles.preset_path": OWNED,
-    "keras_gpt.serving.server.serve": OWNED,
-    "keras_gpt.generation.engine.GenerationEngine": OWNED,
-    "keras_gpt.generation.engine.compiled_programs": OWNED,
-    "keras_gpt.generation.prompts.new_tokens": OWNED,
-    "keras_gpt.generation.samplers.DynamicSampler": OWNED,
-    "keras_gpt.generation.samplers.GreedySampler": OWNED,
-    "keras_gpt.generation.samplers.RandomSampler": OWNED,
-    "keras_gpt.generation.samplers.RowSampler": OWNED,
-    "keras_gpt.generation.samplers.Sampler": OWNED,
-    "keras_gpt.generation.samplers.get_sampler": OWNED,
-    "keras_gpt.training.checkpoints.latest_checkpoint": OWNED,
-    "keras_gpt.training.config.RunConfig.settings": OWNED,
-    "keras_gpt.training.evaluate.evaluate_run": OWNED,
-    "keras_gpt.training.finetune.finetune": OWNED,
-    "keras_gpt.training.optimizer.WarmupStableDecay": OWNED,
-    "keras_gpt.training.pretrain.pretrain": OWNED,
-    "keras_gpt.training.runs.start_run": OWNED,
+    "keras_gpt.serving": "a server that blocks",
+    "keras_gpt.serving.app.create_app": "a server that blocks",
+    "keras_gpt.serving.server.serve": "a server that blocks",
+    "keras_gpt.training.checkpoints.latest_checkpoint": "a training run's checkpoints",
+    "keras_gpt.training.finetune.finetune": "two fine-tuning runs (minutes)",
+    "keras_gpt.training.pretrain.pretrain": "a full pretraining run (minutes)",
 }
 
 

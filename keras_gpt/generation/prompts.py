@@ -23,7 +23,8 @@ def new_tokens(
 
     Example:
     >>> ids, lengths = model.generate([[1, 2, 3], [4]], 5, return_lengths=True)
-    >>> new_tokens(ids, [3, 1], lengths)     # [array of ≤ 5 ids, array of ≤ 5 ids]
+    >>> [len(new) for new in new_tokens(ids, [3, 1], lengths)]   # no stop token: all 5
+    [5, 5]
     """
     return [np.asarray(row[p:n]) for row, p, n in zip(token_ids, prompt_lengths, lengths)]
 

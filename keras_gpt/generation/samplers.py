@@ -59,7 +59,7 @@ class Sampler:
     >>> class ArgMin(Sampler):          # a (silly) custom sampler
     ...     def __call__(self, logits, seed, position):
     ...         return ops.cast(ops.argmin(logits, axis=-1), "int32")
-    >>> model.generate(prompt, max_new_tokens=4, sampler=ArgMin())
+    >>> ids = model.generate([[72, 105]], max_new_tokens=4, sampler=ArgMin())
     """
 
     def __call__(self, logits: Tensor, seed: int | Tensor, position: int | Tensor) -> Tensor:
@@ -91,7 +91,8 @@ class GreedySampler(Sampler):
     """Always the most likely token (ties: the lowest id).
 
     Example:
-    >>> GreedySampler()(ops.convert_to_tensor([[0.1, 2.0, 0.3]]), 0, 0)   # [1]
+    >>> ops.convert_to_numpy(GreedySampler()(ops.convert_to_tensor([[0.1, 2.0, 0.3]]), 0, 0))
+    array([1], dtype=int32)
     """
 
     def __call__(self, logits: Tensor, seed: int | Tensor, position: int | Tensor) -> Tensor:
@@ -113,8 +114,10 @@ class RandomSampler(Sampler):
             `None` keeps all.
 
     Example:
+    >>> logits = ops.convert_to_tensor(np.random.default_rng(0).normal(size=(2, 50)), "float32")
     >>> sampler = RandomSampler(temperature=0.8, top_k=20)
-    >>> ids = sampler(logits, seed=0, position=5)           # (batch,)
+    >>> tuple(sampler(logits, seed=0, position=5).shape)    # one id a row
+    (2,)
     """
 
     def __init__(
@@ -176,7 +179,8 @@ def get_sampler(
         A `Sampler`.
 
     Example:
-    >>> get_sampler("top_k", temperature=0.8, top_k=20)
+    >>> type(get_sampler("top_k", temperature=0.8, top_k=20)).__name__
+    'RandomSampler'
     """
     if isinstance(sampler, Sampler):
         if (temperature, top_k, top_p) != (1.0, None, None):
@@ -233,8 +237,10 @@ class DynamicSampler(Sampler):
             whose mass reaches p (after `top_k`), 1 keeps all.
 
     Example:
+    >>> logits = ops.convert_to_tensor(np.random.default_rng(0).normal(size=(2, 50)), "float32")
     >>> sampler = DynamicSampler(temperature=0.8, top_k=20, top_p=1.0)
-    >>> ids = sampler(logits, seed=0, position=5)           # (batch,)
+    >>> tuple(sampler(logits, seed=0, position=5).shape)    # one id a row
+    (2,)
     """
 
     def __init__(self, temperature: float | Tensor, top_k: int | Tensor, top_p: float | Tensor):
@@ -344,7 +350,7 @@ class RowSampler(Sampler):
 
     Example:
     >>> sampler = RowSampler(temperature=[0.0, 0.8], top_k=[0, 20], seeds=[0, 7])
-    >>> model.generate([[1, 2], [3]], 8, sampler=sampler)   # greedy row, sampled row
+    >>> ids = model.generate([[1, 2], [3]], 8, sampler=sampler)   # greedy row, sampled row
     """
 
     def __init__(

@@ -84,7 +84,11 @@ def preset_path(handle: str) -> str:
         handle: a preset handle or directory, or a `keras-gpt pretrain`/`finetune` output folder.
 
     Example:
-    >>> preset_path("runs/shakespeare")
+    >>> preset_path("my_preset")                  # a preset directory: itself
+    'my_preset'
+    >>> import shutil
+    >>> _ = shutil.copytree("my_preset", "runs/shakespeare/best")
+    >>> preset_path("runs/shakespeare")           # a run directory: its best model
     'runs/shakespeare/best'
     """
     handle = os.fspath(handle)

@@ -44,7 +44,7 @@ class RunConfig:
 
         Example:
         >>> PretrainConfig.settings()[0]
-        ('data', None, 'text file, folder, glob or JSONL; "shakespeare"; ...')
+        ('data', None, 'text file, folder, glob or JSONL; `"shakespeare"`; ...')
         """
         meanings = {}
         doc = inspect.cleandoc(cls.__doc__ or "")

@@ -32,7 +32,12 @@ def evaluate_run(out: pathlib.Path, step: int, data: str, task: str = "perplexit
         The row that was recorded.
 
     Example:
-    >>> evaluate_run(pathlib.Path("runs/shakespeare_char"), 2000, "valid.txt")
+    >>> import shutil
+    >>> _ = shutil.copytree("my_preset", "runs/shakespeare_char/best")   # a finished run
+    >>> row = evaluate_run(pathlib.Path("runs/shakespeare_char"), 2000, "valid.txt")
+    evaluation (perplexity on valid.txt): ...
+    >>> row["step"], row["task"]
+    (2000, 'perplexity')
     """
     figures = evaluate_preset(str(out / "best"), data, task=task)
     row = {"step": int(step), "task": task, "data": str(data), **figures}

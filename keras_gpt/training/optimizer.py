@@ -113,8 +113,8 @@ class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
     >>> schedule = WarmupStableDecay(0.02, total_steps=1000, cooldown_fraction=0.4)
-    >>> float(schedule(0)), float(schedule(500)), float(schedule(800))
-    (0.02, 0.02, 0.01)
+    >>> [round(float(schedule(step)), 6) for step in (0, 500, 800, 1000)]
+    [0.02, 0.02, 0.01, 0.0]
     """
 
     def __init__(

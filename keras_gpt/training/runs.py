@@ -80,7 +80,9 @@ def start_run(config: RunConfig, resume: bool = False) -> pathlib.Path | None:
             settings (they are named).
 
     Example:
-    >>> start_run(PretrainConfig(out="runs/a"))            # None: a new run
+    >>> from keras_gpt.training import PretrainConfig
+    >>> print(start_run(PretrainConfig(out="runs/a")))     # None: a new run
+    None
     """
     out = pathlib.Path(config.out)
     found = [name for name in ("checkpoints", "metrics.jsonl", "best") if _holds(out / name)]
