@@ -29,9 +29,9 @@ if os.environ["KERAS_BACKEND"] == "jax" and "JAX_COMPILATION_CACHE_DIR" not in o
 # XLA (JAX's compiler, and TensorFlow's where a test asks for it) compiles each test's
 # tiny programs with LLVM's cheapest settings: the same XLA programs, whose float
 # semantics LLVM keeps, built with less optimisation, which shapes this small do not
-# miss. Measured here: test_modern, test_gpt, test_layers and test_generation on JAX
-# 253 s -> 194 s (Zen 3, two runs each). Set in the environment, so that the
-# subprocesses tests start (other backends included) compile the same way.
+# miss (the time it saves: docs/benchmarks.md, "make test on a fresh clone"). Set in the
+# environment, so that the subprocesses tests start (other backends included) compile
+# the same way.
 _CHEAP_XLA = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 _xla_flags = os.environ.get("XLA_FLAGS", "").split()
 os.environ["XLA_FLAGS"] = " ".join(_xla_flags + [f for f in _CHEAP_XLA if f not in _xla_flags])

@@ -119,6 +119,20 @@ def tiny_config(tmp_path: pathlib.Path, out_name: str = "run", lines: int = 300,
     return base.update(overrides)
 
 
+def _child_env(backend: str | None, env: dict | None = None) -> dict:
+    """This process's environment with `KERAS_BACKEND=backend` (unless `None`) and `env`
+    (a value of `None` removes the variable)."""
+    child_env = dict(os.environ)
+    if backend is not None:
+        child_env["KERAS_BACKEND"] = backend
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+    return child_env
+
+
 def run_python(
     args: Sequence[str],
     backend: str | None = None,
@@ -137,17 +151,9 @@ def run_python(
         check: assert a zero exit status.
         cwd: working directory (default: this one).
     """
-    child_env = dict(os.environ)
-    if backend is not None:
-        child_env["KERAS_BACKEND"] = backend
-    for key, value in (env or {}).items():
-        if value is None:
-            child_env.pop(key, None)
-        else:
-            child_env[key] = value
     proc = subprocess.run(
         [sys.executable, *map(str, args)],
-        env=child_env,
+        env=_child_env(backend, env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -165,19 +171,13 @@ class _JobServer:
     """A tests/job_server.py process for one backend (`None`: plain TensorFlow)."""
 
     def __init__(self, backend: str | None):
-        self.backend = backend
-        env = dict(os.environ)
-        if backend is None:
-            env.pop("KERAS_BACKEND", None)
-        else:
-            env["KERAS_BACKEND"] = backend
         self.log = tempfile.NamedTemporaryFile("w+", prefix="keras_gpt_job_server_", suffix=".log")
         self.process = subprocess.Popen(
             [sys.executable, str(TESTS / "job_server.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
-            env=env,
+            env=_child_env(None, {"KERAS_BACKEND": backend}),
             text=True,
         )
 
